@@ -1,0 +1,418 @@
+"""The one adapter over the ONNX graph IR: load/save, constants, use-def indices, shapes.
+
+Everything else in onnxprune reads graphs through :class:`Model`; only ``rewrite/`` calls its
+mutating methods (``set_const``, ``set_attr``, ``finalize``).
+
+Weights may be initializers or ``Constant`` nodes (PaddlePaddle and some other exporters emit
+only the latter); old model-zoo files also list initializers as graph inputs. ``Model.const``
+hides those differences.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .errors import UnsupportedModelError, ValidationError
+
+__all__ = ["Model", "load_model", "save_model", "infer_shapes", "Dim", "Shape"]
+
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+
+MIN_OPSET = 9
+_TWO_GB = 2**31
+# Initializers at most this big are copied into the shape-inference skeleton (shape constants,
+# split sizes...); bigger ones are declared as typed inputs so no weight is copied.
+_SKELETON_MAX_ELEMS = 4096
+
+
+@dataclass(frozen=True)
+class Use:
+    """One use of a tensor: node index and input position."""
+
+    node: int
+    index: int
+
+
+class Model:
+    """A loaded ONNX model with use-def indices.
+
+    Args:
+        proto: the model; it is owned (and, by the rewrite, changed in place) by this object.
+        path: the file it came from, for messages and external data.
+    """
+
+    def __init__(self, proto: onnx.ModelProto, path: str | None = None) -> None:
+        self.proto = proto
+        self.path = path
+        self.graph = proto.graph
+        self.opset = _default_opset(proto)
+        self._cache: dict[str, np.ndarray] = {}
+        self.shapes: dict[str, Shape] = {}
+        self.dtypes: dict[str, int] = {}
+        self.reindex()
+
+    # ------------------------------------------------------------------ indices
+    def reindex(self) -> None:
+        """Rebuild the name -> producer/consumer/constant indices after a structural change."""
+        g = self.graph
+        self.nodes = list(g.node)
+        self.initializers = {t.name: t for t in g.initializer}
+        self.constant_nodes: dict[str, int] = {}
+        self.producer: dict[str, int] = {}
+        self.consumers: dict[str, list[Use]] = {}
+        for i, n in enumerate(self.nodes):
+            for out in n.output:
+                if out:
+                    self.producer[out] = i
+            if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+                self.constant_nodes[n.output[0]] = i
+            for j, name in enumerate(n.input):
+                if name:
+                    self.consumers.setdefault(name, []).append(Use(i, j))
+            for sub in _subgraphs(n):
+                for name in _outer_names(sub):
+                    self.consumers.setdefault(name, []).append(Use(i, -1))
+        self.graph_inputs = [v.name for v in g.input if v.name not in self.initializers]
+        self.graph_outputs = [v.name for v in g.output]
+        self._output_set = set(self.graph_outputs)
+
+    def node_name(self, i: int) -> str:
+        """A readable, stable name for node ``i`` (its name, or ``OpType_i`` when unnamed)."""
+        n = self.nodes[i]
+        return n.name or f"{n.op_type}_{i}"
+
+    def is_graph_output(self, name: str) -> bool:
+        return name in self._output_set
+
+    def uses(self, name: str) -> list[Use]:
+        return self.consumers.get(name, [])
+
+    # ---------------------------------------------------------------- constants
+    def is_const(self, name: str) -> bool:
+        return bool(name) and (name in self.initializers or name in self.constant_nodes)
+
+    def const(self, name: str) -> np.ndarray | None:
+        """The value of a constant tensor (initializer or Constant node), else None."""
+        if not name:
+            return None
+        arr = self._cache.get(name)
+        if arr is not None:
+            return arr
+        if name in self.initializers:
+            arr = numpy_helper.to_array(self.initializers[name], base_dir=self._base_dir())
+        elif name in self.constant_nodes:
+            arr = _constant_node_value(self.nodes[self.constant_nodes[name]])
+        else:
+            return None
+        self._cache[name] = arr
+        return arr
+
+    def const_shape(self, name: str) -> tuple[int, ...] | None:
+        if name in self.initializers:
+            return tuple(self.initializers[name].dims)
+        arr = self.const(name)
+        return None if arr is None else tuple(arr.shape)
+
+    def set_const(self, name: str, value: np.ndarray) -> None:
+        """Replace a constant's value in place, wherever it is stored."""
+        value = np.ascontiguousarray(value)
+        if name in self.initializers:
+            old = self.initializers[name]
+            new = numpy_helper.from_array(value.astype(_np_dtype(old.data_type), copy=False), name)
+            old.CopyFrom(new)
+            for v in self.graph.input:  # IR < 4: initializers are listed as inputs too
+                if v.name == name:
+                    _set_value_info_shape(v, value.shape)
+        elif name in self.constant_nodes:
+            node = self.nodes[self.constant_nodes[name]]
+            old_arr = self.const(name)
+            dtype = old_arr.dtype if old_arr is not None else value.dtype
+            del node.attribute[:]
+            node.attribute.append(
+                helper.make_attribute("value", numpy_helper.from_array(value.astype(dtype), name))
+            )
+        else:
+            raise KeyError(name)
+        self._cache[name] = value
+
+    def add_initializer(self, base: str, value: np.ndarray) -> str:
+        """Add a new initializer with a unique name derived from ``base``; return the name."""
+        name = self.unique_name(base)
+        self.graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+        self.initializers[name] = self.graph.initializer[-1]
+        self._cache[name] = value
+        return name
+
+    def unique_name(self, base: str) -> str:
+        taken = set(self.initializers) | set(self.producer) | set(self.graph_inputs)
+        i = 0
+        while f"{base}__p{i}" in taken:
+            i += 1
+        return f"{base}__p{i}"
+
+    # --------------------------------------------------------------- attributes
+    def attr(self, node: onnx.NodeProto, name: str, default=None):
+        for a in node.attribute:
+            if a.name == name:
+                return helper.get_attribute_value(a)
+        return default
+
+    def set_attr(self, node: onnx.NodeProto, name: str, value) -> None:
+        for k, a in enumerate(node.attribute):
+            if a.name == name:
+                node.attribute[k].CopyFrom(helper.make_attribute(name, value))
+                return
+        node.attribute.append(helper.make_attribute(name, value))
+
+    # ------------------------------------------------------------------- shapes
+    def infer(self) -> None:
+        """Run shape inference (on a weight-free skeleton) and record every tensor's shape."""
+        self.shapes, self.dtypes = infer_shapes(self.proto)
+        for name, t in self.initializers.items():
+            self.shapes[name] = tuple(t.dims)
+            self.dtypes[name] = t.data_type
+        for name, i in self.constant_nodes.items():
+            arr = self.const(name)
+            if arr is not None:
+                self.shapes[name] = tuple(arr.shape)
+
+    def shape(self, name: str) -> Shape | None:
+        return self.shapes.get(name)
+
+    def static_shape(self, name: str) -> tuple[int, ...] | None:
+        s = self.shapes.get(name)
+        if s is None or any(not isinstance(d, int) for d in s):
+            return None
+        return s  # type: ignore[return-value]
+
+    # ---------------------------------------------------------------- helpers
+    def _base_dir(self) -> str:
+        return os.path.dirname(os.path.abspath(self.path)) if self.path else ""
+
+    def drop_caches(self) -> None:
+        self._cache.clear()
+
+
+# ------------------------------------------------------------------------ load/save
+def load_model(path: str | os.PathLike) -> Model:
+    """Load a model with its external data, checking it is an ONNX model we can handle.
+
+    Raises:
+        UnsupportedModelError: missing/unreadable file, not ONNX, checker failure, opset < 9.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UnsupportedModelError(f"{path}: no such file; give the path of an .onnx model")
+    try:
+        proto = onnx.load(path, load_external_data=True)
+    except Exception as e:  # protobuf DecodeError, missing external data...
+        raise UnsupportedModelError(
+            f"{path}: cannot be read as an ONNX model ({type(e).__name__}: {_one_line(e)})"
+        ) from None
+    if not proto.graph.node:
+        raise UnsupportedModelError(f"{path}: the graph has no nodes; is this an ONNX model?")
+    try:
+        onnx.checker.check_model(path)
+    except Exception as e:
+        raise UnsupportedModelError(
+            f"{path}: fails the ONNX checker: {_one_line(e)}; fix or re-export the model"
+        ) from None
+    opset = _default_opset(proto)
+    if opset < MIN_OPSET:
+        raise UnsupportedModelError(
+            f"{path}: opset {opset} is older than {MIN_OPSET}; convert it first with "
+            f"onnx.version_converter.convert_version(model, {MIN_OPSET})"
+        )
+    return Model(proto, path)
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None,
+               check: bool = True) -> None:
+    """Write a model atomically: to a temporary folder, check it, then rename into place.
+
+    The file at ``path`` (and its ``.data`` companion) is replaced only when the new model
+    passes ``onnx.checker.check_model(full_check=True)``.
+
+    Args:
+        model: the model to write.
+        path: destination.
+        external_data: store weights in ``<name>.data`` beside the model; by default only when
+            the model would pass the 2 GB protobuf limit.
+        check: run the full checker on the written file before renaming.
+
+    Raises:
+        ValidationError: the checker rejected the model; nothing is written.
+    """
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise ValidationError(f"{path}: folder {folder} does not exist")
+    if external_data is None:
+        external_data = _weights_bytes(model) > _TWO_GB - (64 << 20)
+    name = os.path.basename(path)
+    tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=folder)
+    try:
+        tmp = os.path.join(tmpdir, name)
+        data_name = name + ".data"
+        if external_data:
+            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
+                            location=data_name, size_threshold=1024)
+        else:
+            onnx.save_model(model, tmp)
+        if check:
+            try:
+                onnx.checker.check_model(tmp, full_check=True)
+            except Exception as e:
+                raise ValidationError(
+                    f"the rewritten model fails onnx.checker (full_check): {_one_line(e)}; "
+                    f"nothing was written to {path}"
+                ) from None
+        if external_data:
+            os.replace(os.path.join(tmpdir, data_name), os.path.join(folder, data_name))
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------- shapes
+def infer_shapes(proto: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, int]]:
+    """Shapes and element types of every tensor, inferred on a skeleton of the model.
+
+    The skeleton keeps the nodes and the small initializers (shape constants) and declares big
+    initializers as typed graph inputs, so inference never copies or serialises the weights.
+    """
+    g = proto.graph
+    skel_graph = onnx.GraphProto(name=g.name)
+    skel_graph.node.extend(g.node)
+    skel_graph.output.extend(g.output)
+    input_names = set()
+    for v in g.input:
+        skel_graph.input.append(v)
+        input_names.add(v.name)
+    for t in g.initializer:
+        n_elems = int(np.prod(t.dims)) if len(t.dims) else 1
+        if n_elems <= _SKELETON_MAX_ELEMS and t.data_location != onnx.TensorProto.EXTERNAL:
+            skel_graph.initializer.append(t)
+        elif t.name not in input_names:
+            skel_graph.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    skel = onnx.ModelProto()
+    skel.ir_version = max(proto.ir_version, 4)
+    skel.opset_import.extend(proto.opset_import)
+    skel.functions.extend(proto.functions)
+    skel.graph.CopyFrom(skel_graph)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(skel, check_type=False, strict_mode=False,
+                                                     data_prop=True)
+    except Exception:  # inference is best effort here; rules needing shapes will say so
+        inferred = skel
+    shapes: dict[str, Shape] = {}
+    dtypes: dict[str, int] = {}
+    for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        tt = v.type.tensor_type
+        if not v.type.HasField("tensor_type"):
+            continue
+        dtypes[v.name] = tt.elem_type
+        if tt.HasField("shape"):
+            shapes[v.name] = tuple(_dim(d) for d in tt.shape.dim)
+    return shapes, dtypes
+
+
+def value_infos_from_inference(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
+    """Inferred value_info for intermediate tensors (for storing in a rewritten model)."""
+    shapes, dtypes = infer_shapes(proto)
+    skip = {v.name for v in proto.graph.input} | {v.name for v in proto.graph.output}
+    skip |= {t.name for t in proto.graph.initializer}
+    out = []
+    for n in proto.graph.node:
+        for name in n.output:
+            if name and name not in skip and name in dtypes:
+                shape = shapes.get(name)
+                out.append(helper.make_tensor_value_info(name, dtypes[name],
+                                                         None if shape is None else list(shape)))
+    return out
+
+
+# ------------------------------------------------------------------------ helpers
+def _dim(d) -> Dim:
+    if d.HasField("dim_value"):
+        return int(d.dim_value)
+    if d.HasField("dim_param"):
+        return d.dim_param
+    return None
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    for o in proto.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    return 1
+
+
+def _np_dtype(onnx_type: int):
+    return helper.tensor_dtype_to_np_dtype(onnx_type)
+
+
+def _set_value_info_shape(v: onnx.ValueInfoProto, shape: Iterable[int]) -> None:
+    tt = v.type.tensor_type
+    tt.shape.Clear()
+    for d in shape:
+        tt.shape.dim.add().dim_value = int(d)
+
+
+def _constant_node_value(node: onnx.NodeProto) -> np.ndarray | None:
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name == "value_float":
+            return np.array(a.f, dtype=np.float32)
+        if a.name == "value_floats":
+            return np.array(list(a.floats), dtype=np.float32)
+        if a.name == "value_int":
+            return np.array(a.i, dtype=np.int64)
+        if a.name == "value_ints":
+            return np.array(list(a.ints), dtype=np.int64)
+    return None  # sparse_value / string values: not a weight we slice
+
+
+def _subgraphs(node: onnx.NodeProto) -> list[onnx.GraphProto]:
+    subs = []
+    for a in node.attribute:
+        if a.type == onnx.AttributeProto.GRAPH:
+            subs.append(a.g)
+        elif a.type == onnx.AttributeProto.GRAPHS:
+            subs.extend(a.graphs)
+    return subs
+
+
+def _outer_names(graph: onnx.GraphProto) -> set[str]:
+    """Names a subgraph reads from the enclosing scope."""
+    local = {v.name for v in graph.input} | {t.name for t in graph.initializer}
+    used: set[str] = set()
+    for n in graph.node:
+        for name in n.input:
+            if name and name not in local:
+                used.add(name)
+        local.update(o for o in n.output if o)
+        for sub in _subgraphs(n):
+            used |= {x for x in _outer_names(sub) if x not in local}
+    return used
+
+
+def _weights_bytes(model: onnx.ModelProto) -> int:
+    total = 0
+    for t in model.graph.initializer:
+        total += len(t.raw_data) if t.raw_data else int(np.prod(t.dims) if t.dims else 1) * 4
+    return total
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:400] + ("…" if len(text) > 400 else "")

@@ -1,0 +1,278 @@
+"""The plan: which channels of which group go, and why, as plain data (JSON).
+
+Targets:
+
+* ``ratio``: remove this fraction of each group's channels (``uniform``), or of all prunable
+  channels ranked together by normalised score (``global``);
+* ``target_flops`` / ``target_params``: the fraction of the original FLOPs/parameters to
+  *keep*; the ratio is found by bisection on the cost model.
+
+Constraints: pinned channels stay (barriers, graph outputs, protected names); a group keeps at
+least ``min_channels``; with ``round_to=N`` kept widths are multiples of N (rounded up, so
+never below the request's accuracy budget); every Split/Slice segment and producer keeps ≥ 1.
+
+A plan names the analysis it was made for (``signature``); applying it to a model whose
+groups differ is refused. Editing a plan = editing the ``remove`` lists.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from .analysis import Analysis
+from .cost import Cost, CostModel
+from .errors import PlanError
+
+__all__ = ["GroupPlan", "Plan", "make_plan", "keep_atoms"]
+
+PLAN_VERSION = 1
+
+
+@dataclass(frozen=True)
+class GroupPlan:
+    """The decision for one group. ``remove`` holds channel positions (0 … size-1)."""
+
+    group: int
+    name: str
+    size: int
+    remove: tuple[int, ...]
+    pinned: int = 0
+    reasons: tuple[str, ...] = ()
+    members: tuple[str, ...] = ()
+    scores: tuple[float, ...] = ()
+    note: str = ""
+
+    @property
+    def kept(self) -> int:
+        return self.size - len(self.remove)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A pruning plan: pure data, serialisable to JSON and back."""
+
+    signature: str
+    criterion: str
+    groups: tuple[GroupPlan, ...]
+    settings: dict = field(default_factory=dict)
+    estimate: dict = field(default_factory=dict)
+    model: str = ""
+    version: int = PLAN_VERSION
+
+    @property
+    def n_removed(self) -> int:
+        return sum(len(g.remove) for g in self.groups)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["groups"] = [asdict(g) for g in self.groups]
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
+
+    def save(self, path: str) -> None:
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write(self.to_json())
+        os.replace(tmp, path)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Plan:
+        try:
+            if d.get("version") != PLAN_VERSION:
+                raise PlanError(f"plan version {d.get('version')} is not {PLAN_VERSION}; make the plan again")
+            groups = tuple(
+                GroupPlan(**{**g, "remove": tuple(int(i) for i in g["remove"]),
+                             "reasons": tuple(g.get("reasons", ())), "members": tuple(g.get("members", ())),
+                             "scores": tuple(g.get("scores", ()))})
+                for g in d["groups"]
+            )
+            return cls(signature=d["signature"], criterion=d["criterion"], groups=groups,
+                       settings=d.get("settings", {}), estimate=d.get("estimate", {}), model=d.get("model", ""))
+        except PlanError:
+            raise
+        except (KeyError, TypeError, ValueError) as e:
+            raise PlanError(f"plan is malformed ({type(e).__name__}: {e}); make it with 'onnxprune plan'") from None
+
+    @classmethod
+    def load(cls, path: str) -> Plan:
+        try:
+            with open(path) as f:
+                d = json.load(f)
+        except OSError as e:
+            raise PlanError(f"{path}: cannot read the plan ({e.strerror})") from None
+        except json.JSONDecodeError as e:
+            raise PlanError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
+        return cls.from_dict(d)
+
+
+def keep_atoms(an: Analysis, plan: Plan) -> np.ndarray:
+    """Boolean keep mask over the analysis' atoms, after checking the plan fits it.
+
+    Raises:
+        PlanError: signature mismatch, unknown group, removal of a pinned channel, a segment or
+            producer left with no channel.
+    """
+    if plan.signature != an.signature():
+        raise PlanError("the plan was made for a different model (group signature differs); "
+                        "make a new plan with 'onnxprune plan' on this model")
+    keep = np.ones(an.n_atoms, dtype=bool)
+    for gp in plan.groups:
+        if not 0 <= gp.group < len(an.groups):
+            raise PlanError(f"plan names group {gp.group}, the model has {len(an.groups)} groups")
+        g = an.groups[gp.group]
+        if gp.size != g.size:
+            raise PlanError(f"group {gp.group} has {g.size} channels, the plan says {gp.size}")
+        rem = np.asarray(gp.remove, dtype=np.int64)
+        if rem.size and (rem.min() < 0 or rem.max() >= g.size):
+            raise PlanError(f"group {gp.group}: channel index out of range 0..{g.size - 1}")
+        if rem.size and g.pinned[rem].any():
+            k = int(rem[g.pinned[rem]][0])
+            why = "; ".join(an.atom_reasons.get(int(g.atoms[k]), [])) or "pinned"
+            raise PlanError(f"group {gp.group} ({an.group_name(g)}): channel {k} cannot be removed: {why}")
+        keep[g.atoms[rem]] = False
+    for s in an.nonempty_sets:
+        if not keep[s].any():
+            raise PlanError("the plan removes every channel of a layer or segment "
+                            f"(group {int(an.group_of_atom[s[0]])}); keep at least one")
+    return keep
+
+
+# ----------------------------------------------------------------------------- making
+@dataclass
+class _Options:
+    ratio: float | None
+    target_flops: float | None
+    target_params: float | None
+    mode: str
+    round_to: int
+    min_channels: int
+
+
+def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ratio: float | None = None,
+              target_flops: float | None = None, target_params: float | None = None, mode: str = "uniform",
+              round_to: int = 1, min_channels: int = 1, notes: dict[int, str] | None = None,
+              model_name: str = "") -> Plan:
+    """Decide which channels to remove.
+
+    Args:
+        an: the analysis (with protections applied).
+        scores: group id -> channel scores (higher = keep), from ``importance.score_groups``.
+        criterion: recorded in the plan.
+        ratio: fraction of channels to remove (0 ≤ ratio < 1).
+        target_flops: fraction of the original FLOPs to keep (0 < x ≤ 1).
+        target_params: fraction of the original parameters to keep (0 < x ≤ 1).
+        mode: ``uniform`` (same ratio in every group) or ``global`` (one ranking for all).
+        round_to: kept widths are multiples of this (1: no rounding).
+        min_channels: smallest kept width of a group.
+        notes: per-group notes from scoring (fallbacks).
+
+    Raises:
+        PlanError: bad or unreachable targets.
+    """
+    given = [x is not None for x in (ratio, target_flops, target_params)]
+    if sum(given) != 1:
+        raise PlanError("give exactly one of --ratio, --target-flops, --target-params")
+    if ratio is not None and not 0 <= ratio < 1:
+        raise PlanError(f"--ratio {ratio} must be in [0, 1): the fraction of channels to remove")
+    for name, v in (("--target-flops", target_flops), ("--target-params", target_params)):
+        if v is not None and not 0 < v <= 1:
+            raise PlanError(f"{name} {v} must be in (0, 1]: the fraction of the original to keep")
+    if mode not in ("uniform", "global"):
+        raise PlanError(f"unknown mode '{mode}'; use uniform or global")
+    if round_to < 1 or min_channels < 1:
+        raise PlanError("--round-to and --min-channels must be ≥ 1")
+    opts = _Options(ratio, target_flops, target_params, mode, round_to, min_channels)
+    cm = CostModel(an.model, an)
+    before = cm.count()
+    if ratio is not None:
+        keep = _select(an, scores, ratio, opts)
+    else:
+        metric = "flops" if target_flops is not None else "params"
+        target = target_flops if target_flops is not None else target_params
+        keep = _bisect(an, scores, opts, cm, before, metric, float(target))
+    after = cm.count(keep)
+    groups = []
+    for g in an.groups:
+        removed = np.flatnonzero(~keep[g.atoms])
+        s = scores.get(g.id)
+        note = (notes or {}).get(g.id, "")
+        if g.prunable and removed.size:
+            note = (note + "; " if note else "") + f"removed the {removed.size} lowest-scoring by {criterion} ({mode})"
+        groups.append(GroupPlan(
+            group=g.id, name=an.group_name(g), size=g.size, remove=tuple(int(i) for i in removed),
+            pinned=int(g.pinned.sum()), reasons=tuple(g.reasons), members=tuple(an.group_members(g)),
+            scores=tuple(float(f"{v:.5g}") for v in s) if s is not None else (), note=note,
+        ))
+    settings = {"ratio": ratio, "target_flops": target_flops, "target_params": target_params, "mode": mode,
+                "round_to": round_to, "min_channels": min_channels}
+    return Plan(signature=an.signature(), criterion=criterion, groups=tuple(groups), settings=settings,
+                estimate={"before": before.as_dict(), "after": after.as_dict()}, model=model_name)
+
+
+def _select(an: Analysis, scores: dict[int, np.ndarray], ratio: float, o: _Options) -> np.ndarray:
+    keep = np.ones(an.n_atoms, dtype=bool)
+    if ratio <= 0:
+        return keep
+    prunable = [g for g in an.groups if g.prunable and g.id in scores]
+    if o.mode == "uniform":
+        want = {g.id: int(math.floor(ratio * g.size + 1e-9)) for g in prunable}
+    else:
+        pool = [(float(scores[g.id][i]), g.id, i) for g in prunable for i in np.flatnonzero(~g.pinned)]
+        pool.sort()
+        n_total = sum(g.size for g in prunable)
+        n_remove = min(int(math.floor(ratio * n_total + 1e-9)), len(pool))
+        want = {g.id: 0 for g in prunable}
+        for _, gid, _ in pool[:n_remove]:
+            want[gid] += 1
+    for g in prunable:
+        kept = g.size - want[g.id]
+        kept = max(kept, o.min_channels, int(g.pinned.sum()))
+        if o.round_to > 1:
+            kept = int(math.ceil(kept / o.round_to) * o.round_to)
+        kept = min(kept, g.size)
+        n_rm = min(g.size - kept, g.n_prunable)
+        if n_rm <= 0:
+            continue
+        s = np.where(g.pinned, np.inf, scores[g.id])
+        order = np.argsort(s, kind="stable")[:n_rm]
+        keep[g.atoms[order]] = False
+    for s_atoms in an.nonempty_sets:  # never empty a segment or producer
+        if not keep[s_atoms].any():
+            g = an.groups[int(an.group_of_atom[s_atoms[0]])]
+            best = s_atoms[np.argmax(scores[g.id][an.pos_of_atom[s_atoms]])]
+            keep[best] = True
+    return keep
+
+
+def _bisect(an, scores, o, cm: CostModel, before: Cost, metric: str, target: float) -> np.ndarray:
+    base = getattr(before, metric)
+    if base == 0:
+        raise PlanError(f"the model has no {metric} to reduce")
+
+    def frac(r: float) -> tuple[float, np.ndarray]:
+        k = _select(an, scores, r, o)
+        return getattr(cm.count(k), metric) / base, k
+
+    f_hi, k_hi = frac(0.999)
+    if target >= 1:
+        return np.ones(an.n_atoms, dtype=bool)
+    if f_hi > target + 1e-9:
+        raise PlanError(f"cannot reach {metric} {target:.3f} of the original: removing every prunable channel "
+                        f"keeps {f_hi:.3f} (pinned channels, min width, rounding); relax the target")
+    lo, hi, best = 0.0, 0.999, k_hi
+    for _ in range(24):
+        mid = (lo + hi) / 2
+        f, k = frac(mid)
+        if f <= target:
+            hi, best = mid, k
+        else:
+            lo = mid
+        if hi - lo < 1e-4:
+            break
+    return best

@@ -1,0 +1,170 @@
+"""Apply a plan: the only layer that changes graphs.
+
+Passes, in order (each a function of the model, the analysis and the kept atoms):
+
+1. ``slice_params``: every constant axis indexed by channels keeps only the kept positions
+   (``np.compress``), once per (constant, axis) — shared constants were coupled by the analysis.
+2. ``run_fixes``: the rules' declared fixes (Conv ``group``, Reshape targets, Split sizes,
+   Slice starts/ends, Resize sizes); a constant shared with another node is cloned first.
+3. ``remove_dead``: nodes whose outputs nobody reads, and constants nobody uses.
+4. ``refresh_shapes``: stale ``value_info`` is cleared and re-inferred.
+
+Post-conditions (``ensure``): each sliced axis has the kept count; inferred graph output shapes
+equal the declared ones. Nodes are never added or reordered, so topological order holds.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+from .._ir import Model, Use, value_infos_from_inference
+from ..analysis import Analysis
+from ..errors import ValidationError
+
+__all__ = ["RewriteResult", "apply", "RewriteContext"]
+
+
+@dataclass(frozen=True)
+class RewriteResult:
+    model: onnx.ModelProto
+    modified: bool
+    sliced: int
+    removed_nodes: int
+
+
+class RewriteContext:
+    """What a rule's fix may do to the graph (handed to ``Fix.fn``)."""
+
+    def __init__(self, model: Model, an: Analysis, keep_atom: np.ndarray) -> None:
+        self.model = model
+        self.an = an
+        self.keep_atom = keep_atom
+
+    def keep(self, labels: np.ndarray) -> np.ndarray:
+        return self.an.keep_mask(labels, self.keep_atom)
+
+    def set_attr(self, node: onnx.NodeProto, name: str, value) -> None:
+        self.model.set_attr(node, name, value)
+
+    def const_input(self, node_index: int, k: int) -> np.ndarray:
+        return np.asarray(self.model.const(self.model.nodes[node_index].input[k]))
+
+    def set_input_const(self, node_index: int, k: int, value: np.ndarray) -> None:
+        """Set input k of a node to ``value``; a constant other nodes also read is cloned."""
+        m = self.model
+        node = m.nodes[node_index]
+        name = node.input[k]
+        old = m.const(name)
+        if old is not None and old.shape == value.shape and np.array_equal(old, value):
+            return
+        users = {u.node for u in m.uses(name)}
+        if users == {node_index} and not m.is_graph_output(name):
+            m.set_const(name, value.astype(old.dtype) if old is not None else value)
+            return
+        new = m.add_initializer(name, value.astype(old.dtype) if old is not None else value)
+        node.input[k] = new
+        m.consumers[name] = [u for u in m.uses(name) if not (u.node == node_index and u.index == k)]
+        m.consumers[new] = [Use(node_index, k)]
+
+
+def slice_params(model: Model, an: Analysis, keep_atom: np.ndarray) -> int:
+    axes: dict[str, dict[int, np.ndarray]] = {}
+    for p in an.params:
+        axes.setdefault(p.tensor, {}).setdefault(p.axis, p.labels)
+    n = 0
+    for tensor, by_axis in axes.items():
+        arr = model.const(tensor)
+        changed = False
+        for axis, labels in sorted(by_axis.items()):
+            mask = an.keep_mask(labels, keep_atom)
+            if not mask.all():
+                arr = np.compress(mask, arr, axis=axis)
+                changed = True
+        if changed:
+            model.set_const(tensor, arr)
+            n += 1
+    return n
+
+
+def run_fixes(model: Model, an: Analysis, keep_atom: np.ndarray) -> None:
+    rw = RewriteContext(model, an, keep_atom)
+    for fix in an.fixes:
+        fix.fn(rw)
+
+
+def remove_dead(model: Model) -> int:
+    """Drop nodes whose outputs are unused (iteratively) and constants nobody reads."""
+    g = model.graph
+    removed = 0
+    while True:
+        used = {name for n in g.node for name in n.input if name}
+        for n in g.node:  # names read by subgraphs
+            for a in n.attribute:
+                for sub in ([a.g] if a.type == onnx.AttributeProto.GRAPH else list(a.graphs)):
+                    used |= {name for sn in sub.node for name in sn.input}
+        used |= {v.name for v in g.output}
+        dead = [i for i, n in enumerate(g.node)
+                if n.output and not any(o in used for o in n.output if o)]
+        if not dead:
+            break
+        for i in reversed(dead):
+            del g.node[i]
+        removed += len(dead)
+    used = {name for n in g.node for name in n.input if name} | {v.name for v in g.output}
+    keep_inits = [t for t in g.initializer if t.name in used]
+    if len(keep_inits) != len(g.initializer):
+        inputs = {v.name for v in g.input}
+        dropped = {t.name for t in g.initializer} - {t.name for t in keep_inits}
+        del g.initializer[:]
+        g.initializer.extend(keep_inits)
+        kept_inputs = [v for v in g.input if not (v.name in dropped and v.name in inputs)]
+        del g.input[:]
+        g.input.extend(kept_inputs)
+    return removed
+
+
+def refresh_shapes(model: Model) -> None:
+    g = model.graph
+    del g.value_info[:]
+    g.value_info.extend(value_infos_from_inference(model.proto))
+
+
+def ensure(model: Model, an: Analysis, keep_atom: np.ndarray) -> None:
+    """Post-conditions of the rewrite; a failure here is a bug in a rule, not a user error."""
+    for p in an.params:
+        shape = model.const_shape(p.tensor)
+        want = int(an.keep_mask(p.labels, keep_atom).sum())
+        if shape is None or shape[p.axis] != want:
+            raise AssertionError(f"rewrite post-condition: {p.tensor} axis {p.axis} has "
+                                 f"{None if shape is None else shape[p.axis]}, expected {want}")
+    model.infer()
+    for v in model.graph.output:
+        declared = [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        actual = model.shape(v.name)
+        if actual is None or not v.type.tensor_type.HasField("shape"):
+            continue
+        for d, a in zip(declared, actual):
+            if d is not None and isinstance(a, int) and d != a:
+                raise ValidationError(f"graph output '{v.name}' would change shape from {declared} to "
+                                      f"{list(actual)}; this is a bug, please report it with the model")
+
+
+def apply(model: Model, an: Analysis, keep_atom: np.ndarray) -> RewriteResult:
+    """Remove the channels whose atoms are not kept. Changes ``model`` in place.
+
+    Args:
+        model: the model the analysis was made on (its proto is edited in place).
+        an: the analysis.
+        keep_atom: boolean mask over ``an``'s atoms (see ``planner.keep_atoms``).
+    """
+    if keep_atom.all():
+        return RewriteResult(model.proto, False, 0, 0)
+    sliced = slice_params(model, an, keep_atom)
+    run_fixes(model, an, keep_atom)
+    removed = remove_dead(model)
+    model.reindex()
+    refresh_shapes(model)
+    ensure(model, an, keep_atom)
+    return RewriteResult(model.proto, True, sliced, removed)

@@ -1,0 +1,160 @@
+"""Concat, Split and Slice: index offsets on the channel axis.
+
+1. ``Concat`` on the channel axis: the output's labels are the inputs' labels one after the
+   other (offsets follow automatically when inputs shrink). An input without channel
+   information gets fresh pinned labels. Concat on another axis unifies the inputs' channels.
+2. ``Split`` on the channel axis: output k gets its segment of labels; explicit split sizes are
+   rewritten to the kept counts; an implicit equal split keeps segments equal by tying position
+   j of every segment together.
+3. ``Slice`` on the channel axis (step 1): the output gets ``labels[start:end]``; start/end are
+   rewritten to the kept counts before and inside the range (pruning keeps order, so the kept
+   channels of a contiguous range stay contiguous).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Rule, norm_axis
+
+
+class ConcatRule(Rule):
+    op_types = ("Concat",)
+
+    def apply(self, ctx) -> None:
+        chans = [ctx.chan(k) for k in range(ctx.n_inputs)]
+        if all(c is None for c in chans):
+            return
+        rank = ctx.rank(0) or next(c for c in chans if c is not None).axis + 1
+        axis = norm_axis(int(ctx.attr("axis", 1)), ctx.rank(0) or rank)
+        tracked = [c for c in chans if c is not None]
+        if any(c.axis == axis for c in tracked):
+            parts = []
+            for k in range(ctx.n_inputs):
+                c = ctx.chan_or_pinned(k, axis, "concatenated with a tensor whose channels are not tracked")
+                if c is None or c.axis != axis:
+                    ctx.barrier(f"input {k} does not carry channels on the concat axis")
+                    return
+                parts.append(c.labels)
+            ctx.set_out(0, axis, np.concatenate(parts))
+            return
+        first = tracked[0]
+        for k, c in enumerate(chans):
+            if c is None:
+                ctx.pin(first.labels, f"concatenated (axis {axis}) with untracked input {k}")
+            elif c.axis != first.axis or c.labels.size != first.labels.size:
+                ctx.barrier("inputs carry channels on different axes")
+                return
+            else:
+                ctx.unify(first.labels, c.labels)
+        ctx.set_out(0, first.axis, first.labels)
+
+
+class SplitRule(Rule):
+    op_types = ("Split",)
+
+    def apply(self, ctx) -> None:
+        x = ctx.chan(0)
+        if x is None:
+            return
+        rank = ctx.rank(0)
+        axis = norm_axis(int(ctx.attr("axis", 0)), rank or x.axis + 1)
+        if x.axis != axis:
+            for k in range(ctx.n_outputs):
+                ctx.set_out(k, x.axis, x.labels)
+            return
+        in_attr = ctx.model.opset < 13
+        if in_attr:
+            sizes = ctx.attr("split")
+        elif ctx.has_input(1):
+            if not ctx.is_const(1):
+                ctx.barrier("split sizes are not a constant")
+                return
+            sizes = ctx.const(1)
+        else:
+            sizes = None
+        c = x.labels.size
+        n = ctx.n_outputs
+        if sizes is None or len(sizes) == 0:
+            if c % n:
+                ctx.barrier(f"implicit uneven split of {c} channels into {n}")
+                return
+            rows = x.labels.reshape(n, -1)
+            for r in rows[1:]:
+                ctx.unify(rows[0], r)
+            segments = list(rows)
+        else:
+            bounds = np.concatenate([[0], np.cumsum(np.asarray(sizes, dtype=np.int64))])
+            segments = [x.labels[bounds[k]:bounds[k + 1]] for k in range(len(sizes))]
+
+            def fix_split(rw, node=ctx.node, node_index=ctx.index, segments=segments, in_attr=in_attr):
+                new = np.array([int(rw.keep(s).sum()) for s in segments], dtype=np.int64)
+                if in_attr:
+                    rw.set_attr(node, "split", new.tolist())
+                else:
+                    rw.set_input_const(node_index, 1, new)
+
+            ctx.fix(fix_split)
+        for k, seg in enumerate(segments):
+            ctx.nonempty(seg)
+            ctx.set_out(k, x.axis, seg)
+
+
+class SliceRule(Rule):
+    op_types = ("Slice",)
+
+    def apply(self, ctx) -> None:
+        x = ctx.chan(0)
+        if x is None:
+            return
+        rank = ctx.rank(0)
+        if rank is None:
+            ctx.barrier("rank unknown")
+            return
+        in_attr = ctx.model.opset < 10
+        if in_attr:
+            starts, ends = ctx.attr("starts"), ctx.attr("ends")
+            axes, steps = ctx.attr("axes"), None
+        else:
+            for k in range(1, 5):
+                if ctx.has_input(k) and not ctx.is_const(k):
+                    ctx.barrier(f"slice input {k} is not a constant")
+                    return
+            starts, ends = ctx.const(1), ctx.const(2)
+            axes = ctx.const(3) if ctx.has_input(3) else None
+            steps = ctx.const(4) if ctx.has_input(4) else None
+        starts = np.asarray(starts, dtype=np.int64)
+        axes = list(range(len(starts))) if axes is None or len(axes) == 0 else [norm_axis(int(a), rank) for a in axes]
+        if x.axis not in axes:
+            ctx.set_out(0, x.axis, x.labels)
+            return
+        i = axes.index(x.axis)
+        if steps is not None and int(steps[i]) != 1:
+            ctx.barrier("slices the channel axis with a step other than 1")
+            return
+        c = x.labels.size
+        s, e = int(starts[i]), int(np.asarray(ends, dtype=np.int64)[i])
+        s = min(max(s + c if s < 0 else s, 0), c)
+        e = min(max(e + c if e < 0 else e, 0), c)
+        out = x.labels[s:max(s, e)]
+
+        def fix_slice(rw, node=ctx.node, node_index=ctx.index, i=i, s=s, e=e, labels=x.labels, in_attr=in_attr):
+            keep = rw.keep(labels)
+            new_s = int(keep[:s].sum())
+            new_e = new_s + int(keep[s:e].sum())
+            if in_attr:
+                st, en = list(rw.model.attr(node, "starts")), list(rw.model.attr(node, "ends"))
+                st[i], en[i] = new_s, new_e
+                rw.set_attr(node, "starts", st)
+                rw.set_attr(node, "ends", en)
+            else:
+                for k, v in ((1, new_s), (2, new_e)):
+                    arr = rw.const_input(node_index, k).copy()
+                    arr[i] = v
+                    rw.set_input_const(node_index, k, arr)
+
+        ctx.fix(fix_slice)
+        ctx.nonempty(out)
+        ctx.set_out(0, x.axis, out)
+
+
+RULES = (ConcatRule(), SplitRule(), SliceRule())

@@ -1,0 +1,122 @@
+"""Conv and ConvTranspose (1D/2D/3D; plain, grouped, depthwise).
+
+Conv ``W[O, C/g, k...]``, ConvTranspose ``W[C, O/g, k...]``, channel axis 1 of X and Y.
+
+Cases:
+1. ``group == 1``: the output channels are a new space (W's O axis and B are producer-side);
+   W's C axis is consumer-side, indexed by X's channels.
+2. Depthwise (one input channel per group, ``g == C``): output channels ``c·m … c·m+m-1`` come
+   from input channel ``c`` only, so they share its label; pruning removes whole groups and the
+   rewrite sets ``group`` to the kept count.
+3. Grouped (``1 < g < C``): every group must keep the same number of inputs and outputs, so
+   position ``j`` of every group is one atom (Torch-Pruning's approach); ``group`` is unchanged
+   and W's per-group axis is indexed by group 0's labels.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Rule
+
+
+def _unify_rows(ctx, labels: np.ndarray, groups: int) -> None:
+    rows = labels.reshape(groups, -1)
+    for r in rows[1:]:
+        ctx.unify(rows[0], r)
+
+
+class ConvRule(Rule):
+    op_types = ("Conv",)
+
+    def apply(self, ctx) -> None:
+        if not ctx.is_const(1):
+            ctx.barrier("weight is not a constant")
+            return
+        w_shape = ctx.model.const_shape(ctx.input_name(1))
+        g = int(ctx.attr("group", 1))
+        o, cg = int(w_shape[0]), int(w_shape[1])
+        x = ctx.chan(0)
+        if x is not None and x.axis != 1:
+            ctx.pin(x.labels, "channels are not on axis 1")
+            x = None
+        has_b = ctx.has_input(2)
+        if has_b and not ctx.is_const(2):
+            ctx.barrier("bias is not a constant")
+            return
+        if g == 1:
+            y = ctx.new_space(o)
+            ctx.param(1, 0, y, "out")
+            if x is not None:
+                ctx.param(1, 1, x.labels, "in")
+        elif cg == 1:  # depthwise, channel multiplier m
+            m = o // g
+            xl = x.labels if x is not None else ctx.new_space(g, f"{ctx.name}:input")
+            if x is None:
+                ctx.pin(xl, "depthwise conv input carries no prunable channels")
+            y = np.repeat(xl, m)
+            ctx.param(1, 0, y, "out")
+
+            def set_group(rw, node=ctx.node, labels=xl):
+                rw.set_attr(node, "group", int(rw.keep(labels).sum()))
+
+            ctx.fix(set_group)
+        else:  # grouped
+            y = ctx.new_space(o)
+            _unify_rows(ctx, y, g)
+            ctx.param(1, 0, y, "out")
+            if x is not None:
+                _unify_rows(ctx, x.labels, g)
+                ctx.param(1, 1, x.labels[:cg], "in")
+        if has_b:
+            ctx.param(2, 0, y, "bias")
+        ctx.nonempty(y)
+        ctx.set_out(0, 1, y)
+
+
+class ConvTransposeRule(Rule):
+    op_types = ("ConvTranspose",)
+
+    def apply(self, ctx) -> None:
+        if not ctx.is_const(1):
+            ctx.barrier("weight is not a constant")
+            return
+        w_shape = ctx.model.const_shape(ctx.input_name(1))
+        g = int(ctx.attr("group", 1))
+        c, og = int(w_shape[0]), int(w_shape[1])
+        x = ctx.chan(0)
+        if x is not None and x.axis != 1:
+            ctx.pin(x.labels, "channels are not on axis 1")
+            x = None
+        if ctx.has_input(2) and not ctx.is_const(2):
+            ctx.barrier("bias is not a constant")
+            return
+        if g == 1:
+            y = ctx.new_space(og)
+            ctx.param(1, 1, y, "out")
+            if x is not None:
+                ctx.param(1, 0, x.labels, "in")
+        elif c == g:  # depthwise: output block c·m… comes from input c
+            xl = x.labels if x is not None else ctx.new_space(g, f"{ctx.name}:input")
+            if x is None:
+                ctx.pin(xl, "depthwise conv input carries no prunable channels")
+            y = np.repeat(xl, og)
+            ctx.param(1, 0, xl, "out")
+
+            def set_group(rw, node=ctx.node, labels=xl):
+                rw.set_attr(node, "group", int(rw.keep(labels).sum()))
+
+            ctx.fix(set_group)
+        else:
+            y = ctx.new_space(og * g)
+            _unify_rows(ctx, y, g)
+            ctx.param(1, 1, y[:og], "out")
+            if x is not None:
+                _unify_rows(ctx, x.labels, g)
+                ctx.param(1, 0, x.labels, "in")
+        if ctx.has_input(2):
+            ctx.param(2, 0, y, "bias")
+        ctx.nonempty(y)
+        ctx.set_out(0, 1, y)
+
+
+RULES = (ConvRule(), ConvTransposeRule())

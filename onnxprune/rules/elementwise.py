@@ -1,0 +1,98 @@
+"""Element-wise ops: activations (one input) and broadcasting arithmetic (several inputs).
+
+Unary activations map channel c to channel c (``Passthrough``). Broadcasting ops
+(``Add Sub Mul Div Pow Max Min Sum Mean PRelu``) align inputs NumPy-style; on the output's
+channel axis each input either
+
+1. carries the same channels (residual ``Add``, SE ``Mul``, x·sigmoid(x)): labels are unified;
+2. is a constant with one entry per channel (bias ``Add``, per-channel scale ``Mul``, PRelu's
+   slope): that constant axis is sliced with the channels (role ``affine``);
+3. broadcasts along the channel axis (size 1: a scalar, a spatial mask): nothing to do;
+4. anything else (an untracked activation with C channels, misaligned axes): the channels are
+   pinned, with the reason.
+
+Softmax/LogSoftmax/Hardmax pass channels through unless they normalise over the channel axis.
+"""
+from __future__ import annotations
+
+from .base import Passthrough, Rule, norm_axis
+
+UNARY = (
+    "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Gelu", "Tanh", "Elu", "Selu",
+    "Softplus", "Softsign", "Mish", "Celu", "ThresholdedRelu", "Swish", "Exp", "Log", "Abs", "Neg",
+    "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Erf", "Sin", "Cos", "Sign", "Identity", "Cast",
+    "Clip",
+)
+
+
+class BroadcastRule(Rule):
+    op_types = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu")
+
+    def apply(self, ctx) -> None:
+        tracked = [(k, c) for k in range(ctx.n_inputs) if (c := ctx.chan(k)) is not None]
+        if not tracked:
+            return
+        ranks = [ctx.rank(k) for k in range(ctx.n_inputs)]
+        if any(r is None for r in ranks):
+            ctx.barrier("an input's rank is unknown (no shape information)")
+            return
+        out_rank = max(ranks)
+        main_k, main = max(tracked, key=lambda kc: kc[1].labels.size)
+        axis = main.axis + out_rank - ranks[main_k]
+        size = main.labels.size
+        for k in range(ctx.n_inputs):
+            if k == main_k or not ctx.has_input(k):
+                continue
+            offset = out_rank - ranks[k]
+            local = axis - offset  # the input's own axis aligned with the channel axis
+            c = ctx.chan(k)
+            if c is not None:
+                if c.axis + offset == axis and c.labels.size == size:
+                    ctx.unify(main.labels, c.labels)
+                elif c.axis + offset == axis and c.labels.size == 1:
+                    ctx.pin(c.labels, "one channel broadcast over many")
+                else:
+                    ctx.barrier(f"inputs {main_k} and {k} carry channels on different axes")
+                    return
+                continue
+            shape = ctx.model.const_shape(ctx.input_name(k)) if ctx.is_const(k) else ctx.in_shape(k)
+            dim = 1 if local < 0 else shape[local]
+            if dim == 1:
+                continue
+            if ctx.is_const(k) and dim == size:
+                ctx.param(k, local, main.labels, "affine")
+            else:
+                ctx.pin(main.labels, f"input {k} ({ctx.input_name(k)}) has {dim} entries on the channel axis "
+                                     "and is not a channel-tracked tensor")
+        ctx.set_out(0, axis, main.labels)
+
+
+class SoftmaxRule(Rule):
+    op_types = ("Softmax", "LogSoftmax", "Hardmax")
+
+    def apply(self, ctx) -> None:
+        x = ctx.chan(0)
+        if x is None:
+            return
+        rank = ctx.rank(0)
+        if rank is None:
+            ctx.barrier("rank unknown")
+            return
+        if ctx.model.opset >= 13:
+            axis = norm_axis(int(ctx.attr("axis", -1)), rank)
+            mixes = x.axis == axis
+        else:  # coerced to 2-D at `axis`: every axis from `axis` on is normalised together
+            axis = norm_axis(int(ctx.attr("axis", 1)), rank)
+            mixes = x.axis >= axis
+        if mixes:
+            ctx.barrier(f"{ctx.op} normalises over the channel axis")
+            return
+        ctx.set_out(0, x.axis, x.labels)
+
+
+RULES = (
+    Passthrough(*UNARY),
+    Passthrough("Dropout", used_outputs=1),
+    BroadcastRule(),
+    SoftmaxRule(),
+)

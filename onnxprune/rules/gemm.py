@@ -1,0 +1,75 @@
+"""Gemm and MatMul with a constant weight.
+
+``Gemm(A, B, C)``: ``Y[M, N] = A' · B' + C`` with ``A' = A`` or ``Aᵀ`` (transA), ``B' = B`` or
+``Bᵀ`` (transB). The K axis of B' is consumer-side (indexed by A's channels: axis 1 of A, or
+axis 0 when transA), the N axis producer-side (a new space on Y's axis 1); C is sliced where
+its last axis has N entries.
+
+``MatMul(X, W)`` with a constant 2-D ``W[K, N]``: X's channels must be on its last axis; Y's
+last axis is a new space. A MatMul of two activations (attention) is a barrier here.
+"""
+from __future__ import annotations
+
+from .base import Rule
+
+
+class GemmRule(Rule):
+    op_types = ("Gemm",)
+
+    def apply(self, ctx) -> None:
+        if not ctx.is_const(1):
+            ctx.barrier("B is not a constant")
+            return
+        if ctx.has_input(2) and not ctx.is_const(2):
+            ctx.barrier("C is not a constant")
+            return
+        trans_a = int(ctx.attr("transA", 0))
+        trans_b = int(ctx.attr("transB", 0))
+        k_axis_b, n_axis_b = (1, 0) if trans_b else (0, 1)
+        n = int(ctx.model.const_shape(ctx.input_name(1))[n_axis_b])
+        a = ctx.chan(0)
+        if a is not None:
+            if a.axis == (0 if trans_a else 1):
+                ctx.param(1, k_axis_b, a.labels, "in")
+            else:
+                ctx.pin(a.labels, "channels of A are on its M axis")
+        y = ctx.new_space(n)
+        ctx.param(1, n_axis_b, y, "out")
+        if ctx.has_input(2):
+            c_shape = ctx.model.const_shape(ctx.input_name(2))
+            if len(c_shape) and c_shape[-1] == n and n > 1:
+                ctx.param(2, len(c_shape) - 1, y, "bias")
+            elif len(c_shape) and c_shape[-1] not in (1, n):
+                ctx.pin(y, f"C has shape {list(c_shape)}")
+        ctx.nonempty(y)
+        ctx.set_out(0, 1, y)
+
+
+class MatMulRule(Rule):
+    op_types = ("MatMul",)
+
+    def apply(self, ctx) -> None:
+        if not ctx.is_const(1) or ctx.is_const(0):
+            ctx.barrier("MatMul needs a dynamic A and a constant 2-D B to be pruned")
+            return
+        w_shape = ctx.model.const_shape(ctx.input_name(1))
+        if len(w_shape) != 2:
+            ctx.barrier(f"constant B has rank {len(w_shape)}, expected 2")
+            return
+        x = ctx.chan(0)
+        x_rank = ctx.rank(0)
+        if x is not None:
+            if x_rank is not None and x.axis == x_rank - 1:
+                ctx.param(1, 0, x.labels, "in")
+            else:
+                ctx.pin(x.labels, "channels of A are not on its last axis")
+        if x_rank is None:
+            ctx.barrier("rank of A is unknown (no shape information)")
+            return
+        y = ctx.new_space(int(w_shape[1]))
+        ctx.param(1, 1, y, "out")
+        ctx.nonempty(y)
+        ctx.set_out(0, x_rank - 1 if x_rank >= 2 else 0, y)
+
+
+RULES = (GemmRule(), MatMulRule())

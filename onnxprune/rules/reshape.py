@@ -1,0 +1,218 @@
+"""Layout ops: Transpose, Squeeze/Unsqueeze, Flatten, Reshape, and Shape.
+
+1. ``Transpose`` moves the channel axis to ``perm.index(axis)``.
+2. ``Squeeze``/``Unsqueeze`` shift it (squeezing the channel axis itself is a barrier).
+3. ``Flatten``/``Reshape`` that merge the channel axis with the axes after it (C·H·W into a
+   Gemm/MatMul) give the merged axis the labels ``repeat(labels, H·W)`` (tiled when axes before C
+   are merged too). A Reshape's literal target size on that axis is rewritten to the kept count
+   times H·W; 0 (copy) and -1 (infer) entries need no change. Reshapes that *split* the channel
+   axis (attention heads) are barriers here.
+4. ``Shape`` reads channel counts: it is allowed when only dims other than the channel axis are
+   read (``start``/``end``, or every consumer a ``Gather`` of constant indices).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Rule, block_repeat, norm_axis
+
+
+def _prod(dims) -> int:
+    return int(np.prod(dims, dtype=np.int64)) if len(dims) else 1
+
+
+class TransposeRule(Rule):
+    op_types = ("Transpose",)
+
+    def apply(self, ctx) -> None:
+        x = ctx.chan(0)
+        if x is None:
+            return
+        perm = ctx.attr("perm")
+        if perm is None:
+            rank = ctx.rank(0)
+            if rank is None:
+                ctx.barrier("rank unknown")
+                return
+            perm = list(reversed(range(rank)))
+        ctx.set_out(0, list(perm).index(x.axis), x.labels)
+
+
+class SqueezeRule(Rule):
+    op_types = ("Squeeze", "Unsqueeze")
+
+    def apply(self, ctx) -> None:
+        x = ctx.chan(0)
+        if x is None:
+            return
+        rank = ctx.rank(0)
+        if ctx.model.opset >= 13:
+            if ctx.has_input(1) and not ctx.is_const(1):
+                ctx.barrier("axes is not a constant")
+                return
+            axes = ctx.const(1) if ctx.has_input(1) else None
+        else:
+            axes = ctx.attr("axes")
+        if rank is None or axes is None:
+            ctx.barrier("rank or axes unknown")
+            return
+        if ctx.op == "Squeeze":
+            axes = {norm_axis(int(a), rank) for a in np.atleast_1d(axes)}
+            if x.axis in axes:
+                ctx.barrier("squeezes the channel axis")
+                return
+            ctx.set_out(0, x.axis - sum(1 for a in axes if a < x.axis), x.labels)
+        else:
+            out_rank = rank + len(np.atleast_1d(axes))
+            axes = sorted(norm_axis(int(a), out_rank) for a in np.atleast_1d(axes))
+            pos = x.axis
+            for a in axes:
+                if a <= pos:
+                    pos += 1
+            ctx.set_out(0, pos, x.labels)
+
+
+class FlattenRule(Rule):
+    op_types = ("Flatten",)
+
+    def apply(self, ctx) -> None:
+        x = ctx.chan(0)
+        if x is None:
+            return
+        shape = ctx.in_shape(0)
+        if shape is None:
+            ctx.barrier("input shape unknown")
+            return
+        a = norm_axis(int(ctx.attr("axis", 1)), len(shape))
+        if x.axis < a:
+            ctx.barrier("channels would merge with the batch axis")
+            return
+        tail = shape[x.axis + 1:]
+        head = shape[a:x.axis]
+        if not all(isinstance(d, int) for d in (*tail, *head)):
+            ctx.barrier("spatial dims after the channel axis are not static")
+            return
+        ctx.set_out(0, 1, block_repeat(x.labels, _prod(tail), _prod(head)))
+
+
+class ReshapeRule(Rule):
+    op_types = ("Reshape",)
+
+    def apply(self, ctx) -> None:
+        x = ctx.chan(0)
+        if x is None:
+            return
+        ins, outs = ctx.in_shape(0), ctx.out_shape(0)
+        if ins is None or outs is None:
+            ctx.barrier("input or output shape unknown")
+            return
+        ca, c = x.axis, x.labels.size
+        tail = ins[ca + 1:]
+        if not all(isinstance(d, int) for d in tail):
+            ctx.barrier("dims after the channel axis are not static")
+            return
+        s = _prod(tail)
+        j = _merged_axis(outs, c, s)
+        if j is None:
+            ctx.barrier(f"reshape {list(ins)} -> {list(outs)} splits or reorders the channel axis")
+            return
+        t = _prod(outs[j + 1:])
+        inner = s // t
+        target = ctx.const(1)
+        allowzero = int(ctx.attr("allowzero", 0))
+        if target is None:
+            entry = _dynamic_entry(ctx, j)
+            if entry != -1 and not (entry == 0 and j == ca and inner == 1 and not allowzero):
+                ctx.barrier("shape is computed at run time and its channel entry is not -1")
+                return
+        else:
+            entry = int(target[j])
+            if entry > 0:
+                def fix_shape(rw, node_index=ctx.index, j=j, inner=inner, labels=x.labels):
+                    new = rw.const_input(node_index, 1).copy()
+                    new[j] = int(rw.keep(labels).sum()) * inner
+                    rw.set_input_const(node_index, 1, new)
+
+                ctx.fix(fix_shape)
+            elif entry == 0 and (allowzero or j != ca or inner != 1):
+                ctx.barrier("shape entry 0 on the channel axis does not copy the channel count")
+                return
+        ctx.set_out(0, j, block_repeat(x.labels, inner))
+
+
+def _merged_axis(outs, c: int, s: int) -> int | None:
+    """The output axis holding C·(S/T) where T is the product of the static dims after it.
+
+    The input's channel axis (C channels, S elements after it) maps to output axis j when the
+    output dims from j on hold the same elements (prod(outs[j:]) == C·S, so the dims before
+    match too) and channel c covers a whole block of axis j: outs[j] == C·S/T, T | S.
+    """
+    for j in range(len(outs)):
+        rest = outs[j:]
+        if not all(isinstance(d, int) for d in rest):
+            continue
+        t = _prod(rest[1:])
+        if _prod(rest) == c * s and t and s % t == 0 and rest[0] == c * (s // t):
+            return j
+    return None
+
+
+def _dynamic_entry(ctx, j: int):
+    """Entry j of a run-time shape built by Concat of constants and 1-element pieces."""
+    name = ctx.input_name(1)
+    model = ctx.model
+    if name not in model.producer:
+        return None
+    node = model.nodes[model.producer[name]]
+    if node.op_type != "Concat":
+        return None
+    pos = 0
+    for inp in node.input:
+        v = model.const(inp)
+        if v is not None:
+            v = np.atleast_1d(v)
+            if pos <= j < pos + v.size:
+                return int(v[j - pos])
+            pos += v.size
+        else:
+            shape = model.shape(inp)
+            if shape is None or len(shape) != 1 or not isinstance(shape[0], int):
+                return None
+            if pos <= j < pos + shape[0]:
+                return None
+            pos += shape[0]
+    return None
+
+
+class ShapeRule(Rule):
+    op_types = ("Shape",)
+
+    def apply(self, ctx) -> None:
+        x = ctx.chan(0)
+        if x is None:
+            return
+        rank = ctx.rank(0)
+        if rank is None:
+            ctx.barrier("rank unknown")
+            return
+        start = norm_axis(int(ctx.attr("start", 0)), rank)
+        end = ctx.attr("end")
+        end = rank if end is None else norm_axis(int(end), rank)
+        if not (start <= x.axis < end):
+            return
+        model = ctx.model
+        name = ctx.output_name(0)
+        for use in model.uses(name):
+            node = model.nodes[use.node]
+            if node.op_type != "Gather" or use.index != 0 or int(model.attr(node, "axis", 0)) != 0:
+                break
+            idx = model.const(node.input[1])
+            if idx is None or (x.axis - start) in {norm_axis(int(i), end - start) for i in np.atleast_1d(idx)}:
+                break
+        else:
+            if not model.is_graph_output(name):
+                return
+        ctx.barrier("the channel count is read at run time")
+
+
+RULES = (TransposeRule(), SqueezeRule(), FlattenRule(), ReshapeRule(), ShapeRule())

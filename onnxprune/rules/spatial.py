@@ -1,0 +1,144 @@
+"""Ops that act on spatial axes only: pooling, reductions, Resize/Upsample, Pad.
+
+Each passes channels through when the channel axis is not touched:
+
+1. pooling (``MaxPool AveragePool LpPool Global*Pool``): channels on axis 1 (NCHW);
+2. ``Reduce*``: the channel axis is not reduced (it moves left when ``keepdims=0``);
+3. ``Resize``/``Upsample``: scale 1 on the channel axis; a constant ``sizes`` entry for the
+   channel axis is rewritten to the kept count;
+4. ``Pad``: zero padding on the channel axis.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .base import Rule, norm_axis
+
+POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
+REDUCES = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
+           "ReduceLogSum", "ReduceLogSumExp", "ReduceSumSquare")
+
+
+class PoolRule(Rule):
+    op_types = POOLS
+
+    def apply(self, ctx) -> None:
+        x = ctx.chan(0)
+        if x is None:
+            return
+        if x.axis != 1:
+            ctx.barrier("pooling needs channels on axis 1")
+            return
+        if ctx.output_used(1):
+            ctx.barrier("MaxPool indices output is used (indices count channels)")
+            return
+        ctx.set_out(0, 1, x.labels)
+
+
+class ReduceRule(Rule):
+    op_types = REDUCES
+
+    def apply(self, ctx) -> None:
+        x = ctx.chan(0)
+        if x is None:
+            return
+        rank = ctx.rank(0)
+        axes_in_input = ctx.model.opset >= (13 if ctx.op == "ReduceSum" else 18)
+        if axes_in_input:
+            if ctx.has_input(1) and not ctx.is_const(1):
+                ctx.barrier("axes is not a constant")
+                return
+            axes = ctx.const(1) if ctx.has_input(1) else None
+        else:
+            axes = ctx.attr("axes")
+        if rank is None or axes is None or len(np.atleast_1d(axes)) == 0:
+            ctx.barrier("reduces over all axes or rank unknown")
+            return
+        axes = {norm_axis(int(a), rank) for a in np.atleast_1d(axes)}
+        if x.axis in axes:
+            ctx.barrier("reduces over the channel axis")
+            return
+        keep = int(ctx.attr("keepdims", 1))
+        out_axis = x.axis if keep else x.axis - sum(1 for a in axes if a < x.axis)
+        ctx.set_out(0, out_axis, x.labels)
+
+
+class ResizeRule(Rule):
+    op_types = ("Resize", "Upsample")
+
+    def apply(self, ctx) -> None:
+        x = ctx.chan(0)
+        if x is None:
+            return
+        rank = ctx.rank(0)
+        if rank is None:
+            ctx.barrier("rank unknown")
+            return
+        axes = ctx.attr("axes")
+        axes = [norm_axis(int(a), rank) for a in axes] if axes else list(range(rank))
+        if x.axis not in axes:
+            ctx.set_out(0, x.axis, x.labels)
+            return
+        pos = axes.index(x.axis)
+        if ctx.op == "Upsample" or ctx.model.opset < 11:
+            scales = ctx.const(1) if ctx.has_input(1) else np.array(ctx.attr("scales", []), dtype=np.float32)
+            if scales is None or len(scales) <= pos or float(scales[pos]) != 1.0:
+                ctx.barrier("scale on the channel axis is not a constant 1")
+                return
+            ctx.set_out(0, x.axis, x.labels)
+            return
+        if ctx.has_input(3):  # sizes
+            sizes = ctx.const(3)
+            if sizes is None:
+                ctx.barrier("sizes is not a constant")
+                return
+
+            def fix_sizes(rw, node_index=ctx.index, pos=pos, labels=x.labels):
+                new = rw.const_input(node_index, 3).copy()
+                new[pos] = int(rw.keep(labels).sum())
+                rw.set_input_const(node_index, 3, new)
+
+            ctx.fix(fix_sizes)
+        else:
+            scales = ctx.const(2)
+            if scales is None or len(scales) <= pos or float(scales[pos]) != 1.0:
+                ctx.barrier("scale on the channel axis is not a constant 1")
+                return
+        ctx.set_out(0, x.axis, x.labels)
+
+
+class PadRule(Rule):
+    op_types = ("Pad",)
+
+    def apply(self, ctx) -> None:
+        x = ctx.chan(0)
+        if x is None:
+            return
+        rank = ctx.rank(0)
+        if ctx.model.opset < 11:
+            pads = np.array(ctx.attr("pads", []), dtype=np.int64)
+            axes = list(range(rank or 0))
+        else:
+            pads = ctx.const(1)
+            if pads is None:
+                ctx.barrier("pads is not a constant")
+                return
+            if ctx.has_input(3):
+                if not ctx.is_const(3):
+                    ctx.barrier("axes is not a constant")
+                    return
+                axes = [norm_axis(int(a), rank) for a in ctx.const(3)]
+            else:
+                axes = list(range(rank or 0))
+        if rank is None or len(pads) != 2 * len(axes):
+            ctx.barrier("pads do not match the input rank")
+            return
+        if x.axis in axes:
+            i = axes.index(x.axis)
+            if pads[i] != 0 or pads[i + len(axes)] != 0:
+                ctx.barrier("pads the channel axis")
+                return
+        ctx.set_out(0, x.axis, x.labels)
+
+
+RULES = (PoolRule(), ReduceRule(), ResizeRule(), PadRule())
