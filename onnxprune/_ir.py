@@ -66,6 +66,7 @@ class Model:
         self.nodes = list(g.node)
         self.initializers = {t.name: t for t in g.initializer}
         self.constant_nodes: dict[str, int] = {}
+        self.alias: dict[str, str] = {}  # Identity(constant) output -> the constant
         self.producer: dict[str, int] = {}
         self.consumers: dict[str, list[Use]] = {}
         for i, n in enumerate(self.nodes):
@@ -74,6 +75,10 @@ class Model:
                     self.producer[out] = i
             if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
                 self.constant_nodes[n.output[0]] = i
+            elif n.op_type == "Identity" and n.input and n.output and n.domain in ("", "ai.onnx"):
+                src = self.alias.get(n.input[0], n.input[0])
+                if src in self.initializers or src in self.constant_nodes:
+                    self.alias[n.output[0]] = src
             for j, name in enumerate(n.input):
                 if name:
                     self.consumers.setdefault(name, []).append(Use(i, j))
@@ -97,12 +102,33 @@ class Model:
 
     # ---------------------------------------------------------------- constants
     def is_const(self, name: str) -> bool:
-        return bool(name) and (name in self.initializers or name in self.constant_nodes)
+        return bool(name) and (name in self.initializers or name in self.constant_nodes or name in self.alias)
+
+    def resolve(self, name: str) -> str:
+        """The constant behind an ``Identity(constant)`` chain (exporters dedupe weights so)."""
+        return self.alias.get(name, name)
+
+    def const_users(self, name: str) -> set[int]:
+        """Nodes reading a constant directly or through Identity aliases (the aliases excluded)."""
+        root = self.resolve(name)
+        names = [root] + [a for a, src in self.alias.items() if src == root]
+        users = set()
+        for n in names:
+            for u in self.uses(n):
+                node = self.nodes[u.node]
+                if not (node.op_type == "Identity" and node.output and node.output[0] in self.alias):
+                    users.add(u.node)
+        return users
+
+    def const_is_output(self, name: str) -> bool:
+        root = self.resolve(name)
+        return any(self.is_graph_output(n) for n in [root] + [a for a, s in self.alias.items() if s == root])
 
     def const(self, name: str) -> np.ndarray | None:
-        """The value of a constant tensor (initializer or Constant node), else None."""
+        """The value of a constant tensor (initializer, Constant node or Identity of one), else None."""
         if not name:
             return None
+        name = self.resolve(name)
         arr = self._cache.get(name)
         if arr is not None:
             return arr
@@ -116,6 +142,7 @@ class Model:
         return arr
 
     def const_shape(self, name: str) -> tuple[int, ...] | None:
+        name = self.resolve(name)
         if name in self.initializers:
             return tuple(self.initializers[name].dims)
         arr = self.const(name)
@@ -123,6 +150,7 @@ class Model:
 
     def set_const(self, name: str, value: np.ndarray) -> None:
         """Replace a constant's value in place, wherever it is stored."""
+        name = self.resolve(name)
         value = np.ascontiguousarray(value)
         if name in self.initializers:
             old = self.initializers[name]

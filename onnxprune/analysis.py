@@ -256,9 +256,8 @@ class Analysis:
                     self.pin(first.labels, f"constant '{tensor}' axis {axis} is indexed differently by two nodes")
                     self.pin(p.labels, f"constant '{tensor}' axis {axis} is indexed differently by two nodes")
             declared = {p.node for p in ps}
-            users = {u.node for u in model.uses(tensor)}
-            others = users - declared
-            if others or model.is_graph_output(tensor):
+            others = model.const_users(tensor) - declared
+            if others or model.const_is_output(tensor):
                 who = model.node_name(min(others)) if others else "the graph outputs"
                 for p in ps:
                     self.pin(p.labels, f"constant '{tensor}' is also used by {who}, which does not slice axis {axis}")
@@ -420,7 +419,7 @@ class NodeContext:
         self.an.pin(labels, f"{self.name} ({self.op}): {reason}")
 
     def param(self, k: int, axis: int, labels: np.ndarray, role: str) -> None:
-        name = self.node.input[k]
+        name = self.model.resolve(self.node.input[k])
         shape = self.model.const_shape(name)
         if shape is None or shape[axis] != labels.size:
             raise AssertionError(f"{self.name}: param {name} axis {axis} has {shape}, labels {labels.size}")

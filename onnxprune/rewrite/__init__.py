@@ -59,8 +59,7 @@ class RewriteContext:
         old = m.const(name)
         if old is not None and old.shape == value.shape and np.array_equal(old, value):
             return
-        users = {u.node for u in m.uses(name)}
-        if users == {node_index} and not m.is_graph_output(name):
+        if m.const_users(name) == {node_index} and not m.const_is_output(name):
             m.set_const(name, value.astype(old.dtype) if old is not None else value)
             return
         new = m.add_initializer(name, value.astype(old.dtype) if old is not None else value)
