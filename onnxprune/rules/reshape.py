@@ -107,6 +107,9 @@ class ReshapeRule(Rule):
             ctx.barrier("input or output shape unknown")
             return
         ca, c = x.axis, x.labels.size
+        entries = _target_entries(ctx)
+        if any(not isinstance(d, int) for d in outs[ca:]) and entries is not None:
+            outs = _resolve_target(ins, entries, int(ctx.attr("allowzero", 0))) or outs
         tail = ins[ca + 1:]
         if not all(isinstance(d, int) for d in tail):
             ctx.barrier("dims after the channel axis are not static")
@@ -121,7 +124,7 @@ class ReshapeRule(Rule):
         target = ctx.const(1)
         allowzero = int(ctx.attr("allowzero", 0))
         if target is None:
-            entry = _dynamic_entry(ctx, j)
+            entry = entries[j] if entries is not None and j < len(entries) else None
             if entry != -1 and not (entry == 0 and j == ca and inner == 1 and not allowzero):
                 ctx.barrier("shape is computed at run time and its channel entry is not -1")
                 return
@@ -157,31 +160,81 @@ def _merged_axis(outs, c: int, s: int) -> int | None:
     return None
 
 
-def _dynamic_entry(ctx, j: int):
-    """Entry j of a run-time shape built by Concat of constants and 1-element pieces."""
-    name = ctx.input_name(1)
+def _target_entries(ctx) -> list | None:
+    """The Reshape target as a list: ints, dims read from a Shape (int or symbol), or None.
+
+    Handles a constant target and one built at run time by ``Concat`` of constants and
+    ``Unsqueeze(Gather(Shape(t), i))`` pieces (torch's ``x.view(x.size(0), -1)``).
+    """
     model = ctx.model
-    if name not in model.producer:
+    name = ctx.input_name(1)
+    v = model.const(name)
+    if v is not None:
+        return [int(e) for e in np.atleast_1d(v)]
+    node = model.nodes[model.producer[name]] if name in model.producer else None
+    if node is None or node.op_type != "Concat":
         return None
-    node = model.nodes[model.producer[name]]
-    if node.op_type != "Concat":
-        return None
-    pos = 0
+    out: list = []
     for inp in node.input:
         v = model.const(inp)
         if v is not None:
-            v = np.atleast_1d(v)
-            if pos <= j < pos + v.size:
-                return int(v[j - pos])
-            pos += v.size
+            out.extend(int(e) for e in np.atleast_1d(v))
+            continue
+        shape = model.shape(inp)
+        if shape != (1,):
+            return None
+        out.append(_shape_read(model, inp))
+    return out
+
+
+def _shape_read(model, name: str):
+    """``Unsqueeze(Gather(Shape(t), i))`` -> ("dim", t's dim i); anything else -> None."""
+    node = model.nodes[model.producer[name]] if name in model.producer else None
+    if node is not None and node.op_type == "Unsqueeze":
+        node = model.nodes[model.producer[node.input[0]]] if node.input[0] in model.producer else None
+    if node is None or node.op_type != "Gather":
+        return None
+    idx = model.const(node.input[1])
+    src = model.nodes[model.producer[node.input[0]]] if node.input[0] in model.producer else None
+    if idx is None or idx.size != 1 or src is None or src.op_type != "Shape":
+        return None
+    shape = model.shape(src.input[0])
+    start = int(model.attr(src, "start", 0))
+    if shape is None:
+        return None
+    k = int(idx.reshape(-1)[0]) + (start if start >= 0 else len(shape) + start)
+    return ("dim", shape[k]) if 0 <= k < len(shape) and shape[k] is not None else None
+
+
+def _resolve_target(ins, entries, allowzero: int):
+    """Output dims from the target entries: 0 copies, -1 is inferred with symbols cancelling."""
+    outs: list = []
+    infer = None
+    for k, e in enumerate(entries):
+        if isinstance(e, tuple):
+            outs.append(e[1])
+        elif e == 0 and not allowzero:
+            if k >= len(ins):
+                return None
+            outs.append(ins[k])
+        elif e == -1:
+            infer = k
+            outs.append(None)
+        elif isinstance(e, int) and e > 0:
+            outs.append(e)
         else:
-            shape = model.shape(inp)
-            if shape is None or len(shape) != 1 or not isinstance(shape[0], int):
-                return None
-            if pos <= j < pos + shape[0]:
-                return None
-            pos += shape[0]
-    return None
+            return None
+    if infer is not None:
+        num = [d for d in ins]
+        den = [d for k, d in enumerate(outs) if k != infer]
+        for d in list(den):
+            if not isinstance(d, int) and d in num:
+                num.remove(d)
+                den.remove(d)
+        if not all(isinstance(d, int) for d in num + den) or _prod(den) == 0:
+            return None
+        outs[infer] = _prod(num) // _prod(den)
+    return tuple(outs)
 
 
 class ShapeRule(Rule):

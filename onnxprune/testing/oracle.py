@@ -13,7 +13,7 @@ import onnx
 from .._ir import Model
 from ..analysis import Analysis
 
-__all__ = ["zero_consumers", "run", "random_feeds"]
+__all__ = ["zero_consumers", "run", "random_feeds", "check_oracle", "OracleResult"]
 
 
 def zero_consumers(original: onnx.ModelProto, an: Analysis, keep_atom: np.ndarray) -> onnx.ModelProto:
@@ -56,3 +56,56 @@ def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)
+
+
+class OracleResult:
+    """What :func:`check_oracle` found: the error, and everything needed to assert more."""
+
+    def __init__(self, max_err, scale, analysis, keep_atom, pruned, reference, original_out, removed, reference_out):
+        self.max_err = max_err
+        self.scale = scale
+        self.analysis = analysis
+        self.keep_atom = keep_atom
+        self.pruned = pruned
+        self.reference = reference
+        self.original_out = original_out
+        self.removed = removed
+        self.reference_out = reference_out
+
+
+def check_oracle(proto: onnx.ModelProto, *, ratio: float = 0.5, criterion: str = "l2", mode: str = "uniform",
+                 round_to: int = 1, protect=(), seed: int = 0, batch: int = 2, keep_atom=None,
+                 feeds: dict | None = None) -> OracleResult:
+    """Prune ``proto`` (a copy) and compare with the consumer-zeroed original on random inputs.
+
+    The pruned model is also run through ``onnx.checker.check_model(full_check=True)``.
+    """
+    from .. import rewrite
+    from ..analysis import analyze
+    from ..importance import score_groups
+    from ..planner import keep_atoms, make_plan
+
+    original = onnx.ModelProto()
+    original.CopyFrom(proto)
+    work = onnx.ModelProto()
+    work.CopyFrom(proto)
+    m = Model(work)
+    an = analyze(m, protect=protect)
+    if keep_atom is None:
+        scores = score_groups(an, criterion, seed=seed)
+        plan = make_plan(an, scores, criterion=criterion, ratio=ratio, mode=mode, round_to=round_to)
+        keep_atom = keep_atoms(an, plan)
+    reference = zero_consumers(original, an, keep_atom)
+    rewrite.apply(m, an, keep_atom)
+    onnx.checker.check_model(m.proto, full_check=True)
+    feeds = feeds or random_feeds(original, batch=batch, seed=seed)
+    ref_out = run(reference, feeds)
+    new_out = run(m.proto, feeds)
+    orig_out = run(original, feeds)
+    max_err = 0.0
+    for a, b in zip(ref_out, new_out):
+        if a.shape != b.shape:
+            raise AssertionError(f"output shape {b.shape} differs from {a.shape}")
+        max_err = max(max_err, float(np.abs(a.astype(np.float64) - b).max(initial=0.0)))
+    scale = max(float(np.abs(a).max(initial=0.0)) for a in ref_out)
+    return OracleResult(max_err, scale, an, keep_atom, m.proto, reference, orig_out, int((~keep_atom).sum()), ref_out)
