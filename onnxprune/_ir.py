@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import onnx.external_data_helper
 from onnx import helper, numpy_helper
 
 from .errors import UnsupportedModelError, ValidationError
@@ -57,6 +58,7 @@ class Model:
         self._cache: dict[str, np.ndarray] = {}
         self.shapes: dict[str, Shape] = {}
         self.dtypes: dict[str, int] = {}
+        self.external_data = False  # weights were stored beside the model file
         self.reindex()
 
     # ------------------------------------------------------------------ indices
@@ -240,7 +242,10 @@ def load_model(path: str | os.PathLike) -> Model:
     if not os.path.isfile(path):
         raise UnsupportedModelError(f"{path}: no such file; give the path of an .onnx model")
     try:
-        proto = onnx.load(path, load_external_data=True)
+        proto = onnx.load(path, load_external_data=False)
+        external = any(onnx.external_data_helper.uses_external_data(t) for t in proto.graph.initializer)
+        if external:
+            onnx.external_data_helper.load_external_data_for_model(proto, os.path.dirname(os.path.abspath(path)))
     except Exception as e:  # protobuf DecodeError, missing external data...
         raise UnsupportedModelError(
             f"{path}: cannot be read as an ONNX model ({type(e).__name__}: {_one_line(e)})"
@@ -259,7 +264,9 @@ def load_model(path: str | os.PathLike) -> Model:
             f"{path}: opset {opset} is older than {MIN_OPSET}; convert it first with "
             f"onnx.version_converter.convert_version(model, {MIN_OPSET})"
         )
-    return Model(proto, path)
+    model = Model(proto, path)
+    model.external_data = external
+    return model
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, *, external_data: bool | None = None,

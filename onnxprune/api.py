@@ -106,8 +106,8 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
     keep = keep_atoms(an, p)
     cm = CostModel(m, an)
     before, after = cm.count(), cm.count(keep)
-    if external_data is None and m.path:
-        external_data = any(t.data_location == 1 for t in m.proto.graph.initializer) or None
+    if external_data is None and m.external_data:
+        external_data = True
     if rewrite.apply(m, an, keep).modified:
         after = CostModel(m).count()  # counted on the rewritten graph, not estimated
     save_model(m.proto, output, external_data=external_data)
