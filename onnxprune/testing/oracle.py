@@ -48,14 +48,10 @@ def random_feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0) -> dict[
 
 
 def run(model: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-    import onnxruntime as ort
+    """Outputs of ``model`` on the CPU provider, graph optimisations off (exact arithmetic)."""
+    from ..validate.runtime import make_session
 
-    so = ort.SessionOptions()
-    so.log_severity_level = 3
-    so.intra_op_num_threads = 1
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    return sess.run(None, feeds)
+    return make_session(model.SerializeToString(), "cpu", optimize=False).run(None, feeds)
 
 
 class OracleResult:
