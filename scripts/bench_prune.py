@@ -24,7 +24,7 @@ import tempfile
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 PHASE = r"""
-import json, resource, sys, time
+import json, sys, time
 import onnx, onnxprune
 from onnxprune._ir import load_model
 from onnxprune.analysis import analyze
@@ -40,7 +40,9 @@ elif phase == "plan":
 elif phase == "prune":
     onnxprune.prune(src, dst, ratio=ratio, round_to=round_to)
 t = time.perf_counter() - t0
-print(json.dumps({"seconds": t, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+# VmHWM: this process's peak RSS (ru_maxrss would carry the parent's peak across exec)
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"seconds": t, "peak_rss_mb": hwm / 1024}))
 """
 
 
@@ -52,7 +54,8 @@ def run_phase(phase: str, src: str, dst: str, ratio: float, round_to: int) -> di
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--ratio", type=float, default=0.5)
+    ap.add_argument("--ratio", type=float, default=0.5, help="ratio of the timed inspect/plan/prune phases")
+    ap.add_argument("--latency-ratios", type=float, nargs="+", default=[0.4, 0.5])
     ap.add_argument("--round-to", type=int, nargs="+", default=[1, 8, 16])
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--repeats", type=int, default=20, help="timed inference runs per model")
@@ -87,19 +90,19 @@ def main() -> int:
     from onnxprune.validate.runtime import make_session
 
     print(f"\nlatency on CPU ({os.cpu_count()} cores, shared thread pool, {a.repeats} interleaved runs, batch 1)")
-    print(f"{'round_to':>8} {'FLOPs ratio':>12} {'latency ratio':>14} {'lat/FLOPs':>10} {'orig ms':>8} {'pruned ms':>10}")
+    print(f"{'ratio':>5} {'round_to':>8} {'FLOPs ratio':>12} {'latency ratio':>14} {'lat/FLOPs':>10} {'orig ms':>8} {'pruned ms':>10}")
     orig = make_session(src, "cpu")
     feeds = random_dataset(InputSpec.from_session(orig), seed=0).batches[0]
-    for r in a.round_to:
-        dst = os.path.join(work, f"pruned_r{r}.onnx")
-        res = onnxprune.prune(src, dst, ratio=a.ratio, round_to=r)
+    for ratio, r in [(x, y) for x in a.latency_ratios for y in a.round_to]:
+        dst = os.path.join(work, f"pruned_{ratio}_r{r}.onnx")
+        res = onnxprune.prune(src, dst, ratio=ratio, round_to=r)
         flops_ratio = res.after.flops / res.before.flops
         lat = measure_latency(orig, make_session(dst, "cpu"), feeds, warmup=3, repeats=a.repeats)
-        row = {"round_to": r, "flops_ratio": flops_ratio, "latency_ratio": lat.ratio,
+        row = {"ratio": ratio, "round_to": r, "flops_ratio": flops_ratio, "latency_ratio": lat.ratio,
                "latency_over_flops": lat.ratio / flops_ratio, "original_ms": lat.original_ms["median"],
                "pruned_ms": lat.pruned_ms["median"]}
         results["latency"].append(row)
-        print(f"{r:>8} {flops_ratio:>12.3f} {lat.ratio:>14.3f} {lat.ratio / flops_ratio:>10.3f} "
+        print(f"{ratio:>5} {r:>8} {flops_ratio:>12.3f} {lat.ratio:>14.3f} {lat.ratio / flops_ratio:>10.3f} "
               f"{lat.original_ms['median']:>8.1f} {lat.pruned_ms['median']:>10.1f}")
     if a.json:
         with open(a.json, "w") as f:
