@@ -71,6 +71,7 @@ class Model:
         self.alias: dict[str, str] = {}  # Identity(constant) output -> the constant
         self.producer: dict[str, int] = {}
         self.consumers: dict[str, list[Use]] = {}
+        self.captured: dict[int, set[str]] = {}  # node -> outer names its subgraphs read
         for i, n in enumerate(self.nodes):
             for out in n.output:
                 if out:
@@ -87,6 +88,7 @@ class Model:
             for sub in _subgraphs(n):
                 for name in _outer_names(sub):
                     self.consumers.setdefault(name, []).append(Use(i, -1))
+                    self.captured.setdefault(i, set()).add(name)
         self.graph_inputs = [v.name for v in g.input if v.name not in self.initializers]
         self.graph_outputs = [v.name for v in g.output]
         self._output_set = set(self.graph_outputs)

@@ -438,6 +438,10 @@ class NodeContext:
             c = self.chan(k)
             if c is not None:
                 self.pin(c.labels, reason)
+        for name in self.model.captured.get(self.index, ()):  # read inside If/Loop/Scan bodies
+            c = self.an.chan.get(name)
+            if c is not None:
+                self.pin(c.labels, f"{reason} (read inside a subgraph)")
         for k in range(self.n_outputs):
             self.an.chan.pop(self.output_name(k), None)
 
@@ -474,7 +478,8 @@ def analyze(model: Model, *, protect: Iterable[str] = ()) -> Analysis:
         if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
             continue
         ctx = NodeContext(an, i)
-        tracked = any(ctx.chan(k) is not None for k in range(ctx.n_inputs))
+        tracked = any(ctx.chan(k) is not None for k in range(ctx.n_inputs)) or any(
+            name in an.chan for name in model.captured.get(i, ()))
         rule = rules.get((node.domain if node.domain != "ai.onnx" else "", node.op_type))
         if rule is None:
             if tracked:

@@ -138,3 +138,24 @@ def test_unknown_op_is_a_barrier_with_reason():
     an = analyze(Model(n.build()))
     assert not an.groups[0].prunable
     assert any("no rule for op LRN" in r for r in an.groups[0].reasons)
+
+
+def test_tensor_read_inside_an_if_branch_is_pinned():
+    from onnx import TensorProto, helper
+
+    n = Net("t", seed=12)
+    x = n.input("x", ["N", 3, 5, 5])
+    cond = n.input("cond", [], TensorProto.BOOL)
+    y = n.relu(n.conv(x, 3, 8, 3))
+    branch_out = helper.make_tensor_value_info("b_out", TensorProto.FLOAT, None)
+    then = helper.make_graph([helper.make_node("Identity", [y], ["b_out"])], "then", [], [branch_out])
+    other = helper.make_graph([helper.make_node("Neg", [y], ["b_out"])], "else", [], [branch_out])
+    n.nodes.append(helper.make_node("If", [cond], ["if_out"], then_branch=then, else_branch=other))
+    n.outputs.append("if_out")
+    graph = helper.make_graph(n.nodes, "t", n.inputs, [helper.make_tensor_value_info("if_out", TensorProto.FLOAT,
+                                                                                      None)], n.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    an = analyze(Model(proto))
+    assert not an.groups[0].prunable
+    assert any("read inside a subgraph" in r for r in an.groups[0].reasons)
