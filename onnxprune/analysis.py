@@ -403,6 +403,32 @@ class NodeContext:
     def attr(self, name: str, default=None):
         return self.model.attr(self.node, name, default)
 
+    def chan_and_rank(self) -> tuple[Chan, int] | None:
+        """Input 0's channels and rank; None when it carries none (or, after a barrier, no rank)."""
+        x = self.chan(0)
+        if x is None:
+            return None
+        rank = self.rank(0)
+        if rank is None:
+            self.barrier("input rank unknown (no shape information)")
+            return None
+        return x, rank
+
+    def operand(self, k: int, attr: str, since_opset: int):
+        """A list operand that moved from attribute ``attr`` to input ``k`` at ``since_opset``.
+
+        Returns ``(ok, value)``: value is None when absent; ok is False (after a barrier) when
+        the input is not a constant.
+        """
+        if self.model.opset < since_opset:
+            return True, self.attr(attr)
+        if not self.has_input(k):
+            return True, None
+        if not self.is_const(k):
+            self.barrier(f"{attr} is not a constant")
+            return False, None
+        return True, self.const(k)
+
     # reporting
     def new_space(self, n: int, what: str = "") -> np.ndarray:
         return self.an.new_space(n, self.index, what or self.name)

@@ -63,15 +63,9 @@ class SplitRule(Rule):
                 ctx.set_out(k, x.axis, x.labels)
             return
         in_attr = ctx.model.opset < 13
-        if in_attr:
-            sizes = ctx.attr("split")
-        elif ctx.has_input(1):
-            if not ctx.is_const(1):
-                ctx.barrier("split sizes are not a constant")
-                return
-            sizes = ctx.const(1)
-        else:
-            sizes = None
+        ok, sizes = ctx.operand(1, "split", 13)
+        if not ok:
+            return
         c = x.labels.size
         n = ctx.n_outputs
         if sizes is None or len(sizes) == 0:
@@ -103,13 +97,9 @@ class SliceRule(Rule):
     op_types = ("Slice",)
 
     def apply(self, ctx) -> None:
-        x = ctx.chan(0)
-        if x is None:
+        if (xr := ctx.chan_and_rank()) is None:
             return
-        rank = ctx.rank(0)
-        if rank is None:
-            ctx.barrier("rank unknown")
-            return
+        x, rank = xr
         in_attr = ctx.model.opset < 10
         if in_attr:
             starts, ends = ctx.attr("starts"), ctx.attr("ends")

@@ -25,24 +25,30 @@ def _unify_rows(ctx, labels: np.ndarray, groups: int) -> None:
         ctx.unify(rows[0], r)
 
 
+def _prologue(ctx):
+    """(weight shape, group, input channels or None); None after a barrier."""
+    if not ctx.is_const(1):
+        ctx.barrier("weight is not a constant")
+        return None
+    if ctx.has_input(2) and not ctx.is_const(2):
+        ctx.barrier("bias is not a constant")
+        return None
+    x = ctx.chan(0)
+    if x is not None and x.axis != 1:
+        ctx.pin(x.labels, "channels are not on axis 1")
+        x = None
+    return ctx.model.const_shape(ctx.input_name(1)), int(ctx.attr("group", 1)), x
+
+
 class ConvRule(Rule):
     op_types = ("Conv",)
 
     def apply(self, ctx) -> None:
-        if not ctx.is_const(1):
-            ctx.barrier("weight is not a constant")
+        if (pro := _prologue(ctx)) is None:
             return
-        w_shape = ctx.model.const_shape(ctx.input_name(1))
-        g = int(ctx.attr("group", 1))
+        w_shape, g, x = pro
         o, cg = int(w_shape[0]), int(w_shape[1])
-        x = ctx.chan(0)
-        if x is not None and x.axis != 1:
-            ctx.pin(x.labels, "channels are not on axis 1")
-            x = None
         has_b = ctx.has_input(2)
-        if has_b and not ctx.is_const(2):
-            ctx.barrier("bias is not a constant")
-            return
         if g == 1:
             y = ctx.new_space(o)
             ctx.param(1, 0, y, "out")
@@ -77,19 +83,10 @@ class ConvTransposeRule(Rule):
     op_types = ("ConvTranspose",)
 
     def apply(self, ctx) -> None:
-        if not ctx.is_const(1):
-            ctx.barrier("weight is not a constant")
+        if (pro := _prologue(ctx)) is None:
             return
-        w_shape = ctx.model.const_shape(ctx.input_name(1))
-        g = int(ctx.attr("group", 1))
+        w_shape, g, x = pro
         c, og = int(w_shape[0]), int(w_shape[1])
-        x = ctx.chan(0)
-        if x is not None and x.axis != 1:
-            ctx.pin(x.labels, "channels are not on axis 1")
-            x = None
-        if ctx.has_input(2) and not ctx.is_const(2):
-            ctx.barrier("bias is not a constant")
-            return
         if g == 1:
             y = ctx.new_space(og)
             ctx.param(1, 1, y, "out")

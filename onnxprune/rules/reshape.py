@@ -42,19 +42,14 @@ class SqueezeRule(Rule):
     op_types = ("Squeeze", "Unsqueeze")
 
     def apply(self, ctx) -> None:
-        x = ctx.chan(0)
-        if x is None:
+        if (xr := ctx.chan_and_rank()) is None:
             return
-        rank = ctx.rank(0)
-        if ctx.model.opset >= 13:
-            if ctx.has_input(1) and not ctx.is_const(1):
-                ctx.barrier("axes is not a constant")
-                return
-            axes = ctx.const(1) if ctx.has_input(1) else None
-        else:
-            axes = ctx.attr("axes")
-        if rank is None or axes is None:
-            ctx.barrier("rank or axes unknown")
+        x, rank = xr
+        ok, axes = ctx.operand(1, "axes", 13)
+        if not ok:
+            return
+        if axes is None:
+            ctx.barrier("axes not given")
             return
         if ctx.op == "Squeeze":
             axes = {norm_axis(int(a), rank) for a in np.atleast_1d(axes)}
@@ -241,13 +236,9 @@ class ShapeRule(Rule):
     op_types = ("Shape",)
 
     def apply(self, ctx) -> None:
-        x = ctx.chan(0)
-        if x is None:
+        if (xr := ctx.chan_and_rank()) is None:
             return
-        rank = ctx.rank(0)
-        if rank is None:
-            ctx.barrier("rank unknown")
-            return
+        x, rank = xr
         start = norm_axis(int(ctx.attr("start", 0)), rank)
         end = ctx.attr("end")
         end = rank if end is None else norm_axis(int(end), rank)

@@ -39,20 +39,14 @@ class ReduceRule(Rule):
     op_types = REDUCES
 
     def apply(self, ctx) -> None:
-        x = ctx.chan(0)
-        if x is None:
+        if (xr := ctx.chan_and_rank()) is None:
             return
-        rank = ctx.rank(0)
-        axes_in_input = ctx.model.opset >= (13 if ctx.op == "ReduceSum" else 18)
-        if axes_in_input:
-            if ctx.has_input(1) and not ctx.is_const(1):
-                ctx.barrier("axes is not a constant")
-                return
-            axes = ctx.const(1) if ctx.has_input(1) else None
-        else:
-            axes = ctx.attr("axes")
-        if rank is None or axes is None or len(np.atleast_1d(axes)) == 0:
-            ctx.barrier("reduces over all axes or rank unknown")
+        x, rank = xr
+        ok, axes = ctx.operand(1, "axes", 13 if ctx.op == "ReduceSum" else 18)
+        if not ok:
+            return
+        if axes is None or len(np.atleast_1d(axes)) == 0:
+            ctx.barrier("reduces over all axes")
             return
         axes = {norm_axis(int(a), rank) for a in np.atleast_1d(axes)}
         if x.axis in axes:
@@ -67,13 +61,9 @@ class ResizeRule(Rule):
     op_types = ("Resize", "Upsample")
 
     def apply(self, ctx) -> None:
-        x = ctx.chan(0)
-        if x is None:
+        if (xr := ctx.chan_and_rank()) is None:
             return
-        rank = ctx.rank(0)
-        if rank is None:
-            ctx.barrier("rank unknown")
-            return
+        x, rank = xr
         axes = ctx.attr("axes")
         axes = [norm_axis(int(a), rank) for a in axes] if axes else list(range(rank))
         if x.axis not in axes:
@@ -111,26 +101,16 @@ class PadRule(Rule):
     op_types = ("Pad",)
 
     def apply(self, ctx) -> None:
-        x = ctx.chan(0)
-        if x is None:
+        if (xr := ctx.chan_and_rank()) is None:
             return
-        rank = ctx.rank(0)
-        if ctx.model.opset < 11:
-            pads = np.array(ctx.attr("pads", []), dtype=np.int64)
-            axes = list(range(rank or 0))
-        else:
-            pads = ctx.const(1)
-            if pads is None:
-                ctx.barrier("pads is not a constant")
-                return
-            if ctx.has_input(3):
-                if not ctx.is_const(3):
-                    ctx.barrier("axes is not a constant")
-                    return
-                axes = [norm_axis(int(a), rank) for a in ctx.const(3)]
-            else:
-                axes = list(range(rank or 0))
-        if rank is None or len(pads) != 2 * len(axes):
+        x, rank = xr
+        ok, pads = ctx.operand(1, "pads", 11)
+        ok2, axes = ctx.operand(3, "axes", 18) if ok else (False, None)
+        if not (ok and ok2):
+            return
+        pads = np.asarray(pads if pads is not None else [], dtype=np.int64)
+        axes = list(range(rank)) if axes is None else [norm_axis(int(a), rank) for a in axes]
+        if len(pads) != 2 * len(axes):
             ctx.barrier("pads do not match the input rank")
             return
         if x.axis in axes:
