@@ -158,7 +158,8 @@ class Model:
         value = np.ascontiguousarray(value)
         if name in self.initializers:
             old = self.initializers[name]
-            new = numpy_helper.from_array(value.astype(_np_dtype(old.data_type), copy=False), name)
+            value = value.astype(_np_dtype(old.data_type), copy=False)
+            new = numpy_helper.from_array(value, name)
             old.CopyFrom(new)
             for v in self.graph.input:  # IR < 4: initializers are listed as inputs too
                 if v.name == name:
@@ -166,10 +167,10 @@ class Model:
         elif name in self.constant_nodes:
             node = self.nodes[self.constant_nodes[name]]
             old_arr = self.const(name)
-            dtype = old_arr.dtype if old_arr is not None else value.dtype
+            value = value.astype(old_arr.dtype if old_arr is not None else value.dtype, copy=False)
             del node.attribute[:]
             node.attribute.append(
-                helper.make_attribute("value", numpy_helper.from_array(value.astype(dtype), name))
+                helper.make_attribute("value", numpy_helper.from_array(value, name))
             )
         else:
             raise KeyError(name)

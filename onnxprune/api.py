@@ -1,24 +1,30 @@
-"""The library entry points: ``inspect``, ``plan`` and ``prune`` (keyword-only options).
+"""The library entry points: ``inspect``, ``plan``, ``prune`` and ``sensitivity`` (keyword-only options).
 
     >>> import onnxprune
     >>> result = onnxprune.prune("model.onnx", "small.onnx", ratio=0.5, round_to=8)  # doctest: +SKIP
     >>> result.after.flops / result.before.flops  # doctest: +SKIP
+
+Pipeline of ``prune``: load → (bypass residual blocks) → analyse → (record calibration
+statistics) → score → plan (dead channels first; per-group ratios from sensitivity) → (record
+Gram matrices for least squares) → rewrite with recovery → checked atomic save.
 """
 from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+
+import numpy as np
 
 from . import rewrite
 from ._ir import Model, load_model, save_model
 from .analysis import Analysis, analyze
 from .cost import Cost, CostModel
-from .errors import OnnxPruneError
-from .importance import score_groups
-from .planner import Plan, keep_atoms, make_plan
+from .errors import OnnxPruneError, PlanError
+from .importance import NEEDS, ScoreData, score_groups
+from .planner import Plan, dead_atoms, keep_atoms, make_plan, plan_dead_atoms
 
-__all__ = ["inspect", "plan", "prune", "PruneResult", "Inspection"]
+__all__ = ["inspect", "plan", "prune", "sensitivity", "PruneResult", "Inspection"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +35,7 @@ class Inspection:
     nodes: int
     cost: Cost
     analysis: Analysis
+    blocks: tuple = ()
 
     def to_dict(self) -> dict:
         an = self.analysis
@@ -40,6 +47,7 @@ class Inspection:
                     for i, r in an.barriers]
         return {"path": self.path, "opset": self.opset, "ir_version": self.ir_version, "nodes": self.nodes,
                 "cost": self.cost.as_dict(), "groups": groups, "barriers": barriers,
+                "residual_blocks": [b.to_dict() for b in self.blocks],
                 "prunable_channels": int(sum(g.n_prunable for g in an.groups)),
                 "channels": int(sum(g.size for g in an.groups))}
 
@@ -50,65 +58,230 @@ class PruneResult:
     plan: Plan
     before: Cost
     after: Cost
+    recovery: tuple[str, ...] = ()
+    removed_blocks: tuple[str, ...] = ()
+
+
+@dataclass
+class _Calib:
+    """Calibration options shared by plan/prune/sensitivity."""
+
+    source: str | None = None
+    batch_size: int = 32
+    image_spec: str | None = None
+    limit: int | None = None
+    data: object = field(default=None, repr=False)
+
+    def load(self, model: Model):
+        if self.source is None:
+            return None
+        if self.data is None:
+            from .calib import load_calibration
+
+            self.data = load_calibration(self.source, model, batch_size=self.batch_size,
+                                         image_spec=self.image_spec, limit=self.limit)
+        return self.data
 
 
 def inspect(path: str, *, protect: Sequence[str] = ()) -> Inspection:
-    """Load a model and report its channel groups, barriers and cost."""
+    """Load a model and report its channel groups, barriers, residual blocks and cost."""
+    from .blocks import find_blocks
+
     m = load_model(path)
     an = analyze(m, protect=protect)
-    return Inspection(path, m.opset, m.proto.ir_version, len(m.nodes), CostModel(m).count(), an)
+    return Inspection(path, m.opset, m.proto.ir_version, len(m.nodes), CostModel(m).count(), an,
+                      tuple(find_blocks(m)))
 
 
 def _plan(m: Model, an: Analysis, *, criterion: str, ratio, target_flops, target_params, mode, round_to,
-          min_channels, reduce, normalize, seed) -> Plan:
-    scores = score_groups(an, criterion, reduce=reduce, normalize=normalize, seed=seed)
-    return make_plan(an, scores, criterion=criterion, ratio=ratio, target_flops=target_flops,
-                     target_params=target_params, mode=mode, round_to=round_to, min_channels=min_channels,
-                     notes=scores.notes, model_name=os.path.basename(m.path or ""))
+          min_channels, reduce, normalize, seed, calib: _Calib, remove_dead: bool | None, dead_tol: float,
+          rank_by: str, sensitivity_ratios, need_stats: bool):
+    """Score and plan; returns (plan, recording or None)."""
+    cal = calib.load(m)
+    sens = criterion == "sensitivity"
+    base = rank_by if sens else criterion
+    if remove_dead is None:
+        remove_dead = cal is not None
+    if remove_dead and cal is None:
+        raise PlanError("removing dead channels needs calibration data: give --calib")
+    recording = None
+    if cal is not None and (NEEDS.get(base) == "activations" or remove_dead or need_stats):
+        from .record import record_for
+
+        recording = record_for(an, cal)
+    scores = score_groups(an, base, reduce=reduce, normalize=normalize, seed=seed,
+                          data=ScoreData(activations=recording))
+    dead = dead_atoms(an, recording, dead_tol) if remove_dead and recording is not None else None
+    group_ratios = None
+    if sens:
+        from .sensitivity import DEFAULT_RATIOS, allocate, measure
+
+        if cal is None:
+            raise PlanError("criterion 'sensitivity' needs calibration data: give --calib")
+        if target_flops is None and target_params is None:
+            raise PlanError("criterion 'sensitivity' allocates ratios for a target: give --target-flops or "
+                            "--target-params")
+        table = measure(an, cal, scores, ratios=sensitivity_ratios or DEFAULT_RATIOS)
+        metric, target = ("flops", target_flops) if target_flops is not None else ("params", target_params)
+        group_ratios = allocate(an, table, scores, target=target, metric=metric, round_to=round_to,
+                                min_channels=min_channels)
+        ratio = target_flops = target_params = None
+    p = make_plan(an, scores, criterion=criterion, ratio=ratio, target_flops=target_flops,
+                  target_params=target_params, mode=mode, round_to=round_to, min_channels=min_channels,
+                  notes=scores.notes, model_name=os.path.basename(m.path or ""), dead=dead,
+                  group_ratios=group_ratios)
+    return p, recording
+
+
+def _options(kw: dict) -> dict:
+    calib = _Calib(kw.pop("calib", None), kw.pop("calib_batch", 32), kw.pop("image_spec", None),
+                   kw.pop("calib_limit", None))
+    return dict(calib=calib, remove_dead=kw.pop("remove_dead", None), dead_tol=kw.pop("dead_tol", 1e-6),
+                rank_by=kw.pop("rank_by", "l2"), sensitivity_ratios=kw.pop("sensitivity_ratios", None), **kw)
 
 
 def plan(path: str, *, criterion: str = "l2", ratio: float | None = None, target_flops: float | None = None,
          target_params: float | None = None, mode: str = "uniform", round_to: int = 1, min_channels: int = 1,
-         protect: Sequence[str] = (), reduce: str = "mean", normalize: str = "mean", seed: int = 0) -> Plan:
-    """Make a plan for a model without changing it (see ``planner.make_plan`` for the options)."""
+         protect: Sequence[str] = (), reduce: str = "mean", normalize: str = "mean", seed: int = 0,
+         **calibration) -> Plan:
+    """Make a plan for a model without changing it.
+
+    Calibration keywords (``calib``, ``calib_batch``, ``image_spec``, ``calib_limit``,
+    ``remove_dead``, ``dead_tol``, ``rank_by``, ``sensitivity_ratios``) are as for :func:`prune`.
+    """
     m = load_model(path)
     an = analyze(m, protect=protect)
-    return _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops, target_params=target_params,
+    opts = _options(dict(calibration))
+    p, _ = _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops, target_params=target_params,
                  mode=mode, round_to=round_to, min_channels=min_channels, reduce=reduce, normalize=normalize,
-                 seed=seed)
+                 seed=seed, need_stats=False, **opts)
+    return p
 
 
 def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: str = "l2",
           ratio: float | None = None, target_flops: float | None = None, target_params: float | None = None,
           mode: str = "uniform", round_to: int = 1, min_channels: int = 1, protect: Sequence[str] = (),
-          reduce: str = "mean", normalize: str = "mean", seed: int = 0, external_data: bool | None = None) -> PruneResult:
+          reduce: str = "mean", normalize: str = "mean", seed: int = 0, external_data: bool | None = None,
+          calib: str | None = None, calib_batch: int = 32, image_spec: str | None = None,
+          calib_limit: int | None = None, recover: str = "none", ridge: float = 1e-4,
+          remove_dead: bool | None = None, dead_tol: float = 1e-6, rank_by: str = "l2",
+          sensitivity_ratios: Sequence[float] | None = None, remove_blocks: int = 0,
+          block_metric: str = "cosine") -> PruneResult:
     """Prune a model file structurally and write the result (atomically, fully checked).
 
     Args:
         path: the input model; never modified.
         output: where to write the pruned model (must not be ``path``).
         plan: a plan (or its JSON path) to apply instead of planning.
+        criterion: ``l1 l2 bn random activation apoz wanda sensitivity``.
+        calib: calibration ``.npz`` or image folder (``image_spec`` for preprocessing).
+        recover: ``none``, ``bias`` (data-free from BatchNorm without ``calib``) or ``lsq``.
+        remove_dead: remove channels constant on calibration data (default: when ``calib``).
+        rank_by: the within-group ranking used by ``sensitivity``.
+        remove_blocks: bypass this many residual blocks (ranked by ``block_metric``) first.
         the rest: as in :func:`plan`.
 
     Raises:
         OnnxPruneError: bad input, impossible target, stale plan, or a result failing the checker.
     """
+    from .rewrite.recover import MODES, Recovery, data_free_means
+
     if os.path.exists(output) and os.path.exists(path) and os.path.samefile(path, output):
         raise OnnxPruneError(f"-o {output} is the input model; choose another output path (the input is never modified)")
+    if recover not in MODES:
+        raise OnnxPruneError(f"unknown recovery '{recover}'; use one of {', '.join(MODES)}")
+    if recover == "lsq" and calib is None:
+        raise OnnxPruneError("--recover lsq needs calibration data: give --calib")
     m = load_model(path)
+    cal = _Calib(calib, calib_batch, image_spec, calib_limit)
+    first_cost = CostModel(_inferred(m)).count()
+    removed_blocks: tuple[str, ...] = ()
+    if remove_blocks:
+        m, removed_blocks = _remove_blocks(m, remove_blocks, block_metric, cal)
     an = analyze(m, protect=protect)
+    recording = None
     if plan is None:
-        p = _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops, target_params=target_params,
-                  mode=mode, round_to=round_to, min_channels=min_channels, reduce=reduce, normalize=normalize,
-                  seed=seed)
+        if ratio is None and target_flops is None and target_params is None and criterion != "sensitivity":
+            ratio = 0.0 if remove_blocks else None
+        p, recording = _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops,
+                             target_params=target_params, mode=mode, round_to=round_to, min_channels=min_channels,
+                             reduce=reduce, normalize=normalize, seed=seed, calib=cal, remove_dead=remove_dead,
+                             dead_tol=dead_tol, rank_by=rank_by, sensitivity_ratios=sensitivity_ratios,
+                             need_stats=recover != "none")
     else:
         p = Plan.load(plan) if isinstance(plan, str) else plan
     keep = keep_atoms(an, p)
     cm = CostModel(m, an)
-    before, after = cm.count(), cm.count(keep)
+    after = cm.count(keep)
+    folds = plan_dead_atoms(an, p)
+    recovery = None
+    if recover != "none" or folds.any():
+        if recording is None and cal.source is not None:
+            from .record import record_for
+
+            recording = record_for(an, cal.load(m))
+        means = ({k: st.mean for k, st in recording.stats.items()} if recording is not None
+                 else data_free_means(an))
+        grams = {}
+        if recover == "lsq":
+            from .record import record_for
+
+            consumers = sorted({q.node for q in an.params if q.role == "in" and _loses_input(an, q, keep)})
+            grams = record_for(an, cal.load(m), with_grams=consumers).grams
+        recovery = Recovery(recover, means, grams, fold_atoms=folds, ridge=ridge)
     if external_data is None and m.external_data:
         external_data = True
-    if rewrite.apply(m, an, keep).modified:
-        after = CostModel(m).count()  # counted on the rewritten graph, not estimated
+    result = rewrite.apply(m, an, keep, recovery=recovery)
+    if result.modified or removed_blocks:
+        after = CostModel(_inferred(m)).count()  # counted on the rewritten graph, not estimated
     save_model(m.proto, output, external_data=external_data)
-    return PruneResult(output, p, before, after)
+    return PruneResult(output, p, first_cost, after, result.recovery, removed_blocks)
+
+
+def sensitivity(path: str, *, calib: str, rank_by: str = "l2", ratios: Sequence[float] | None = None,
+                calib_batch: int = 32, image_spec: str | None = None, calib_limit: int | None = None,
+                protect: Sequence[str] = ()):
+    """Measure each group's error at several removal ratios (``sensitivity.SensitivityTable``)."""
+    from .sensitivity import DEFAULT_RATIOS, measure
+
+    m = load_model(path)
+    an = analyze(m, protect=protect)
+    cal = _Calib(calib, calib_batch, image_spec, calib_limit).load(m)
+    rec = None
+    if NEEDS.get(rank_by) == "activations":
+        from .record import record_for
+
+        rec = record_for(an, cal)
+    scores = score_groups(an, rank_by, data=ScoreData(activations=rec))
+    return measure(an, cal, scores, ratios=ratios or DEFAULT_RATIOS)
+
+
+def _inferred(m: Model) -> Model:
+    if not m.shapes:
+        m.infer()
+    return m
+
+
+def _loses_input(an: Analysis, p, keep: np.ndarray) -> bool:
+    return not an.keep_mask(p.labels, keep).all()
+
+
+def _remove_blocks(m: Model, n: int, metric: str, cal: _Calib) -> tuple[Model, tuple[str, ...]]:
+    from .blocks import find_blocks, rank_blocks
+    from .rewrite import remove_dead, toposort
+    from .rewrite.blocks import bypass
+
+    blocks = find_blocks(m)
+    if n > len(blocks):
+        raise PlanError(f"--remove-blocks {n}: the model has {len(blocks)} removable residual blocks")
+    data = cal.load(m)
+    if data is None:
+        raise PlanError("ranking residual blocks needs calibration data: give --calib")
+    chosen = [b for b, _ in rank_blocks(m, blocks, data, metric)[:n]]
+    bypass(m, chosen)
+    remove_dead(m)
+    toposort(m)
+    m.reindex()
+    m.drop_caches()
+    m.infer()
+    return m, tuple(b.add for b in chosen)

@@ -27,7 +27,7 @@ from .analysis import Analysis
 from .cost import Cost, CostModel
 from .errors import PlanError
 
-__all__ = ["GroupPlan", "Plan", "make_plan", "keep_atoms"]
+__all__ = ["GroupPlan", "Plan", "make_plan", "keep_atoms", "dead_atoms", "plan_dead_atoms"]
 
 PLAN_VERSION = 1
 
@@ -45,6 +45,7 @@ class GroupPlan:
     members: tuple[str, ...] = ()
     scores: tuple[float, ...] = ()
     note: str = ""
+    dead: tuple[int, ...] = ()  # removed positions that were constant on calibration data
 
     @property
     def kept(self) -> int:
@@ -89,7 +90,7 @@ class Plan:
             groups = tuple(
                 GroupPlan(**{**g, "remove": tuple(int(i) for i in g["remove"]),
                              "reasons": tuple(g.get("reasons", ())), "members": tuple(g.get("members", ())),
-                             "scores": tuple(g.get("scores", ()))})
+                             "scores": tuple(g.get("scores", ())), "dead": tuple(int(i) for i in g.get("dead", ()))})
                 for g in d["groups"]
             )
             return cls(signature=d["signature"], criterion=d["criterion"], groups=groups,
@@ -152,12 +153,55 @@ class _Options:
     mode: str
     round_to: int
     min_channels: int
+    group_ratios: dict = field(default_factory=dict)
+
+
+def dead_atoms(an: Analysis, recording, tol: float = 1e-6) -> np.ndarray:
+    """Atoms constant on calibration data whose removal + bias folding is lossless.
+
+    An atom is dead when every recorded position of it (at each consumer's input) moved by at
+    most ``tol`` × the tensor's scale. A non-zero constant read by a padded Conv would differ at
+    the borders, so there only (near-)zero constants count.
+    """
+    model = an.model
+    dead = np.ones(an.n_atoms, dtype=bool)
+    seen = np.zeros(an.n_atoms, dtype=bool)
+    for name, st in recording.stats.items():
+        c = an.chan.get(name)
+        if c is None or c.labels.size != st.count.size:
+            continue
+        const = st.constant(tol)
+        padded = any(_padded(model, model.nodes[u.node]) for u in model.uses(name))
+        if padded:
+            scale = max(float(np.max(st.rms)), 1e-12)
+            const &= np.abs(st.mean) <= tol * scale
+        atoms = an.atom_of_label[c.labels]
+        seen[atoms] = True
+        np.logical_and.at(dead, atoms, const)
+    return dead & seen & ~an.atom_pinned
+
+
+def _padded(model, node) -> bool:
+    if node.op_type not in ("Conv", "ConvTranspose", "AveragePool", "MaxPool", "Pad"):
+        return False
+    auto = model.attr(node, "auto_pad", b"NOTSET")
+    return node.op_type == "Pad" or any(model.attr(node, "pads", [0])) or auto not in (b"NOTSET", "NOTSET", b"VALID", "VALID")
+
+
+def plan_dead_atoms(an: Analysis, plan: Plan) -> np.ndarray:
+    """The dead atoms a plan removes (folded into biases by the rewrite)."""
+    out = np.zeros(an.n_atoms, dtype=bool)
+    for gp in plan.groups:
+        if gp.dead:
+            out[an.groups[gp.group].atoms[np.asarray(gp.dead, dtype=np.int64)]] = True
+    return out
 
 
 def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ratio: float | None = None,
               target_flops: float | None = None, target_params: float | None = None, mode: str = "uniform",
               round_to: int = 1, min_channels: int = 1, notes: dict[int, str] | None = None,
-              model_name: str = "") -> Plan:
+              model_name: str = "", dead: np.ndarray | None = None, group_ratios: dict[int, float] | None = None,
+              ) -> Plan:
     """Decide which channels to remove.
 
     Args:
@@ -171,10 +215,16 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
         round_to: kept widths are multiples of this (1: no rounding).
         min_channels: smallest kept width of a group.
         notes: per-group notes from scoring (fallbacks).
+        dead: atoms to remove first, whatever their score (constant on calibration data).
+        group_ratios: per-group removal ratios (overrides ``ratio`` for those groups).
 
     Raises:
         PlanError: bad or unreachable targets.
     """
+    if dead is not None and dead.any():  # dead channels go first: lowest possible score
+        scores = {gid: np.where(dead[an.groups[gid].atoms], -np.inf, s) for gid, s in scores.items()}
+    if group_ratios is not None and ratio is None and target_flops is None and target_params is None:
+        ratio = 0.0
     given = [x is not None for x in (ratio, target_flops, target_params)]
     if sum(given) != 1:
         raise PlanError("give exactly one of --ratio, --target-flops, --target-params")
@@ -187,7 +237,7 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
         raise PlanError(f"unknown mode '{mode}'; use uniform or global")
     if round_to < 1 or min_channels < 1:
         raise PlanError("--round-to and --min-channels must be ≥ 1")
-    opts = _Options(ratio, target_flops, target_params, mode, round_to, min_channels)
+    opts = _Options(ratio, target_flops, target_params, mode, round_to, min_channels, group_ratios or {})
     cm = CostModel(an.model, an)
     before = cm.count()
     if ratio is not None:
@@ -202,12 +252,18 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
         removed = np.flatnonzero(~keep[g.atoms])
         s = scores.get(g.id)
         note = (notes or {}).get(g.id, "")
+        dead_pos = np.flatnonzero(~keep[g.atoms] & dead[g.atoms]) if dead is not None else np.zeros(0, int)
         if g.prunable and removed.size:
             note = (note + "; " if note else "") + f"removed the {removed.size} lowest-scoring by {criterion} ({mode})"
+            if dead_pos.size:
+                note += f", {dead_pos.size} of them constant on calibration data (folded into biases)"
+        if s is not None:
+            s = np.where(np.isfinite(s), s, 0.0)
         groups.append(GroupPlan(
             group=g.id, name=an.group_name(g), size=g.size, remove=tuple(int(i) for i in removed),
             pinned=int(g.pinned.sum()), reasons=tuple(g.reasons), members=tuple(an.group_members(g)),
             scores=tuple(float(f"{v:.5g}") for v in s) if s is not None else (), note=note,
+            dead=tuple(int(i) for i in dead_pos),
         ))
     settings = {"ratio": ratio, "target_flops": target_flops, "target_params": target_params, "mode": mode,
                 "round_to": round_to, "min_channels": min_channels}
@@ -217,11 +273,12 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
 
 def _select(an: Analysis, scores: dict[int, np.ndarray], ratio: float, o: _Options) -> np.ndarray:
     keep = np.ones(an.n_atoms, dtype=bool)
-    if ratio <= 0:
-        return keep
     prunable = [g for g in an.groups if g.prunable and g.id in scores]
-    if o.mode == "uniform":
-        want = {g.id: int(math.floor(ratio * g.size + 1e-9)) for g in prunable}
+    n_dead = {g.id: int(np.isneginf(scores[g.id]).sum()) for g in prunable}
+    if ratio <= 0 and not o.group_ratios and not any(n_dead.values()):
+        return keep
+    if o.mode == "uniform" or o.group_ratios:
+        want = {g.id: int(math.floor(o.group_ratios.get(g.id, ratio) * g.size + 1e-9)) for g in prunable}
     else:
         pool = [(float(scores[g.id][i]), g.id, i) for g in prunable for i in np.flatnonzero(~g.pinned)]
         pool.sort()
@@ -236,7 +293,7 @@ def _select(an: Analysis, scores: dict[int, np.ndarray], ratio: float, o: _Optio
         if o.round_to > 1:
             kept = int(math.ceil(kept / o.round_to) * o.round_to)
         kept = min(kept, g.size)
-        n_rm = min(g.size - kept, g.n_prunable)
+        n_rm = min(max(g.size - kept, n_dead[g.id]), g.n_prunable)
         if n_rm <= 0:
             continue
         s = np.where(g.pinned, np.inf, scores[g.id])

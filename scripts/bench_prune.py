@@ -87,7 +87,9 @@ def main() -> int:
     import onnxprune
     from onnxprune.validate.compare import measure_latency
     from onnxprune.validate.inputs import InputSpec, random_dataset
-    from onnxprune.validate.runtime import make_session
+    from onnxprune.validate.runtime import make_session, use_global_thread_pool
+
+    use_global_thread_pool()
 
     print(f"\nlatency on CPU ({os.cpu_count()} cores, shared thread pool, {a.repeats} interleaved runs, batch 1)")
     print(f"{'ratio':>5} {'round_to':>8} {'FLOPs ratio':>12} {'latency ratio':>14} {'lat/FLOPs':>10} {'orig ms':>8} {'pruned ms':>10}")

@@ -122,8 +122,8 @@ def test_nothing_written_when_the_checker_rejects(tmp_path, monkeypatch):
 
     real = rw.apply
 
-    def broken(model, an, keep):
-        r = real(model, an, keep)
+    def broken(model, an, keep, **kw):
+        r = real(model, an, keep, **kw)
         model.graph.node[0].input[1] = "no_such_tensor"  # an invalid graph
         return r
 

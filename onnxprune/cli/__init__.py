@@ -28,7 +28,8 @@ def _planning(p: argparse.ArgumentParser) -> None:
     t.add_argument("--ratio", type=float, help="fraction of channels to remove, e.g. 0.5")
     t.add_argument("--target-flops", type=float, help="fraction of the original FLOPs to keep, e.g. 0.6")
     t.add_argument("--target-params", type=float, help="fraction of the original parameters to keep")
-    g.add_argument("--criterion", default="l2", choices=CRITERIA, help="channel importance (default l2)")
+    g.add_argument("--criterion", default="l2", choices=(*CRITERIA, "sensitivity"),
+                   help="channel importance (default l2); activation/apoz/wanda/sensitivity need --calib")
     g.add_argument("--mode", default="uniform", choices=("uniform", "global"),
                    help="same ratio in every group, or one global ranking (default uniform)")
     g.add_argument("--round-to", type=int, default=1, help="kept widths become multiples of N (e.g. 8 or 16)")
@@ -38,6 +39,19 @@ def _planning(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reduce", default="mean", choices=tuple(REDUCE), help="how a group's members combine")
     g.add_argument("--normalize", default="mean", choices=tuple(NORMALIZE), help="score scaling across groups")
     g.add_argument("--seed", type=int, default=0, help="seed for the random criterion")
+    c = p.add_argument_group("calibration (scoring and recovery; never the data you judge the result on)")
+    c.add_argument("--calib", help=".npz of input samples (first axis = samples) or a folder of images")
+    c.add_argument("--image-spec", help="preprocessing of calibration images, e.g. "
+                   "size=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=NCHW")
+    c.add_argument("--calib-batch", type=int, default=32, help="calibration batch size")
+    c.add_argument("--calib-limit", type=int, help="use at most this many calibration samples")
+    c.add_argument("--remove-dead", dest="remove_dead", action="store_true", default=None,
+                   help="remove channels constant on calibration data, folding them into biases (default with --calib)")
+    c.add_argument("--keep-dead", dest="remove_dead", action="store_false", help="do not remove dead channels")
+    c.add_argument("--dead-tol", type=float, default=1e-6, help="relative range under which a channel is constant")
+    c.add_argument("--rank-by", default="l2", choices=CRITERIA, help="within-group ranking for --criterion sensitivity")
+    c.add_argument("--sensitivity-ratios", type=float, nargs="+", metavar="R",
+                   help="removal ratios measured per group (default 0.2 0.4 0.6 0.8)")
 
 
 def _validation(p: argparse.ArgumentParser, *, with_flag: bool) -> None:
@@ -83,7 +97,25 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--save-plan", help="also write the plan used")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     _planning(s)
+    r = s.add_argument_group("recovery and layer removal")
+    r.add_argument("--recover", default="none", choices=("none", "bias", "lsq"),
+                   help="bias compensation (data-free from BatchNorm without --calib) or least-squares refits")
+    r.add_argument("--ridge", type=float, default=1e-4, help="ridge λ of --recover lsq (relative)")
+    r.add_argument("--remove-blocks", type=int, default=0, metavar="N", help="bypass the N least important "
+                   "residual blocks (needs --calib)")
+    r.add_argument("--block-metric", default="cosine", choices=("cosine", "error"), help="how blocks are ranked")
     _validation(s, with_flag=True)
+
+    s = sub.add_parser("sensitivity", help="measure each group's error at several removal ratios")
+    s.add_argument("model")
+    s.add_argument("--calib", required=True, help=".npz of input samples (optional 'labels') or image folder")
+    s.add_argument("-o", "--output", help="write the table as JSON")
+    s.add_argument("--rank-by", default="l2", choices=CRITERIA, help="which channels go first within a group")
+    s.add_argument("--ratios", type=float, nargs="+", help="removal ratios (default 0.2 0.4 0.6 0.8)")
+    s.add_argument("--image-spec")
+    s.add_argument("--calib-batch", type=int, default=32)
+    s.add_argument("--calib-limit", type=int)
+    s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("validate", help="compare a pruned model with its original")
     s.add_argument("original")
@@ -96,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _planning_kwargs(a) -> dict:
     return dict(criterion=a.criterion, ratio=a.ratio, target_flops=a.target_flops, target_params=a.target_params,
                 mode=a.mode, round_to=a.round_to, min_channels=a.min_channels, protect=a.protect,
-                reduce=a.reduce, normalize=a.normalize, seed=a.seed)
+                reduce=a.reduce, normalize=a.normalize, seed=a.seed, calib=a.calib, image_spec=a.image_spec,
+                calib_batch=a.calib_batch, calib_limit=a.calib_limit, remove_dead=a.remove_dead,
+                dead_tol=a.dead_tol, rank_by=a.rank_by, sensitivity_ratios=a.sensitivity_ratios)
 
 
 def _dims(specs: list[str]) -> dict[str, int]:
@@ -165,18 +199,27 @@ def _cmd_plan(a) -> int:
 def _cmd_prune(a) -> int:
     if a.plan and (a.ratio is not None or a.target_flops is not None or a.target_params is not None):
         raise OnnxPruneError("--plan already says what to remove; drop --ratio/--target-flops/--target-params")
-    if not a.plan and a.ratio is None and a.target_flops is None and a.target_params is None:
-        raise OnnxPruneError("say how much to prune: --ratio, --target-flops, --target-params, or --plan FILE")
+    if (not a.plan and a.ratio is None and a.target_flops is None and a.target_params is None
+            and not a.remove_blocks):
+        raise OnnxPruneError("say how much to prune: --ratio, --target-flops, --target-params, --remove-blocks, "
+                             "or --plan FILE")
     kw = _planning_kwargs(a)
-    res = api.prune(a.model, a.output, plan=a.plan, **kw)
+    res = api.prune(a.model, a.output, plan=a.plan, recover=a.recover, ridge=a.ridge, remove_blocks=a.remove_blocks,
+                    block_metric=a.block_metric, **kw)
     if a.save_plan:
         res.plan.save(a.save_plan)
     b, f = res.before, res.after
-    summary = {"output": res.output, "removed_channels": res.plan.n_removed, "before": b.as_dict(),
-               "after": f.as_dict()}
+    dead = sum(len(g.dead) for g in res.plan.groups)
+    summary = {"output": res.output, "removed_channels": res.plan.n_removed, "dead_channels": dead,
+               "removed_blocks": list(res.removed_blocks), "recovery": list(res.recovery),
+               "before": b.as_dict(), "after": f.as_dict()}
     if not a.json:
-        print(f"wrote {res.output}: {res.plan.n_removed} channels removed; parameters {b.params:,} -> {f.params:,} "
-              f"({f.params / b.params:.3f}), FLOPs {b.flops:,} -> {f.flops:,} ({f.flops / b.flops:.3f})")
+        extra = f" ({dead} dead)" if dead else ""
+        blocks = f", {len(res.removed_blocks)} residual blocks bypassed" if res.removed_blocks else ""
+        print(f"wrote {res.output}: {res.plan.n_removed} channels removed{extra}{blocks}; parameters {b.params:,} -> "
+              f"{f.params:,} ({f.params / b.params:.3f}), FLOPs {b.flops:,} -> {f.flops:,} ({f.flops / b.flops:.3f})")
+        if res.recovery:
+            print(f"recovery ({a.recover}): {len(res.recovery)} consumer(s) updated")
     code = EXIT_OK
     if a.validate:
         from ..validate import format_report
@@ -200,11 +243,25 @@ def _cmd_validate(a) -> int:
     return EXIT_OK if report.passed else EXIT_VALIDATION
 
 
-COMMANDS = {"inspect": _cmd_inspect, "plan": _cmd_plan, "prune": _cmd_prune, "validate": _cmd_validate}
+def _cmd_sensitivity(a) -> int:
+    table = api.sensitivity(a.model, calib=a.calib, rank_by=a.rank_by, ratios=a.ratios, calib_batch=a.calib_batch,
+                            image_spec=a.image_spec, calib_limit=a.calib_limit)
+    if a.output:
+        table.save(a.output)
+    print(json.dumps(table.to_dict(), indent=1) if a.json else table.format())
+    return EXIT_OK
+
+
+COMMANDS = {"inspect": _cmd_inspect, "plan": _cmd_plan, "prune": _cmd_prune, "validate": _cmd_validate,
+            "sensitivity": _cmd_sensitivity}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # a process of our own: share one ORT thread pool between timed sessions
+        from ..validate.runtime import use_global_thread_pool
+
+        use_global_thread_pool()
     try:
         return COMMANDS[args.command](args)
     except OnnxPruneError as e:  # user error: one line, no traceback
@@ -212,3 +269,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:  # output piped into head & co.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK

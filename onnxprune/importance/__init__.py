@@ -1,6 +1,6 @@
 """Importance scores: one value per channel (atom) of each group; higher means keep.
 
-A scorer is a plain callable ``(analysis, group) -> members`` returning a matrix
+A scorer is a plain callable ``(analysis, group, data) -> members`` returning a matrix
 ``[n_members, group.size]`` (NaN where a member does not reach a channel);
 :func:`score_groups` normalises each member, reduces over members (``REDUCE``) and normalises
 across groups (``NORMALIZE``). Later criteria (gradients, activations) are new entries in
@@ -9,24 +9,38 @@ across groups (``NORMALIZE``). Later criteria (gradients, activations) are new e
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 
 from ..analysis import Analysis, Group
 from ..errors import PlanError
-from . import magnitude
+from . import activation, magnitude
 from .reduce import NORMALIZE, REDUCE
 
-__all__ = ["SCORERS", "REDUCE", "NORMALIZE", "Scores", "score_groups"]
+__all__ = ["SCORERS", "REDUCE", "NORMALIZE", "Scores", "ScoreData", "score_groups", "NEEDS"]
 
-Scorer = Callable[[Analysis, Group], np.ndarray]
+Scorer = Callable[[Analysis, Group, "ScoreData"], np.ndarray]
+
+
+@dataclass
+class ScoreData:
+    """What data-driven scorers read: a ``record.Recording`` (activations), gradients..."""
+
+    activations: object = None
+    gradients: object = None
+
 
 SCORERS: dict[str, Scorer] = {
     "l1": magnitude.l1,
     "l2": magnitude.l2,
     "bn": magnitude.bn_scale,
+    "activation": activation.activation,
+    "apoz": activation.apoz,
+    "wanda": activation.wanda,
 }
-FALLBACK = {"bn": "l2"}
+NEEDS = {"activation": "activations", "apoz": "activations", "wanda": "activations"}
+FALLBACK = {"bn": "l2", "activation": "l2", "apoz": "l2", "wanda": "l2"}
 CRITERIA = (*SCORERS, "random")
 
 
@@ -39,7 +53,7 @@ class Scores(dict):
 
 
 def score_groups(an: Analysis, criterion: str = "l2", *, reduce: str = "mean", normalize: str = "mean",
-                 seed: int = 0) -> Scores:
+                 seed: int = 0, data: ScoreData | None = None) -> Scores:
     """Score every prunable group's channels.
 
     Args:
@@ -49,9 +63,10 @@ def score_groups(an: Analysis, criterion: str = "l2", *, reduce: str = "mean", n
         normalize: how scores are scaled to compare across groups (``mean``, ``max``, ``sum``,
             ``none``).
         seed: for ``random``.
+        data: recorded activations/gradients for the data-driven criteria.
 
     Raises:
-        PlanError: unknown criterion/reduction/normalisation.
+        PlanError: unknown criterion/reduction/normalisation, or missing data.
     """
     if criterion not in CRITERIA:
         raise PlanError(f"unknown criterion '{criterion}'; choose one of {', '.join(CRITERIA)}")
@@ -59,6 +74,11 @@ def score_groups(an: Analysis, criterion: str = "l2", *, reduce: str = "mean", n
         raise PlanError(f"unknown reduction '{reduce}'; choose one of {', '.join(REDUCE)}")
     if normalize not in NORMALIZE:
         raise PlanError(f"unknown normalisation '{normalize}'; choose one of {', '.join(NORMALIZE)}")
+    need = NEEDS.get(criterion)
+    if need and (data is None or getattr(data, need) is None):
+        flag = {"activations": "--calib", "gradients": "--gradients"}[need]
+        raise PlanError(f"criterion '{criterion}' needs recorded {need}: give {flag}")
+    data = data or ScoreData()
     rng = np.random.default_rng(seed)
     out = Scores()
     for g in an.groups:
@@ -68,10 +88,10 @@ def score_groups(an: Analysis, criterion: str = "l2", *, reduce: str = "mean", n
             out[g.id] = rng.random(g.size) + 1e-3
             continue
         used = criterion
-        members = SCORERS[criterion](an, g)
+        members = SCORERS[criterion](an, g, data)
         if not np.isfinite(members).any() and criterion in FALLBACK:
             used = FALLBACK[criterion]
-            members = SCORERS[used](an, g)
+            members = SCORERS[used](an, g, data)
             out.notes[g.id] = f"no {criterion} member in this group; scored with {used}"
         if members.shape[0] == 0 or not np.isfinite(members).any():
             out[g.id] = np.ones(g.size)

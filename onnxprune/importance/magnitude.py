@@ -68,13 +68,13 @@ def _weights(an: Analysis, fn: Callable[[np.ndarray, int], np.ndarray]):
     return per_label
 
 
-def l1(an: Analysis, group: Group) -> np.ndarray:
+def l1(an: Analysis, group: Group, data=None) -> np.ndarray:
     return member_matrix(an, group, {"out", "in"}, _weights(an, per_label_l1))
 
 
-def l2(an: Analysis, group: Group) -> np.ndarray:
+def l2(an: Analysis, group: Group, data=None) -> np.ndarray:
     return member_matrix(an, group, {"out", "in"}, _weights(an, per_label_sq), np.sqrt)
 
 
-def bn_scale(an: Analysis, group: Group) -> np.ndarray:
+def bn_scale(an: Analysis, group: Group, data=None) -> np.ndarray:
     return member_matrix(an, group, {"scale"}, _weights(an, per_label_l1))

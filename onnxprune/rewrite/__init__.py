@@ -2,15 +2,18 @@
 
 Passes, in order (each a function of the model, the analysis and the kept atoms):
 
+0. ``recover`` (optional, ``rewrite/recover.py``): bias compensation or least-squares refits of
+   the consumers, on the full-size weights.
 1. ``slice_params``: every constant axis indexed by channels keeps only the kept positions
    (``np.compress``), once per (constant, axis) — shared constants were coupled by the analysis.
 2. ``run_fixes``: the rules' declared fixes (Conv ``group``, Reshape targets, Split sizes,
    Slice starts/ends, Resize sizes); a constant shared with another node is cloned first.
 3. ``remove_dead``: nodes whose outputs nobody reads, and constants nobody uses.
-4. ``refresh_shapes``: stale ``value_info`` is cleared and re-inferred.
+4. ``toposort``: a bias ``Add`` appended by recovery moves after its MatMul.
+5. ``refresh_shapes``: stale ``value_info`` is cleared and re-inferred.
 
 Post-conditions (``ensure``): each sliced axis has the kept count; inferred graph output shapes
-equal the declared ones. Nodes are never added or reordered, so topological order holds.
+equal the declared ones.
 """
 from __future__ import annotations
 
@@ -22,8 +25,9 @@ import onnx
 from .._ir import Model, Use, value_infos_from_inference
 from ..analysis import Analysis
 from ..errors import ValidationError
+from .recover import Recovery, recover
 
-__all__ = ["RewriteResult", "apply", "RewriteContext"]
+__all__ = ["RewriteResult", "apply", "RewriteContext", "Recovery"]
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class RewriteResult:
     modified: bool
     sliced: int
     removed_nodes: int
+    recovery: tuple[str, ...] = ()
 
 
 class RewriteContext:
@@ -124,6 +129,37 @@ def remove_dead(model: Model) -> int:
     return removed
 
 
+def toposort(model: Model) -> None:
+    """Order nodes so each comes after its inputs' producers (stable: keeps the given order)."""
+    g = model.graph
+    nodes = list(g.node)
+    produced = {o: i for i, n in enumerate(nodes) for o in n.output if o}
+    deps = [{produced[x] for x in n.input if x in produced and produced[x] != i} for i, n in enumerate(nodes)]
+    if all(all(d < i for d in ds) for i, ds in enumerate(deps)):
+        return
+    users: dict[int, list[int]] = {}
+    for i, ds in enumerate(deps):
+        for d in ds:
+            users.setdefault(d, []).append(i)
+    import heapq
+
+    pending = [len(ds) for ds in deps]
+    ready = [i for i, k in enumerate(pending) if k == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(i)
+        for u in users.get(i, []):
+            pending[u] -= 1
+            if pending[u] == 0:
+                heapq.heappush(ready, u)
+    if len(order) != len(nodes):
+        raise AssertionError("rewrite made the graph cyclic")
+    del g.node[:]
+    g.node.extend(nodes[i] for i in order)
+
+
 def refresh_shapes(model: Model) -> None:
     g = model.graph
     del g.value_info[:]
@@ -150,20 +186,23 @@ def ensure(model: Model, an: Analysis, keep_atom: np.ndarray) -> None:
                                       f"{list(actual)}; this is a bug, please report it with the model")
 
 
-def apply(model: Model, an: Analysis, keep_atom: np.ndarray) -> RewriteResult:
+def apply(model: Model, an: Analysis, keep_atom: np.ndarray, *, recovery: Recovery | None = None) -> RewriteResult:
     """Remove the channels whose atoms are not kept. Changes ``model`` in place.
 
     Args:
         model: the model the analysis was made on (its proto is edited in place).
         an: the analysis.
         keep_atom: boolean mask over ``an``'s atoms (see ``planner.keep_atoms``).
+        recovery: bias compensation / least-squares settings and data (default: none).
     """
     if keep_atom.all():
         return RewriteResult(model.proto, False, 0, 0)
+    report = recover(model, an, keep_atom, recovery) if recovery is not None else []
     sliced = slice_params(model, an, keep_atom)
     run_fixes(model, an, keep_atom)
     removed = remove_dead(model)
+    toposort(model)
     model.reindex()
     refresh_shapes(model)
     ensure(model, an, keep_atom)
-    return RewriteResult(model.proto, True, sliced, removed)
+    return RewriteResult(model.proto, True, sliced, removed, tuple(report))

@@ -1,8 +1,10 @@
-"""onnxruntime sessions on named providers, sharing one global thread pool.
+"""onnxruntime sessions on named providers.
 
-Two sessions timed in turn distort each other when each owns a thread pool (idle sessions'
-threads spin); sessions made here share one global pool when the process has not created an
-ORT environment yet, and otherwise disable spinning.
+Two sessions timed in turn distort each other when each owns a spinning thread pool (idle
+sessions' threads spin). Sessions made here never spin; a program that owns its process (the
+CLI, the benchmarks) may also call :func:`use_global_thread_pool` first so all sessions share one
+pool. That is opt-in because afterwards *every* onnxruntime session in the process must opt out
+of per-session threads, which would break a library user's own sessions.
 
 A provider asked for but not usable (no CUDA build, no driver) is reported, never silently
 replaced by the CPU: :class:`ProviderUnavailable` carries the reason.
@@ -13,10 +15,10 @@ import os
 
 from ..errors import OnnxPruneError
 
-__all__ = ["PROVIDERS", "ProviderUnavailable", "make_session", "parse_providers"]
+__all__ = ["PROVIDERS", "ProviderUnavailable", "make_session", "parse_providers", "use_global_thread_pool"]
 
 PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
-_state = {"global_pool": None}
+_state = {"global_pool": False}
 
 
 class ProviderUnavailable(Exception):
@@ -38,14 +40,20 @@ def _ort():
     return ort
 
 
-def _use_global_pool(ort) -> bool:
-    if _state["global_pool"] is None:
-        try:
-            threads = int(os.environ.get("ONNXPRUNE_THREADS", "0")) or (os.cpu_count() or 1)
-            ort.set_global_thread_pool_sizes(threads, 1)
-            _state["global_pool"] = True
-        except Exception:  # environment already created in this process
-            _state["global_pool"] = False
+def use_global_thread_pool(threads: int | None = None) -> bool:
+    """Make every session of this process share one thread pool (call before any session).
+
+    Returns False when onnxruntime's environment already exists (sessions then keep their own
+    non-spinning pools).
+    """
+    if _state["global_pool"]:
+        return True
+    try:
+        n = threads or int(os.environ.get("ONNXPRUNE_THREADS", "0")) or (os.cpu_count() or 1)
+        _ort().set_global_thread_pool_sizes(n, 1)
+        _state["global_pool"] = True
+    except Exception:  # environment already created in this process
+        pass
     return bool(_state["global_pool"])
 
 
@@ -65,10 +73,9 @@ def make_session(model: str | bytes, provider: str, *, optimize: bool = True):
     so.log_severity_level = 3
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    if _use_global_pool(ort):
+    if _state["global_pool"]:
         so.use_per_session_threads = False
-    else:
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
     providers = [ep] if ep == "CPUExecutionProvider" else [ep, "CPUExecutionProvider"]
     try:
         sess = ort.InferenceSession(model, so, providers=providers)

@@ -1,0 +1,137 @@
+"""Residual blocks ``y = x + F(x)`` (CNN and transformer), found structurally and ranked.
+
+A block is an ``Add`` of a skip tensor x and a branch output f where F (the nodes computing f
+that are not ancestors of x) feeds nothing but the Add: bypassing the block (``y = x``) then
+leaves the rest of the graph intact. F may read other tensors (an attention mask, a shared
+position table); projection shortcuts (x itself a Conv of the block input) are not blocks.
+
+Ranking, least important first:
+
+* ``cosine``: mean cosine similarity between x and y per sample on calibration data — a block
+  that barely changes its input goes first (ShortGPT's block influence);
+* ``error``: the relative squared change of the model outputs when the block alone is bypassed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from ._ir import Model
+from .errors import PlanError
+
+__all__ = ["Block", "find_blocks", "rank_blocks"]
+
+
+@dataclass(frozen=True)
+class Block:
+    add: str  # name of the Add node
+    skip: str  # x
+    branch: str  # f = F(x)
+    out: str  # y
+    nodes: tuple[str, ...]  # F's node names
+
+    def to_dict(self) -> dict:
+        return {"add": self.add, "skip": self.skip, "branch": self.branch, "nodes": len(self.nodes)}
+
+
+def _ancestors(model: Model, tensor: str) -> set[str]:
+    seen, stack = set(), [tensor]
+    while stack:
+        t = stack.pop()
+        if t in seen:
+            continue
+        seen.add(t)
+        if t in model.producer:
+            stack.extend(x for x in model.nodes[model.producer[t]].input if x)
+    return seen
+
+
+def find_blocks(model: Model) -> list[Block]:
+    if not model.shapes:
+        model.infer()
+    blocks = []
+    for i, node in enumerate(model.nodes):
+        if node.op_type != "Add" or len(node.input) != 2 or any(model.is_const(t) for t in node.input):
+            continue
+        for x, f in (node.input, node.input[::-1]):
+            if model.shape(x) is None or model.shape(x) != model.shape(f) or model.shape(x) != model.shape(node.output[0]):
+                continue
+            outside = _ancestors(model, x)
+            if f in outside:
+                continue
+            body, stack = set(), [f]
+            while stack:
+                t = stack.pop()
+                if t in outside or t not in model.producer or model.is_const(t):
+                    continue
+                p = model.producer[t]
+                if p not in body:
+                    body.add(p)
+                    stack.extend(v for v in model.nodes[p].input if v)
+            if not body or not any(x in model.nodes[p].input for p in body):
+                continue  # F must read x
+            ok = True
+            for p in body:
+                for o in model.nodes[p].output:
+                    for u in model.uses(o):
+                        if u.node not in body and not (u.node == i and o == f):
+                            ok = False
+                    if model.is_graph_output(o):
+                        ok = False
+            if ok and [u.node for u in model.uses(f)] == [i]:
+                blocks.append(Block(model.node_name(i), x, f, node.output[0],
+                                    tuple(model.node_name(p) for p in sorted(body))))
+                break
+    return blocks
+
+
+def _bypassed_bytes(model: Model, blocks: list[Block]) -> bytes:
+    from .rewrite.blocks import bypass
+
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    bypass(Model(proto), blocks)
+    return proto.SerializeToString()
+
+
+def rank_blocks(model: Model, blocks: list[Block], calibration, metric: str = "cosine") -> list[tuple[Block, float]]:
+    """(block, importance) pairs, least important first."""
+    from .validate.runtime import make_session
+
+    if metric not in ("cosine", "error"):
+        raise PlanError(f"unknown block metric '{metric}'; use cosine or error")
+    batches = list(calibration.batches())
+    scores = []
+    if metric == "cosine":
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model.proto)
+        wanted = list(dict.fromkeys(t for b in blocks for t in (b.skip, b.out)))
+        have = {v.name for v in proto.graph.output} | set(model.graph_inputs)
+        for t in wanted:
+            if t not in have:
+                proto.graph.output.append(helper.make_tensor_value_info(t, model.dtypes.get(t, 1), None))
+        sess = make_session(proto.SerializeToString(), "cpu")
+        names = [o.name for o in sess.get_outputs()]
+        sims = {b.add: [] for b in blocks}
+        for feeds in batches:
+            outs = dict(zip(names, sess.run(names, feeds)))
+            outs.update(feeds)
+            for b in blocks:
+                x = outs[b.skip].reshape(outs[b.skip].shape[0], -1).astype(np.float64)
+                y = outs[b.out].reshape(outs[b.out].shape[0], -1).astype(np.float64)
+                den = np.linalg.norm(x, axis=1) * np.linalg.norm(y, axis=1)
+                sims[b.add].extend((np.sum(x * y, axis=1) / np.maximum(den, 1e-30)).tolist())
+        scores = [(b, 1.0 - float(np.mean(sims[b.add]))) for b in blocks]
+    else:
+        base_sess = make_session(model.proto.SerializeToString(), "cpu")
+        base = [base_sess.run(None, f) for f in batches]
+        den = sum(float(np.sum(np.square(y.astype(np.float64)))) for o in base for y in o)
+        for b in blocks:
+            sess = make_session(_bypassed_bytes(model, [b]), "cpu")
+            num = sum(float(np.sum(np.square(y.astype(np.float64) - y0)))
+                      for f, o0 in zip(batches, base) for y, y0 in zip(sess.run(None, f), o0))
+            scores.append((b, num / max(den, 1e-30)))
+    return sorted(scores, key=lambda bs: bs[1])

@@ -1,0 +1,370 @@
+"""Training-free recovery, applied to the full-size weights before channels are sliced away.
+
+For a consumer ``y = W x + b`` whose input channels R are removed:
+
+* **bias compensation**: ``b'[o] = b[o] + Σ_{c∈R} E[x_c] · Σ_k W[o, c, k]`` — the removed channels'
+  expected contribution moves into the bias. Exact when the removed channels are constant and
+  the consumer reads no padding (1×1/unpadded convs, Gemm, MatMul); padded convs are exact in the
+  interior. E[x_c] comes from calibration (recorded means) or, data-free, from BatchNorm
+  statistics: ``E[act(z)]``, ``z ~ N(β, γ²)`` by Gauss–Hermite quadrature, carried forward
+  through mean-preserving ops (layout ops, average pooling, Concat).
+* **least squares** (ridge): with the consumer's input Gram ``G = Σ x̃x̃ᵀ`` (x̃ = [x; 1], im2col
+  rows for a Conv), the weights over the kept inputs K that best reproduce the original output
+  are ``W'_K = A G[:, K] (G_KK + λI)⁻¹`` with ``A = [W b]``; the bias column absorbs the removed
+  channels' means. The refit is kept only where it lowers the calibration error
+  ``tr(X G_KK Xᵀ) − 2 tr(X G_K: Aᵀ)`` below that of plain removal, so it never makes a layer worse.
+
+Consumers: Conv (group 1; grouped convs get bias compensation only), ConvTranspose (bias,
+averaged over the stride phases), Gemm (alpha/beta honoured), MatMul (its bias ``Add`` or a new
+one). A missing bias is created and registered with the node's output channels, so it is
+sliced with them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from onnx import helper
+
+from .._ir import Model, Use
+from ..analysis import Analysis, ParamAxis
+
+__all__ = ["Recovery", "recover", "data_free_means", "MODES"]
+
+MODES = ("none", "bias", "lsq")
+
+
+@dataclass
+class Recovery:
+    """What the recovery pass needs.
+
+    Attributes:
+        mode: ``none``, ``bias`` or ``lsq``.
+        means: consumer input tensor -> mean per position of its channel axis.
+        grams: consumer node name -> ``record.Gram`` (for ``lsq``).
+        fold_atoms: atoms whose constant is folded even in mode ``none`` (dead channels).
+        ridge: λ relative to the mean diagonal of G_KK.
+    """
+
+    mode: str = "none"
+    means: dict[str, np.ndarray] = field(default_factory=dict)
+    grams: dict = field(default_factory=dict)
+    fold_atoms: np.ndarray | None = None
+    ridge: float = 1e-4
+    report: list[str] = field(default_factory=list)
+
+
+# ------------------------------------------------------------------------ the pass
+def recover(model: Model, an: Analysis, keep_atom: np.ndarray, rec: Recovery) -> list[str]:
+    """Update consumer weights/biases (full size) for the channels about to be removed."""
+    if rec.mode == "none" and (rec.fold_atoms is None or not rec.fold_atoms.any()):
+        return []
+    done = set()
+    for p in an.params:
+        if p.role != "in" or p.node in done:
+            continue
+        node = model.nodes[p.node]
+        x = node.input[0]
+        c = an.chan.get(x)
+        if c is None:
+            continue
+        removed = ~an.keep_mask(c.labels, keep_atom)
+        if not removed.any():
+            continue
+        done.add(p.node)
+        name = model.node_name(p.node)
+        if rec.mode == "lsq" and name in rec.grams and _lsq(model, an, p, removed, rec):
+            continue  # the refit's bias column absorbed the removed channels, dead ones included
+        if rec.mode in ("bias", "lsq"):  # lsq falls back to bias compensation where it cannot refit
+            fold = removed
+        elif rec.fold_atoms is not None:  # mode none: only dead (constant) channels are folded
+            fold = removed & rec.fold_atoms[an.atom_of_label[c.labels]]
+        else:
+            continue
+        if not fold.any():
+            continue
+        means = rec.means.get(x)
+        if means is None:
+            rec.report.append(f"{name}: no mean known for '{x}'; removed channels not compensated")
+            continue
+        _bias(model, an, p, fold, means, rec)
+    return rec.report
+
+
+def _bias(model: Model, an: Analysis, p: ParamAxis, fold: np.ndarray, means: np.ndarray, rec: Recovery) -> None:
+    node = model.nodes[p.node]
+    w = model.const(node.input[1]).astype(np.float64)
+    mu = np.where(fold, means, 0.0)
+    op = node.op_type
+    if op == "Conv":
+        g = int(model.attr(node, "group", 1))
+        o, cg = w.shape[0], w.shape[1]
+        ksum = w.reshape(o, cg, -1).sum(axis=2)  # [O, C/g]
+        if g == 1:
+            delta = ksum @ mu
+        elif cg == 1:
+            return  # depthwise: inputs and outputs go together
+        else:
+            per = o // g
+            delta = np.array([ksum[i] @ mu[(i // per) * cg:(i // per + 1) * cg] for i in range(o)])
+    elif op == "ConvTranspose":
+        strides = model.attr(node, "strides", [1] * (w.ndim - 2))
+        if int(model.attr(node, "group", 1)) != 1:
+            return
+        delta = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2).T @ mu / float(np.prod(strides))
+    elif op == "Gemm":
+        b = w if not model.attr(node, "transB", 0) else w.T  # [K, N]
+        delta = float(model.attr(node, "alpha", 1.0)) * (mu @ b)
+    elif op == "MatMul":
+        delta = mu @ w
+    else:
+        return
+    _add_to_bias(model, an, p.node, delta)
+    rec.report.append(f"{model.node_name(p.node)}: bias compensation for {int(fold.sum())} input position(s)")
+
+
+def _lsq(model: Model, an: Analysis, p: ParamAxis, removed: np.ndarray, rec: Recovery) -> bool:
+    node = model.nodes[p.node]
+    op = node.op_type
+    gram = rec.grams[model.node_name(p.node)]
+    w = model.const(node.input[1]).astype(np.float64)
+    alpha = beta = 1.0
+    if op == "Conv":
+        o = w.shape[0]
+        k = int(np.prod(w.shape[2:]))
+        a_w = w.reshape(o, -1)
+        keep_cols = np.repeat(~removed, k)
+    elif op == "Gemm":
+        alpha, beta = float(model.attr(node, "alpha", 1.0)), float(model.attr(node, "beta", 1.0))
+        a_w = alpha * (w if model.attr(node, "transB", 0) else w.T)  # [N, K]
+        keep_cols = ~removed
+    elif op == "MatMul":
+        a_w = w.T
+        keep_cols = ~removed
+    else:
+        return False
+    if gram.dim != a_w.shape[1]:
+        return False
+    bias = _current_bias(model, an, p.node, a_w.shape[0]) * beta
+    a = np.concatenate([a_w, bias[:, None]], axis=1)  # [O, D+1]
+    kidx = np.flatnonzero(np.append(keep_cols, True))
+    g = gram.g / max(gram.rows, 1)
+    gkk = g[np.ix_(kidx, kidx)]
+    cross = a @ g[:, kidx]  # A G[:, K]
+    lam = rec.ridge * float(np.trace(gkk)) / len(kidx)
+    try:
+        x = np.linalg.solve(gkk + lam * np.eye(len(kidx)), cross.T).T
+    except np.linalg.LinAlgError:
+        return False
+
+    def err(xk):
+        return float(np.einsum("ij,jk,ik->", xk, gkk, xk) - 2 * np.einsum("ij,ij->", xk, cross))
+
+    plain = a[:, kidx]
+    if err(x) >= err(plain):
+        rec.report.append(f"{model.node_name(p.node)}: least squares would not lower the error; plain removal")
+        return False
+    new_w = np.zeros_like(a_w)
+    new_w[:, keep_cols] = x[:, :-1]
+    new_b = x[:, -1]
+    if op == "Conv":
+        model.set_const(node.input[1], new_w.reshape(w.shape))
+    elif op == "Gemm":
+        new_w /= alpha
+        model.set_const(node.input[1], new_w if model.attr(node, "transB", 0) else new_w.T)
+    else:
+        model.set_const(node.input[1], new_w.T)
+    _add_to_bias(model, an, p.node, new_b / beta - bias / beta)
+    rec.report.append(f"{model.node_name(p.node)}: least-squares refit over {len(kidx) - 1} kept inputs "
+                      f"(calibration error {err(plain):.4g} -> {err(x):.4g} per row)")
+    return True
+
+
+# ------------------------------------------------------------------- bias slots
+def _current_bias(model: Model, an: Analysis, node_index: int, n: int) -> np.ndarray:
+    node = model.nodes[node_index]
+    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
+        if len(node.input) > 2 and node.input[2]:
+            return np.broadcast_to(np.asarray(model.const(node.input[2]), np.float64).reshape(-1), (n,)).copy() \
+                if model.const(node.input[2]).size in (1, n) else np.zeros(n)
+        return np.zeros(n)
+    add = _bias_add_after(model, node_index)
+    if add is not None:
+        return np.asarray(model.const(model.nodes[add[0]].input[add[1]]), np.float64).reshape(n).copy()
+    return np.zeros(n)
+
+
+def _bias_add_after(model: Model, node_index: int):
+    """(Add node index, const input index) when a MatMul's only consumer adds a constant [N]."""
+    out = model.nodes[node_index].output[0]
+    uses = model.uses(out)
+    if len(uses) != 1 or model.is_graph_output(out):
+        return None
+    add = model.nodes[uses[0].node]
+    if add.op_type != "Add":
+        return None
+    k = 1 - uses[0].index
+    v = model.const(add.input[k])
+    n = model.const_shape(model.nodes[node_index].input[1])[-1]
+    if v is None or v.shape[-1:] != (n,) or v.size != n or len(model.const_users(add.input[k])) != 1:
+        return None
+    return uses[0].node, k
+
+
+def _register(an: Analysis, model: Model, tensor: str, node_index: int, out_name: str) -> None:
+    c = an.chan.get(out_name)
+    if c is not None:
+        shape = model.const_shape(tensor)
+        an.params.append(ParamAxis(tensor, len(shape) - 1, c.labels, node_index, "bias"))
+
+
+def _add_to_bias(model: Model, an: Analysis, node_index: int, delta: np.ndarray) -> None:
+    node = model.nodes[node_index]
+    n = delta.size
+    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
+        beta = float(model.attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
+        if len(node.input) > 2 and node.input[2]:
+            name = node.input[2]
+            old = np.asarray(model.const(name))
+            if old.size == n or old.shape[-1:] == (n,):
+                model.set_const(name, (old + (delta / beta).reshape((1,) * (old.ndim - 1) + (n,))).astype(old.dtype))
+                return
+            new = (np.broadcast_to(old.reshape(-1), (n,)) + delta / beta).astype(old.dtype)  # scalar C: widen
+            name = model.add_initializer(name, new)
+            node.input[2] = name
+        else:
+            dtype = model.const(node.input[1]).dtype
+            name = model.add_initializer(f"{model.node_name(node_index)}.bias", (delta / beta).astype(dtype))
+            while len(node.input) < 3:
+                node.input.append("")
+            node.input[2] = name
+        model.consumers.setdefault(name, []).append(Use(node_index, 2))
+        _register(an, model, name, node_index, node.output[0])
+        return
+    add = _bias_add_after(model, node_index)
+    if add is not None:
+        name = model.nodes[add[0]].input[add[1]]
+        old = np.asarray(model.const(name))
+        model.set_const(name, (old + delta.reshape(old.shape)).astype(old.dtype))
+        return
+    # MatMul without a bias: insert y = MatMul(...) + b after it (appended; the rewrite re-sorts)
+    out = node.output[0]
+    dtype = model.const(node.input[1]).dtype
+    name = model.add_initializer(f"{model.node_name(node_index)}.bias", delta.astype(dtype))
+    pre = model.unique_name(out + "_prebias")
+    node.output[0] = pre
+    model.graph.node.append(helper.make_node("Add", [pre, name], [out], name=f"{model.node_name(node_index)}_bias"))
+    _register(an, model, name, node_index, out)
+
+
+# ------------------------------------------------------------------ data-free means
+_SQRT_2PI = np.sqrt(2 * np.pi)
+
+
+def _expect(fn, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
+    x, w = np.polynomial.hermite_e.hermegauss(64)
+    z = mu[:, None] + sigma[:, None] * x[None, :]
+    return (fn(z) * w[None, :]).sum(axis=1) / _SQRT_2PI
+
+
+def _activation(model: Model, node):
+    op = node.op_type
+    a = lambda k, d: float(model.attr(node, k, d))  # noqa: E731
+    if op == "Relu":
+        return lambda z: np.maximum(z, 0)
+    if op == "LeakyRelu":
+        al = a("alpha", 0.01)
+        return lambda z: np.where(z > 0, z, al * z)
+    if op == "Clip":
+        lo, hi = (model.const(node.input[1]) if len(node.input) > 1 and node.input[1] else a("min", -np.inf)), \
+                 (model.const(node.input[2]) if len(node.input) > 2 and node.input[2] else a("max", np.inf))
+        return lambda z: np.clip(z, float(lo), float(hi))
+    if op == "Sigmoid":
+        return lambda z: 1 / (1 + np.exp(-z))
+    if op == "HardSigmoid":
+        al, be = a("alpha", 0.2), a("beta", 0.5)
+        return lambda z: np.clip(al * z + be, 0, 1)
+    if op == "HardSwish":
+        return lambda z: z * np.clip(z / 6 + 0.5, 0, 1)
+    if op == "Tanh":
+        return np.tanh
+    if op == "Elu":
+        al = a("alpha", 1.0)
+        return lambda z: np.where(z > 0, z, al * (np.exp(np.minimum(z, 0)) - 1))
+    if op == "Softplus":
+        return lambda z: np.logaddexp(0, z)
+    if op in ("Identity", "Dropout"):
+        return lambda z: z
+    return None
+
+
+_MEAN_KEEPING = {"Identity", "Dropout", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose",
+                 "Squeeze", "Unsqueeze"}
+_GAUSS_KEEPING = {"Identity", "Dropout", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze"}
+
+
+def data_free_means(an: Analysis) -> dict[str, np.ndarray]:
+    """Means per channel position of tensors reachable from a BatchNorm through an activation.
+
+    Walks the graph forward: BatchNorm output ~ N(β, γ²) per channel; an element-wise activation
+    of it has mean E[act(z)] (x·sigmoid(x) included); layout ops, average pooling and channel
+    Concat carry means on by label. Everything else is unknown.
+    """
+    model = an.model
+    gauss: dict[str, dict[int, tuple[float, float]]] = {}
+    mean: dict[str, dict[int, float]] = {}
+
+    def by_label(name, table):
+        c = an.chan.get(name)
+        if c is None or name not in table:
+            return None
+        t = table[name]
+        return np.array([t.get(int(lab), np.nan) for lab in c.labels])
+
+    for i, node in enumerate(model.nodes):
+        op = node.op_type
+        x = node.input[0] if node.input else ""
+        c = an.chan.get(x)
+        out = node.output[0] if node.output else ""
+        oc = an.chan.get(out)
+        if op == "BatchNormalization" and c is not None and oc is not None:
+            gamma, beta = model.const(node.input[1]), model.const(node.input[2])
+            if gamma is not None and beta is not None:
+                gauss[out] = {int(lab): (float(b), abs(float(g))) for lab, g, b in zip(c.labels, gamma, beta)}
+                mean[out] = {int(lab): float(b) for lab, b in zip(c.labels, beta)}
+            continue
+        if oc is None:
+            continue
+        if x in gauss and (fn := _activation(model, node)) is not None:
+            labs = list(gauss[x])
+            mu = np.array([gauss[x][k][0] for k in labs])
+            sd = np.array([gauss[x][k][1] for k in labs])
+            mean[out] = dict(zip(labs, _expect(fn, mu, sd).tolist()))
+            if op in ("Identity", "Dropout"):
+                gauss[out] = gauss[x]
+        elif op == "Mul" and len(node.input) == 2:  # x * sigmoid(x)
+            a, b = node.input
+            for u, v in ((a, b), (b, a)):
+                prod = model.nodes[model.producer[v]] if v in model.producer else None
+                if u in gauss and prod is not None and prod.op_type == "Sigmoid" and prod.input[0] == u:
+                    labs = list(gauss[u])
+                    mu = np.array([gauss[u][k][0] for k in labs])
+                    sd = np.array([gauss[u][k][1] for k in labs])
+                    mean[out] = dict(zip(labs, _expect(lambda z: z / (1 + np.exp(-z)), mu, sd).tolist()))
+        elif op in _MEAN_KEEPING and x in mean:
+            mean[out] = mean[x]
+            if op in _GAUSS_KEEPING and x in gauss:
+                gauss[out] = gauss[x]
+        elif op == "Concat" and all(n in mean for n in node.input):
+            merged: dict[int, float] = {}
+            for n in node.input:
+                merged.update(mean[n])
+            mean[out] = merged
+    out_means = {}
+    for p in an.params:
+        if p.role == "in":
+            x = model.nodes[p.node].input[0]
+            arr = by_label(x, mean)
+            if arr is not None and np.isfinite(arr).all():
+                out_means[x] = arr
+    return out_means

@@ -1,0 +1,185 @@
+"""Error-based sensitivity: how much each group's outputs suffer at several removal ratios, and
+per-group ratios that meet a FLOPs/parameter target at the least measured error.
+
+Measuring: for each group and ratio, the lowest-ranked channels (by a base criterion) are
+removed *by zeroing their consumer-side weights*, which the oracle shows equals structural
+removal; the consumer weights are made overridable initializers of one onnxruntime session and
+the zeroed copies are fed per trial, so no model is rebuilt. The error is the relative squared
+output change ``Σ‖y − y₀‖² / Σ‖y₀‖²`` on the calibration data, or the top-1 accuracy drop when the
+calibration ``.npz`` holds ``labels``.
+
+Allocating: start with nothing removed; repeatedly move the group whose next ratio costs the
+least extra error per FLOP (or parameter) saved, until the cost model says the target is met.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from ._ir import Model
+from .analysis import Analysis
+from .cost import CostModel
+from .errors import PlanError
+
+__all__ = ["SensitivityTable", "measure", "allocate", "DEFAULT_RATIOS"]
+
+DEFAULT_RATIOS = (0.2, 0.4, 0.6, 0.8)
+
+
+@dataclass
+class SensitivityTable:
+    ratios: list[float]
+    metric: str
+    baseline: float
+    rows: list[dict] = field(default_factory=list)
+    signature: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def save(self, path: str) -> None:
+        with open(path, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+
+    def format(self) -> str:
+        head = f"{'group':>5} {'channels':>8} {'FLOPs saved at max':>18}  " + " ".join(f"{'err@' + format(r, 'g'):>9}"
+                                                                            for r in self.ratios) + "  name"
+        lines = [f"metric: {self.metric} (baseline {self.baseline:.4g})", head]
+        for r in self.rows:
+            lines.append(f"{r['group']:>5} {r['size']:>8} {r['flops_saved'][-1]:>18.3f}  "
+                         + " ".join(f"{e:>9.4g}" for e in r["errors"]) + f"  {r['name']}")
+        return "\n".join(lines)
+
+
+def _removal(an: Analysis, gid: int, scores: np.ndarray, ratio: float, min_keep: int = 1) -> np.ndarray:
+    g = an.groups[gid]
+    n = min(int(np.floor(ratio * g.size)), g.size - min_keep, g.n_prunable)
+    keep = np.ones(an.n_atoms, dtype=bool)
+    if n > 0:
+        order = np.argsort(np.where(g.pinned, np.inf, scores), kind="stable")[:n]
+        keep[g.atoms[order]] = False
+    for s in an.nonempty_sets:
+        if not keep[s].any():
+            keep[s[0]] = True
+    return keep
+
+
+def _overridable(model: Model, names: set[str]) -> bytes:
+    """The model serialised with ``names`` as overridable initializers (Constant nodes moved)."""
+    proto = onnx.ModelProto()
+    proto.CopyFrom(model.proto)
+    g = proto.graph
+    consts = {n.output[0]: k for k, n in enumerate(g.node) if n.op_type == "Constant" and n.output[0] in names}
+    for name, k in sorted(consts.items(), key=lambda kv: -kv[1]):
+        g.initializer.append(numpy_helper.from_array(model.const(name), name))
+        del g.node[k]
+    have = {v.name for v in g.input}
+    for t in g.initializer:
+        if t.name in names and t.name not in have:
+            g.input.append(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    proto.ir_version = max(proto.ir_version, 4)
+    return proto.SerializeToString()
+
+
+def measure(an: Analysis, calibration, scores: dict[int, np.ndarray], *, ratios=DEFAULT_RATIOS,
+            progress: bool = False) -> SensitivityTable:
+    """Measure every prunable group's error at each ratio (see the module docstring)."""
+    from .validate.runtime import make_session
+
+    model = an.model
+    consumer = {}  # group -> list of (tensor, axis, labels) of its "in" params
+    for g in an.groups:
+        if g.prunable and g.id in scores:
+            consumer[g.id] = [(an.params[k].tensor, an.params[k].axis, an.params[k].labels)
+                              for k in g.params if an.params[k].role == "in"]
+    names = {t for lst in consumer.values() for t, _, _ in lst}
+    sess = make_session(_overridable(model, names), "cpu")
+    batches = list(calibration.batches())
+    labels = calibration.labels
+    base_out = [sess.run(None, b) for b in batches]
+    if labels is not None:
+        labels = np.asarray(labels).reshape(-1)[: sum(o[0].shape[0] for o in base_out)]
+        preds = np.concatenate([o[0] for o in base_out]).argmax(axis=1)
+        baseline = float(np.mean(preds == labels))
+        metric = "top-1 accuracy drop"
+    else:
+        baseline = float(sum(np.sum(np.square(y.astype(np.float64))) for o in base_out for y in o))
+        metric = "relative squared output change"
+    cm = CostModel(model, an)
+    full = cm.count()
+    table = SensitivityTable(list(ratios), metric, baseline, signature=an.signature())
+    for gid, params in consumer.items():
+        g = an.groups[gid]
+        errors, flops_saved, params_saved = [], [], []
+        for r in ratios:
+            keep = _removal(an, gid, scores[gid], r)
+            feeds_w = {}
+            for tensor, axis, labs in params:
+                drop = ~an.keep_mask(labs, keep)
+                if drop.any():
+                    w = feeds_w.get(tensor)
+                    w = np.array(model.const(tensor), copy=True) if w is None else w
+                    idx = [slice(None)] * w.ndim
+                    idx[axis] = drop
+                    w[tuple(idx)] = 0
+                    feeds_w[tensor] = w
+            outs = [sess.run(None, {**b, **feeds_w}) for b in batches]
+            if labels is not None:
+                preds = np.concatenate([o[0] for o in outs]).argmax(axis=1)
+                errors.append(baseline - float(np.mean(preds == labels)))
+            else:
+                num = sum(np.sum(np.square(y.astype(np.float64) - y0)) for o, o0 in zip(outs, base_out)
+                          for y, y0 in zip(o, o0))
+                errors.append(float(num / max(baseline, 1e-30)))
+            c = cm.count(keep)
+            flops_saved.append((full.flops - c.flops) / full.flops)
+            params_saved.append((full.params - c.params) / max(full.params, 1))
+        table.rows.append({"group": gid, "name": an.group_name(g), "size": g.size, "errors": errors,
+                           "flops_saved": flops_saved, "params_saved": params_saved})
+    return table
+
+
+def allocate(an: Analysis, table: SensitivityTable, scores: dict[int, np.ndarray], *, target: float,
+             metric: str = "flops", round_to: int = 1, min_channels: int = 1) -> dict[int, float]:
+    """Per-group ratios meeting ``target`` (fraction of FLOPs/params kept) at the least error."""
+    from .planner import _Options, _select
+
+    if table.signature and table.signature != an.signature():
+        raise PlanError("the sensitivity table was measured on a different model; measure it again")
+    key = "flops_saved" if metric == "flops" else "params_saved"
+    rows = {r["group"]: r for r in table.rows}
+    level = {gid: -1 for gid in rows}
+    cm = CostModel(an.model, an)
+    base = getattr(cm.count(), metric)
+    opts = _Options(0.0, None, None, "uniform", round_to, min_channels)
+
+    def ratios_now() -> dict[int, float]:
+        return {gid: (table.ratios[lv] if lv >= 0 else 0.0) for gid, lv in level.items()}
+
+    def frac() -> float:
+        opts.group_ratios = ratios_now()
+        return getattr(cm.count(_select(an, scores, 0.0, opts)), metric) / base
+
+    while frac() > target:
+        best, best_cost = None, np.inf
+        for gid, lv in level.items():
+            if lv + 1 >= len(table.ratios):
+                continue
+            r = rows[gid]
+            prev_err = r["errors"][lv] if lv >= 0 else 0.0
+            prev_gain = r[key][lv] if lv >= 0 else 0.0
+            gain = r[key][lv + 1] - prev_gain
+            if gain <= 0:
+                continue
+            cost = max(r["errors"][lv + 1] - prev_err, 0.0) / gain
+            if cost < best_cost:
+                best, best_cost = gid, cost
+        if best is None:
+            raise PlanError(f"the sensitivity levels cannot reach {metric} {target:.3f} of the original "
+                            f"(best {frac():.3f}); add higher --sensitivity-ratios or relax the target")
+        level[best] += 1
+    return ratios_now()
