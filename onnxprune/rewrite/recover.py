@@ -6,7 +6,7 @@ For a consumer ``y = W x + b`` whose input channels R are removed:
   expected contribution moves into the bias. Exact when the removed channels are constant and
   the consumer reads no padding (1×1/unpadded convs, Gemm, MatMul); padded convs are exact in the
   interior. E[x_c] comes from calibration (recorded means) or, data-free, from BatchNorm
-  statistics: ``E[act(z)]``, ``z ~ N(β, γ²)`` by Gauss–Hermite quadrature, carried forward
+  statistics: ``E[act(z)]``, ``z ~ N(β, γ²)`` by quadrature on a dense grid, carried forward
   through mean-preserving ops (layout ops, average pooling, Concat).
 * **least squares** (ridge): with the consumer's input Gram ``G = Σ x̃x̃ᵀ`` (x̃ = [x; 1], im2col
   rows for a Conv), the weights over the kept inputs K that best reproduce the original output
@@ -258,13 +258,15 @@ def _add_to_bias(model: Model, an: Analysis, node_index: int, delta: np.ndarray)
 
 
 # ------------------------------------------------------------------ data-free means
-_SQRT_2PI = np.sqrt(2 * np.pi)
+_GRID = np.linspace(-10.0, 10.0, 4001)
+_WEIGHTS = np.exp(-0.5 * _GRID**2)
+_WEIGHTS /= _WEIGHTS.sum()
 
 
 def _expect(fn, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
-    x, w = np.polynomial.hermite_e.hermegauss(64)
-    z = mu[:, None] + sigma[:, None] * x[None, :]
-    return (fn(z) * w[None, :]).sum(axis=1) / _SQRT_2PI
+    """E[fn(z)], z ~ N(mu, sigma²), per channel: a dense grid, accurate for kinks (ReLU, Clip)."""
+    z = mu[:, None] + sigma[:, None] * _GRID[None, :]
+    return (fn(z) * _WEIGHTS[None, :]).sum(axis=1)
 
 
 def _activation(model: Model, node):

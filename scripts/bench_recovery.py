@@ -1,0 +1,109 @@
+"""Benchmark: criteria × recovery at 30% and 50% FLOPs reduction, side by side.
+
+Models:
+* ``digits``: the shipped trained CNN; calibration = models/digits_calib.npz (training images),
+  judged by top-1 accuracy on models/digits_test.npz (the held-out split, never calibrated on);
+* ``resnet``: the generated ResNet-18-style model (random weights, 64×64), calibration = 64 seeded
+  Gaussian inputs, judged by cosine similarity of its outputs to the original's on 64 *other*
+  inputs (top-1 agreement too).
+
+For each model, target (fraction of FLOPs kept: 0.7 and 0.5), criterion (l2, activation,
+wanda, sensitivity [ranked by l2]) and recovery (none, bias, lsq), one pruned model is made with
+``onnxprune.prune`` and evaluated with onnxruntime. Taylor needs recorded gradients (issue 3)
+and MiniLM needs the transformer rules (issue 4); they join this table when those land.
+
+Usage: python scripts/bench_recovery.py [--models digits resnet] [--json out.json]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+
+import numpy as np
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CRITERIA = ("l2", "activation", "wanda", "sensitivity")
+RECOVERY = ("none", "bias", "lsq")
+TARGETS = (0.7, 0.5)
+
+
+def evaluate(original: str, pruned: str, data: dict[str, np.ndarray], labels) -> dict:
+    from onnxprune.validate.runtime import make_session
+
+    a = make_session(original, "cpu")
+    b = make_session(pruned, "cpu")
+    name = a.get_inputs()[0].name
+    ya = np.concatenate([a.run(None, {name: x})[0] for x in np.array_split(data, max(1, len(data) // 64))])
+    yb = np.concatenate([b.run(None, {name: x})[0] for x in np.array_split(data, max(1, len(data) // 64))])
+    cos = np.sum(ya * yb, axis=1) / (np.linalg.norm(ya, axis=1) * np.linalg.norm(yb, axis=1))
+    out = {"cosine": float(np.mean(cos)), "top1_agreement": float(np.mean(ya.argmax(1) == yb.argmax(1)))}
+    if labels is not None:
+        out["accuracy"] = float(np.mean(yb.argmax(1) == labels))
+        out["accuracy_original"] = float(np.mean(ya.argmax(1) == labels))
+    return out
+
+
+def setup(name: str, work: str):
+    import onnx
+
+    if name == "digits":
+        test = np.load(os.path.join(ROOT, "models", "digits_test.npz"))
+        return (os.path.join(ROOT, "models", "digits_cnn.onnx"), os.path.join(ROOT, "models", "digits_calib.npz"),
+                test["input"], test["labels"])
+    from onnxprune.testing.archs import resnet
+
+    path = os.path.join(work, "resnet18.onnx")
+    onnx.save(resnet(18, image=64, width=16, classes=100), path)
+    calib = os.path.join(work, "resnet_calib.npz")
+    np.savez(calib, input=np.random.default_rng(1).standard_normal((64, 3, 64, 64)).astype(np.float32))
+    evaluation = np.random.default_rng(2).standard_normal((64, 3, 64, 64)).astype(np.float32)
+    return path, calib, evaluation, None
+
+
+def main() -> int:
+    import onnxprune
+    from onnxprune.validate.runtime import use_global_thread_pool
+
+    use_global_thread_pool()
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--models", nargs="+", default=["digits", "resnet"])
+    ap.add_argument("--criteria", nargs="+", default=list(CRITERIA))
+    ap.add_argument("--json")
+    a = ap.parse_args()
+    work = tempfile.mkdtemp(prefix="onnxprune-recovery-")
+    results = []
+    for model_name in a.models:
+        path, calib, evaluation, labels = setup(model_name, work)
+        metric = "accuracy" if labels is not None else "cosine"
+        base = evaluate(path, path, evaluation, labels)
+        print(f"\n{model_name}: {path}\n  original {metric}: {base.get('accuracy', base['cosine']):.4f}; "
+              f"calibration {calib}; evaluation on a separate set")
+        print(f"  {'FLOPs kept':>10} {'criterion':<12}" + "".join(f"{r:>10}" for r in RECOVERY) + "   (achieved FLOPs)")
+        for target in TARGETS:
+            for crit in a.criteria:
+                row = {}
+                flops = None
+                for rec in RECOVERY:
+                    out = os.path.join(work, f"{model_name}-{crit}-{target}-{rec}.onnx")
+                    t0 = time.perf_counter()
+                    res = onnxprune.prune(path, out, criterion=crit, target_flops=target, calib=calib,
+                                          recover=rec, round_to=1, sensitivity_ratios=(0.2, 0.4, 0.6, 0.8))
+                    seconds = time.perf_counter() - t0
+                    ev = evaluate(path, out, evaluation, labels)
+                    flops = res.after.flops / res.before.flops
+                    row[rec] = ev
+                    results.append({"model": model_name, "target_flops": target, "criterion": crit, "recover": rec,
+                                    "achieved_flops": flops, "seconds": seconds, **ev})
+                print(f"  {target:>10} {crit:<12}" + "".join(f"{row[r].get(metric):>10.4f}" for r in RECOVERY)
+                      + f"   ({flops:.3f})")
+    if a.json:
+        with open(a.json, "w") as f:
+            json.dump(results, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

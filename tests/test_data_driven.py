@@ -1,0 +1,151 @@
+"""Calibration input, activation-based criteria, sensitivity allocation, residual block removal."""
+import numpy as np
+import onnx
+import pytest
+
+import onnxprune
+from onnxprune import OnnxPruneError, PlanError
+from onnxprune._ir import Model
+from onnxprune.analysis import analyze
+from onnxprune.blocks import find_blocks, rank_blocks
+from onnxprune.calib import Calibration, ImageSpec
+from onnxprune.cli import main
+from onnxprune.importance import ScoreData, score_groups
+from onnxprune.record import record_for
+from onnxprune.rewrite import remove_dead, toposort
+from onnxprune.rewrite.blocks import bypass
+from onnxprune.sensitivity import allocate, measure
+from onnxprune.testing import Net, random_feeds, run
+from onnxprune.testing.archs import resnet
+
+
+@pytest.fixture(scope="module")
+def r18(tmp_path_factory):
+    d = tmp_path_factory.mktemp("dd")
+    path = str(d / "r18.onnx")
+    onnx.save(resnet(18, image=32, width=8), path)
+    calib = str(d / "calib.npz")
+    np.savez(calib, input=np.random.default_rng(0).standard_normal((24, 3, 32, 32)).astype(np.float32))
+    return path, calib
+
+
+def test_activation_criteria_follow_the_data(tmp_path):
+    #  x -> Conv(2->4) -> Relu -> Conv(4->2); input channel scales make channel 3 loud, 0 silent
+    n = Net("t", seed=0)
+    x = n.input("x", ["N", 2, 4, 4])
+    w = np.zeros((4, 2, 1, 1), np.float32)
+    w[:, 0, 0, 0] = [0.01, 1.0, 2.0, 4.0]
+    y = n.relu(n.op("Conv", [x, n.const(w)], kernel_shape=[1, 1]))
+    n.output(n.conv(y, 4, 2, 1))
+    proto = n.build()
+    path = tmp_path / "c.npz"
+    np.savez(path, x=np.abs(np.random.default_rng(0).standard_normal((16, 2, 4, 4))).astype(np.float32))
+    an = analyze(Model(proto))
+    rec = record_for(an, Calibration(str(path), ["x"], batch_size=4))
+    for crit in ("activation", "wanda"):
+        s = score_groups(an, crit, data=ScoreData(activations=rec))[0]
+        assert list(np.argsort(s)) == [0, 1, 2, 3], crit
+    with pytest.raises(PlanError, match="needs recorded activations"):
+        score_groups(an, "apoz")
+
+
+def test_calibration_from_images(tmp_path):
+    from PIL import Image
+
+    for k in range(5):
+        Image.fromarray((np.random.default_rng(k).random((10, 12, 3)) * 255).astype(np.uint8)).save(tmp_path / f"{k}.png")
+    spec = ImageSpec.parse("size=8x6,mean=0.5/0.5/0.5,std=0.25/0.25/0.25,layout=NCHW")
+    cal = Calibration(str(tmp_path), ["input"], batch_size=2, image_spec=spec)
+    batches = list(cal.batches())
+    assert [b["input"].shape for b in batches] == [(2, 3, 8, 6), (2, 3, 8, 6), (1, 3, 8, 6)]
+    assert -2.01 <= batches[0]["input"].min() and batches[0]["input"].max() <= 2.01
+    with pytest.raises(OnnxPruneError, match="image spec"):
+        ImageSpec.parse("size=abc")
+
+
+def test_calibration_errors(tmp_path):
+    with pytest.raises(OnnxPruneError, match="no such calibration"):
+        Calibration(str(tmp_path / "nope.npz"), ["x"])
+    np.savez(tmp_path / "w.npz", a=np.zeros((2, 1)), b=np.zeros((3, 1)))
+    with pytest.raises(OnnxPruneError, match="no array for input"):
+        Calibration(str(tmp_path / "w.npz"), ["x"])
+
+
+def test_sensitivity_table_and_allocation(r18):
+    path, calib = r18
+    m = Model(onnx.load(path), path)
+    an = analyze(m)
+    scores = score_groups(an, "l2")
+    table = measure(an, Calibration(calib, ["input"], batch_size=8), scores, ratios=(0.25, 0.5, 0.75))
+    assert len(table.rows) == sum(g.prunable for g in an.groups)
+    for row in table.rows:
+        assert row["errors"][0] <= row["errors"][-1] + 1e-9  # removing more hurts more
+        assert row["flops_saved"][0] < row["flops_saved"][-1]
+    ratios = allocate(an, table, scores, target=0.6)
+    assert len(set(ratios.values())) > 1  # not uniform: sensitive groups keep more
+    plan = onnxprune.plan(path, criterion="sensitivity", target_flops=0.6, calib=calib,
+                          sensitivity_ratios=(0.25, 0.5, 0.75))
+    e = plan.estimate
+    assert e["after"]["flops"] <= 0.6 * e["before"]["flops"]
+
+
+def test_block_bypass_oracle(r18):
+    path, calib = r18
+    proto = onnx.load(path)
+    m = Model(onnx.ModelProto.FromString(proto.SerializeToString()))
+    blocks = find_blocks(m)
+    assert len(blocks) == 5  # identity-shortcut blocks of a ResNet-18 (projection blocks excluded)
+    chosen = [b for b, _ in rank_blocks(m, blocks, Calibration(calib, ["input"], batch_size=8), "error")[:2]]
+    # reference: the original with F(x) multiplied by 0 in the chosen blocks
+    ref = onnx.ModelProto.FromString(proto.SerializeToString())
+    zero = onnx.numpy_helper.from_array(np.zeros((), np.float32), "zero_gate")
+    ref.graph.initializer.append(zero)
+    for node in ref.graph.node:
+        if node.name in {b.add for b in chosen}:
+            b = next(b for b in chosen if b.add == node.name)
+            k = list(node.input).index(b.branch)
+            ref.graph.node.append(onnx.helper.make_node("Mul", [b.branch, "zero_gate"], [b.branch + "_gated"]))
+            node.input[k] = b.branch + "_gated"
+    ref_m = Model(ref)
+    toposort(ref_m)
+    bypass(m, chosen)
+    removed = remove_dead(m)
+    assert removed >= 2 * 5  # two blocks' convs, BNs, ReLUs are gone
+    onnx.checker.check_model(m.proto, full_check=True)
+    feeds = random_feeds(proto)
+    np.testing.assert_allclose(run(m.proto, feeds)[0], run(ref_m.proto, feeds)[0], rtol=1e-5, atol=1e-5)
+
+
+def test_cli_recovery_improves_accuracy_on_digits(tmp_path, capsys):
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model = os.path.join(root, "models", "digits_cnn.onnx")
+    calib, test = os.path.join(root, "models", "digits_calib.npz"), os.path.join(root, "models", "digits_test.npz")
+    acc = {}
+    for rec in ("none", "lsq"):
+        out = str(tmp_path / f"{rec}.onnx")
+        assert main(["prune", model, "-o", out, "--ratio", "0.5", "--round-to", "8", "--criterion", "wanda",
+                     "--calib", calib, "--recover", rec, "--validate", "--data", test, "--no-latency", "--json"]) == 0
+        import json
+
+        d = json.loads(capsys.readouterr().out)
+        acc[rec] = d["validation"]["providers"][0]["accuracy_pruned"]
+    assert acc["lsq"] > acc["none"] + 0.1 and acc["lsq"] >= 0.95
+
+
+def test_cli_sensitivity_and_blocks(r18, tmp_path, capsys):
+    path, calib = r18
+    out = str(tmp_path / "sens.json")
+    assert main(["sensitivity", path, "--calib", calib, "-o", out, "--ratios", "0.5"]) == 0
+    assert "err@0.5" in capsys.readouterr().out
+    pruned = str(tmp_path / "b.onnx")
+    assert main(["prune", path, "-o", pruned, "--remove-blocks", "2", "--calib", calib, "--keep-dead"]) == 0
+    assert "2 residual blocks bypassed" in capsys.readouterr().out
+    assert len(find_blocks(Model(onnx.load(pruned)))) == 3
+
+
+def test_lsq_without_calibration_is_a_user_error(r18, tmp_path):
+    path, _ = r18
+    with pytest.raises(OnnxPruneError, match="needs calibration"):
+        onnxprune.prune(path, str(tmp_path / "x.onnx"), ratio=0.5, recover="lsq")
