@@ -166,7 +166,7 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
           calib_limit: int | None = None, recover: str = "none", ridge: float = 1e-4,
           remove_dead: bool | None = None, dead_tol: float = 1e-6, rank_by: str = "l2",
           sensitivity_ratios: Sequence[float] | None = None, remove_blocks: int = 0,
-          block_metric: str = "cosine") -> PruneResult:
+          block_metric: str = "cosine", block_target_flops: float | None = None) -> PruneResult:
     """Prune a model file structurally and write the result (atomically, fully checked).
 
     Args:
@@ -179,6 +179,8 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
         remove_dead: remove channels constant on calibration data (default: when ``calib``).
         rank_by: the within-group ranking used by ``sensitivity``.
         remove_blocks: bypass this many residual blocks (ranked by ``block_metric``) first.
+        block_target_flops: instead, bypass blocks (least important first) until this fraction of
+            the FLOPs is left.
         the rest: as in :func:`plan`.
 
     Raises:
@@ -196,13 +198,13 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
     cal = _Calib(calib, calib_batch, image_spec, calib_limit)
     first_cost = CostModel(_inferred(m)).count()
     removed_blocks: tuple[str, ...] = ()
-    if remove_blocks:
-        m, removed_blocks = _remove_blocks(m, remove_blocks, block_metric, cal)
+    if remove_blocks or block_target_flops is not None:
+        m, removed_blocks = _remove_blocks(m, remove_blocks, block_metric, cal, block_target_flops)
     an = analyze(m, protect=protect)
     recording = None
     if plan is None:
         if ratio is None and target_flops is None and target_params is None and criterion != "sensitivity":
-            ratio = 0.0 if remove_blocks else None
+            ratio = 0.0 if removed_blocks else None
         p, recording = _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops,
                              target_params=target_params, mode=mode, round_to=round_to, min_channels=min_channels,
                              reduce=reduce, normalize=normalize, seed=seed, calib=cal, remove_dead=remove_dead,
@@ -266,18 +268,33 @@ def _loses_input(an: Analysis, p, keep: np.ndarray) -> bool:
     return not an.keep_mask(p.labels, keep).all()
 
 
-def _remove_blocks(m: Model, n: int, metric: str, cal: _Calib) -> tuple[Model, tuple[str, ...]]:
-    from .blocks import find_blocks, rank_blocks
+def _remove_blocks(m: Model, n: int, metric: str, cal: _Calib, target: float | None) -> tuple[Model, tuple[str, ...]]:
+    from .blocks import block_flops, find_blocks, rank_blocks
     from .rewrite import remove_dead, toposort
     from .rewrite.blocks import bypass
 
     blocks = find_blocks(m)
     if n > len(blocks):
         raise PlanError(f"--remove-blocks {n}: the model has {len(blocks)} removable residual blocks")
+    if target is not None and not 0 < target <= 1:
+        raise PlanError(f"--block-target-flops {target} must be in (0, 1]: the fraction of FLOPs to keep")
     data = cal.load(m)
     if data is None:
         raise PlanError("ranking residual blocks needs calibration data: give --calib")
-    chosen = [b for b, _ in rank_blocks(m, blocks, data, metric)[:n]]
+    ranked = [b for b, _ in rank_blocks(m, blocks, data, metric)]
+    if target is None:
+        chosen = ranked[:n]
+    else:
+        total = CostModel(m).count().flops
+        left, chosen = total, []
+        for b in ranked:
+            if left <= target * total:
+                break
+            chosen.append(b)
+            left -= block_flops(m, b)
+        if left > target * total:
+            raise PlanError(f"bypassing all {len(blocks)} residual blocks keeps {left / total:.3f} of the FLOPs; "
+                            f"--block-target-flops {target} is out of reach (add channel pruning)")
     bypass(m, chosen)
     remove_dead(m)
     toposort(m)

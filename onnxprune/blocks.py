@@ -22,7 +22,7 @@ from onnx import helper
 from ._ir import Model
 from .errors import PlanError
 
-__all__ = ["Block", "find_blocks", "rank_blocks"]
+__all__ = ["Block", "find_blocks", "rank_blocks", "block_flops"]
 
 
 @dataclass(frozen=True)
@@ -86,6 +86,20 @@ def find_blocks(model: Model) -> list[Block]:
                                     tuple(model.node_name(p) for p in sorted(body))))
                 break
     return blocks
+
+
+def block_flops(model: Model, block: Block) -> int:
+    """FLOPs saved by bypassing ``block`` (its nodes and its Add)."""
+    from .cost import CostModel, node_cost
+
+    names = set(block.nodes) | {block.add}
+    shape_of = CostModel(model).shape_fn()
+    total = 0
+    for i, node in enumerate(model.nodes):
+        if model.node_name(i) in names:
+            macs, ops = node_cost(model, node, shape_of)
+            total += 2 * macs + ops
+    return total
 
 
 def _bypassed_bytes(model: Model, blocks: list[Block]) -> bytes:

@@ -157,13 +157,18 @@ def allocate(an: Analysis, table: SensitivityTable, scores: dict[int, np.ndarray
     base = getattr(cm.count(), metric)
     opts = _Options(0.0, None, None, "uniform", round_to, min_channels)
 
+    exact: dict[int, float] = {}  # a ratio between two levels, for the last group moved
+
     def ratios_now() -> dict[int, float]:
-        return {gid: (table.ratios[lv] if lv >= 0 else 0.0) for gid, lv in level.items()}
+        r = {gid: (table.ratios[lv] if lv >= 0 else 0.0) for gid, lv in level.items()}
+        r.update(exact)
+        return r
 
     def frac() -> float:
         opts.group_ratios = ratios_now()
         return getattr(cm.count(_select(an, scores, 0.0, opts)), metric) / base
 
+    best = None
     while frac() > target:
         best, best_cost = None, np.inf
         for gid, lv in level.items():
@@ -182,4 +187,17 @@ def allocate(an: Analysis, table: SensitivityTable, scores: dict[int, np.ndarray
             raise PlanError(f"the sensitivity levels cannot reach {metric} {target:.3f} of the original "
                             f"(best {frac():.3f}); add higher --sensitivity-ratios or relax the target")
         level[best] += 1
+    if best is not None:
+        moved = best
+        # the last step may overshoot: bisect that group's ratio between its two levels
+        lo = table.ratios[level[moved] - 1] if level[moved] > 0 else 0.0
+        hi = table.ratios[level[moved]]
+        for _ in range(12):
+            mid = (lo + hi) / 2
+            exact[moved] = mid
+            if frac() <= target:
+                hi = mid
+            else:
+                lo = mid
+        exact[moved] = hi
     return ratios_now()

@@ -149,3 +149,18 @@ def test_lsq_without_calibration_is_a_user_error(r18, tmp_path):
     path, _ = r18
     with pytest.raises(OnnxPruneError, match="needs calibration"):
         onnxprune.prune(path, str(tmp_path / "x.onnx"), ratio=0.5, recover="lsq")
+
+
+def test_block_target_flops(r18, tmp_path):
+    path, calib = r18
+    res = onnxprune.prune(path, str(tmp_path / "t.onnx"), block_target_flops=0.9, calib=calib, remove_dead=False)
+    assert res.removed_blocks and res.after.flops <= 0.9 * res.before.flops
+    with pytest.raises(PlanError, match="out of reach"):
+        onnxprune.prune(path, str(tmp_path / "u.onnx"), block_target_flops=0.1, calib=calib)
+
+
+def test_sensitivity_allocation_lands_near_the_target(r18):
+    path, calib = r18
+    plan = onnxprune.plan(path, criterion="sensitivity", target_flops=0.7, calib=calib, remove_dead=False)
+    e = plan.estimate
+    assert 0.6 <= e["after"]["flops"] / e["before"]["flops"] <= 0.7

@@ -103,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ridge", type=float, default=1e-4, help="ridge λ of --recover lsq (relative)")
     r.add_argument("--remove-blocks", type=int, default=0, metavar="N", help="bypass the N least important "
                    "residual blocks (needs --calib)")
+    r.add_argument("--block-target-flops", type=float, metavar="F", help="bypass residual blocks, least important "
+                   "first, until this fraction of the FLOPs is left (needs --calib)")
     r.add_argument("--block-metric", default="cosine", choices=("cosine", "error"), help="how blocks are ranked")
     _validation(s, with_flag=True)
 
@@ -200,12 +202,12 @@ def _cmd_prune(a) -> int:
     if a.plan and (a.ratio is not None or a.target_flops is not None or a.target_params is not None):
         raise OnnxPruneError("--plan already says what to remove; drop --ratio/--target-flops/--target-params")
     if (not a.plan and a.ratio is None and a.target_flops is None and a.target_params is None
-            and not a.remove_blocks):
+            and not a.remove_blocks and a.block_target_flops is None):
         raise OnnxPruneError("say how much to prune: --ratio, --target-flops, --target-params, --remove-blocks, "
                              "or --plan FILE")
     kw = _planning_kwargs(a)
     res = api.prune(a.model, a.output, plan=a.plan, recover=a.recover, ridge=a.ridge, remove_blocks=a.remove_blocks,
-                    block_metric=a.block_metric, **kw)
+                    block_metric=a.block_metric, block_target_flops=a.block_target_flops, **kw)
     if a.save_plan:
         res.plan.save(a.save_plan)
     b, f = res.before, res.after
