@@ -71,6 +71,17 @@ class _Calib:
     image_spec: str | None = None
     limit: int | None = None
     data: object = field(default=None, repr=False)
+    gradients: object = None  # path or GradientRecord
+    hybrid_weights: tuple = (1.0, 1.0, 1.0)
+
+    def load_gradients(self, model: Model):
+        if self.gradients is None:
+            return None
+        from .gradients import GradientRecord
+
+        rec = GradientRecord.load(self.gradients) if isinstance(self.gradients, str) else self.gradients
+        rec.check_model(model)
+        return rec
 
     def load(self, model: Model):
         if self.source is None:
@@ -105,12 +116,14 @@ def _plan(m: Model, an: Analysis, *, criterion: str, ratio, target_flops, target
     if remove_dead and cal is None:
         raise PlanError("removing dead channels needs calibration data: give --calib")
     recording = None
-    if cal is not None and (NEEDS.get(base) == "activations" or remove_dead or need_stats):
+    if cal is not None and (NEEDS.get(base) == "activations" or base == "hybrid" or remove_dead or need_stats):
         from .record import record_for
 
         recording = record_for(an, cal)
+    grads = calib.load_gradients(m)
     scores = score_groups(an, base, reduce=reduce, normalize=normalize, seed=seed,
-                          data=ScoreData(activations=recording))
+                          data=ScoreData(activations=recording, gradients=grads,
+                                         hybrid_weights=tuple(calib.hybrid_weights)))
     dead = dead_atoms(an, recording, dead_tol) if remove_dead and recording is not None else None
     group_ratios = None
     if sens:
@@ -135,7 +148,8 @@ def _plan(m: Model, an: Analysis, *, criterion: str, ratio, target_flops, target
 
 def _options(kw: dict) -> dict:
     calib = _Calib(kw.pop("calib", None), kw.pop("calib_batch", 32), kw.pop("image_spec", None),
-                   kw.pop("calib_limit", None))
+                   kw.pop("calib_limit", None), gradients=kw.pop("gradients", None),
+                   hybrid_weights=kw.pop("hybrid_weights", (1.0, 1.0, 1.0)))
     return dict(calib=calib, remove_dead=kw.pop("remove_dead", None), dead_tol=kw.pop("dead_tol", 1e-6),
                 rank_by=kw.pop("rank_by", "l2"), sensitivity_ratios=kw.pop("sensitivity_ratios", None), **kw)
 
@@ -147,7 +161,8 @@ def plan(path: str, *, criterion: str = "l2", ratio: float | None = None, target
     """Make a plan for a model without changing it.
 
     Calibration keywords (``calib``, ``calib_batch``, ``image_spec``, ``calib_limit``,
-    ``remove_dead``, ``dead_tol``, ``rank_by``, ``sensitivity_ratios``) are as for :func:`prune`.
+    ``remove_dead``, ``dead_tol``, ``rank_by``, ``sensitivity_ratios``, ``gradients``,
+    ``hybrid_weights``) are as for :func:`prune`.
     """
     m = load_model(path)
     an = analyze(m, protect=protect)
@@ -166,7 +181,8 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
           calib_limit: int | None = None, recover: str = "none", ridge: float = 1e-4,
           remove_dead: bool | None = None, dead_tol: float = 1e-6, rank_by: str = "l2",
           sensitivity_ratios: Sequence[float] | None = None, remove_blocks: int = 0,
-          block_metric: str = "cosine", block_target_flops: float | None = None) -> PruneResult:
+          block_metric: str = "cosine", block_target_flops: float | None = None,
+          gradients=None, hybrid_weights: Sequence[float] = (1.0, 1.0, 1.0)) -> PruneResult:
     """Prune a model file structurally and write the result (atomically, fully checked).
 
     Args:
@@ -178,6 +194,9 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
         recover: ``none``, ``bias`` (data-free from BatchNorm without ``calib``) or ``lsq``.
         remove_dead: remove channels constant on calibration data (default: when ``calib``).
         rank_by: the within-group ranking used by ``sensitivity``.
+        gradients: a gradient record (``.npz`` path or ``GradientRecord``) for ``taylor``,
+            ``fisher``, ``grad`` and ``hybrid``; refused when made for another model.
+        hybrid_weights: magnitude, gradient, activation weights of ``hybrid``.
         remove_blocks: bypass this many residual blocks (ranked by ``block_metric``) first.
         block_target_flops: instead, bypass blocks (least important first) until this fraction of
             the FLOPs is left.
@@ -195,9 +214,13 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
     if recover == "lsq" and calib is None:
         raise OnnxPruneError("--recover lsq needs calibration data: give --calib")
     m = load_model(path)
-    cal = _Calib(calib, calib_batch, image_spec, calib_limit)
+    cal = _Calib(calib, calib_batch, image_spec, calib_limit, gradients=gradients,
+                 hybrid_weights=tuple(hybrid_weights))
     first_cost = CostModel(_inferred(m)).count()
     removed_blocks: tuple[str, ...] = ()
+    if (remove_blocks or block_target_flops is not None) and gradients is not None:
+        raise OnnxPruneError("a gradient record fits the model before blocks are removed; prune blocks and "
+                             "channels in two runs, recording gradients for the second")
     if remove_blocks or block_target_flops is not None:
         m, removed_blocks = _remove_blocks(m, remove_blocks, block_metric, cal, block_target_flops)
     an = analyze(m, protect=protect)

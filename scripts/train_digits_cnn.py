@@ -14,7 +14,7 @@ opset 13, IR 8, dynamic batch.
 Writes:
     models/digits_cnn.onnx     the model (input "input" [N,1,8,8], output "logits" [N,10])
     models/digits_test.npz     held-out test split: input [360,1,8,8] float32, labels [360] int64
-    models/digits_calib.npz    256 training images (no labels) for calibration-based criteria
+    models/digits_calib.npz    256 training images (input) and their labels, for calibration
 
 Usage: pip install torch==2.13.0 scikit-learn && python scripts/train_digits_cnn.py
 """
@@ -79,6 +79,26 @@ def train(model, x, y, epochs: int, seed: int, slim: float):
     return model
 
 
+def load_from_onnx(module, path: str):
+    """Load the shipped ONNX weights back into ``build()``'s module (names are torch's)."""
+    import torch
+
+    from onnxprune._ir import load_model
+
+    m = load_model(path)
+    state = {}
+    for key, value in module.state_dict().items():
+        arr = m.const(key)
+        if arr is None:
+            if key.endswith("num_batches_tracked"):
+                state[key] = value
+                continue
+            raise KeyError(f"{key} not in {path}")
+        state[key] = torch.from_numpy(arr.copy())
+    module.load_state_dict(state)
+    return module.eval()
+
+
 def export(model, path: str) -> None:
     import onnx
     import torch
@@ -98,6 +118,12 @@ def export(model, path: str) -> None:
     onnx.save(proto, path)
 
 
+def write_data(out: str, xtr, ytr, xte, yte, seed: int) -> None:
+    np.savez_compressed(os.path.join(out, "digits_test.npz"), input=xte, labels=yte)
+    idx = np.random.default_rng(seed).choice(len(xtr), 256, replace=False)
+    np.savez_compressed(os.path.join(out, "digits_calib.npz"), input=xtr[idx], labels=ytr[idx])
+
+
 def main() -> None:
     import onnxruntime as ort
     import torch
@@ -107,18 +133,20 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=40)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--slim", type=float, default=3e-3, help="L1 weight on BatchNorm γ (network slimming)")
+    ap.add_argument("--data-only", action="store_true", help="write the .npz files, keep the model")
     a = ap.parse_args()
     torch.set_num_threads(2)
     xtr, xte, ytr, yte = load_split()
+    if a.data_only:
+        write_data(a.out, xtr, ytr, xte, yte, a.seed)
+        return
     model = train(build(), xtr, ytr, a.epochs, a.seed, a.slim)
     with torch.no_grad():
         acc = float((model(torch.from_numpy(xte)).argmax(1).numpy() == yte).mean())
     os.makedirs(a.out, exist_ok=True)
     path = os.path.join(a.out, "digits_cnn.onnx")
     export(model, path)
-    np.savez_compressed(os.path.join(a.out, "digits_test.npz"), input=xte, labels=yte)
-    rng = np.random.default_rng(a.seed)
-    np.savez_compressed(os.path.join(a.out, "digits_calib.npz"), input=xtr[rng.choice(len(xtr), 256, replace=False)])
+    write_data(a.out, xtr, ytr, xte, yte, a.seed)
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     ort_acc = float((sess.run(None, {"input": xte})[0].argmax(1) == yte).mean())
     print(f"test accuracy: torch {acc:.4f}, onnxruntime {ort_acc:.4f}; wrote {path}")

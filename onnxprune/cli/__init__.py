@@ -29,7 +29,8 @@ def _planning(p: argparse.ArgumentParser) -> None:
     t.add_argument("--target-flops", type=float, help="fraction of the original FLOPs to keep, e.g. 0.6")
     t.add_argument("--target-params", type=float, help="fraction of the original parameters to keep")
     g.add_argument("--criterion", default="l2", choices=(*CRITERIA, "sensitivity"),
-                   help="channel importance (default l2); activation/apoz/wanda/sensitivity need --calib")
+                   help="channel importance (default l2); activation/apoz/wanda/sensitivity need --calib, "
+                        "taylor/fisher/grad need --gradients")
     g.add_argument("--mode", default="uniform", choices=("uniform", "global"),
                    help="same ratio in every group, or one global ranking (default uniform)")
     g.add_argument("--round-to", type=int, default=1, help="kept widths become multiples of N (e.g. 8 or 16)")
@@ -50,6 +51,10 @@ def _planning(p: argparse.ArgumentParser) -> None:
     c.add_argument("--keep-dead", dest="remove_dead", action="store_false", help="do not remove dead channels")
     c.add_argument("--dead-tol", type=float, default=1e-6, help="relative range under which a channel is constant")
     c.add_argument("--rank-by", default="l2", choices=CRITERIA, help="within-group ranking for --criterion sensitivity")
+    c.add_argument("--gradients", help="gradient record (.npz from onnxprune.torch.record_gradients) for "
+                   "taylor/fisher/grad/hybrid")
+    c.add_argument("--hybrid-weights", default="1,1,1", metavar="M,G,A",
+                   help="weights of magnitude, gradient and activation scores in --criterion hybrid")
     c.add_argument("--sensitivity-ratios", type=float, nargs="+", metavar="R",
                    help="removal ratios measured per group (default 0.2 0.4 0.6 0.8)")
 
@@ -132,7 +137,18 @@ def _planning_kwargs(a) -> dict:
                 mode=a.mode, round_to=a.round_to, min_channels=a.min_channels, protect=a.protect,
                 reduce=a.reduce, normalize=a.normalize, seed=a.seed, calib=a.calib, image_spec=a.image_spec,
                 calib_batch=a.calib_batch, calib_limit=a.calib_limit, remove_dead=a.remove_dead,
-                dead_tol=a.dead_tol, rank_by=a.rank_by, sensitivity_ratios=a.sensitivity_ratios)
+                dead_tol=a.dead_tol, rank_by=a.rank_by, sensitivity_ratios=a.sensitivity_ratios,
+                gradients=a.gradients, hybrid_weights=_floats(a.hybrid_weights, "--hybrid-weights", 3))
+
+
+def _floats(text: str, flag: str, n: int) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != n or any(v < 0 for v in values):
+        raise OnnxPruneError(f"{flag} '{text}': expected {n} non-negative numbers separated by commas")
+    return values
 
 
 def _dims(specs: list[str]) -> dict[str, int]:

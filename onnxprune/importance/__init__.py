@@ -15,7 +15,7 @@ import numpy as np
 
 from ..analysis import Analysis, Group
 from ..errors import PlanError
-from . import activation, magnitude
+from . import activation, gradient, magnitude
 from .reduce import NORMALIZE, REDUCE
 
 __all__ = ["SCORERS", "REDUCE", "NORMALIZE", "Scores", "ScoreData", "score_groups", "NEEDS"]
@@ -29,6 +29,7 @@ class ScoreData:
 
     activations: object = None
     gradients: object = None
+    hybrid_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # magnitude, gradient, activation
 
 
 SCORERS: dict[str, Scorer] = {
@@ -38,9 +39,14 @@ SCORERS: dict[str, Scorer] = {
     "activation": activation.activation,
     "apoz": activation.apoz,
     "wanda": activation.wanda,
+    "taylor": gradient.taylor,
+    "fisher": gradient.fisher,
+    "grad": gradient.grad,
+    "hybrid": gradient.hybrid,
 }
-NEEDS = {"activation": "activations", "apoz": "activations", "wanda": "activations"}
-FALLBACK = {"bn": "l2", "activation": "l2", "apoz": "l2", "wanda": "l2"}
+NEEDS = {"activation": "activations", "apoz": "activations", "wanda": "activations", "taylor": "gradients",
+         "fisher": "gradients", "grad": "gradients"}
+FALLBACK = {"bn": "l2", "activation": "l2", "apoz": "l2", "wanda": "l2", "taylor": "l2", "fisher": "l2", "grad": "l2"}
 CRITERIA = (*SCORERS, "random")
 
 
