@@ -8,9 +8,11 @@ Models:
   inputs (top-1 agreement too).
 
 For each model, target (fraction of FLOPs kept: 0.7 and 0.5), criterion (l2, activation,
-wanda, sensitivity [ranked by l2]) and recovery (none, bias, lsq), one pruned model is made with
-``onnxprune.prune`` and evaluated with onnxruntime. Taylor needs recorded gradients (issue 3)
-and MiniLM needs the transformer rules (issue 4); they join this table when those land.
+wanda, sensitivity [ranked by l2], taylor) and recovery (none, bias, lsq), one pruned model is
+made with ``onnxprune.prune`` and evaluated with onnxruntime. Taylor needs gradients recorded
+from the model's torch module: the digits CNN has one (scripts/train_digits_cnn.py, weights loaded
+from the .onnx; cross-entropy on the calibration images and labels); the generated ResNet has
+none, so it is scored without taylor. MiniLM joins once the transformer rules exist.
 
 Usage: python scripts/bench_recovery.py [--models digits resnet] [--json out.json]
 """
@@ -25,7 +27,7 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CRITERIA = ("l2", "activation", "wanda", "sensitivity")
+CRITERIA = ("l2", "activation", "wanda", "sensitivity", "taylor")
 RECOVERY = ("none", "bias", "lsq")
 TARGETS = (0.7, 0.5)
 
@@ -43,6 +45,27 @@ def evaluate(original: str, pruned: str, data: dict[str, np.ndarray], labels) ->
     if labels is not None:
         out["accuracy"] = float(np.mean(yb.argmax(1) == labels))
         out["accuracy_original"] = float(np.mean(ya.argmax(1) == labels))
+    return out
+
+
+def digits_gradients(path: str, calib: str, work: str) -> str | None:
+    try:
+        import sys
+
+        import torch
+
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+        from train_digits_cnn import build, load_from_onnx
+
+        from onnxprune.torch import record_gradients
+    except ImportError:
+        return None
+    d = np.load(calib)
+    loader = [(torch.from_numpy(d["input"][i:i + 16]), torch.from_numpy(d["labels"][i:i + 16]))
+              for i in range(0, len(d["input"]), 16)]
+    rec = record_gradients(load_from_onnx(build(), path), loader, onnx_path=path, loss="cross-entropy")
+    out = os.path.join(work, "digits.grads.npz")
+    rec.save(out)
     return out
 
 
@@ -77,6 +100,7 @@ def main() -> int:
     results = []
     for model_name in a.models:
         path, calib, evaluation, labels = setup(model_name, work)
+        grads = digits_gradients(path, calib, work) if model_name == "digits" else None
         metric = "accuracy" if labels is not None else "cosine"
         base = evaluate(path, path, evaluation, labels)
         print(f"\n{model_name}: {path}\n  original {metric}: {base.get('accuracy', base['cosine']):.4f}; "
@@ -84,13 +108,16 @@ def main() -> int:
         print(f"  {'FLOPs kept':>10} {'criterion':<12}" + "".join(f"{r:>10}" for r in RECOVERY) + "   (achieved FLOPs)")
         for target in TARGETS:
             for crit in a.criteria:
+                if crit == "taylor" and grads is None:
+                    continue
                 row = {}
                 flops = None
                 for rec in RECOVERY:
                     out = os.path.join(work, f"{model_name}-{crit}-{target}-{rec}.onnx")
                     t0 = time.perf_counter()
                     res = onnxprune.prune(path, out, criterion=crit, target_flops=target, calib=calib,
-                                          recover=rec, round_to=1, sensitivity_ratios=(0.2, 0.4, 0.6, 0.8))
+                                          recover=rec, round_to=1, sensitivity_ratios=(0.2, 0.4, 0.6, 0.8),
+                                          gradients=grads if crit == "taylor" else None)
                     seconds = time.perf_counter() - t0
                     ev = evaluate(path, out, evaluation, labels)
                     flops = res.after.flops / res.before.flops

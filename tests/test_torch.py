@@ -175,3 +175,21 @@ def test_clipping_and_health(tmp_path):
     total = sum(float(np.linalg.norm(rec.record.get(x.onnx, "sum_g"))) for x in rec.mapping)
     assert total <= 4 * 1e-6 * 1.01  # clipped before accumulation
     assert "unused" not in rec.health or rec.health["unused"]["flag"] in ("zero gradient", "")
+
+
+def test_sparsify_by_gradients(tmp_path):
+    from onnxprune.unstructured import sparsify
+
+    m = randomize_bn(ConvNet(bn=True))
+    path = str(tmp_path / "m.onnx")
+    rec = record_gradients(m, loader((2, 4, 4)), onnx_path=path)
+    out = str(tmp_path / "s.onnx")
+    res = sparsify(path, out, gradients=rec.record, ratio=0.5)
+    assert abs(res.zeroed / res.total - 0.5) < 0.02
+    assert res.file_bytes[1] == res.file_bytes[0] or abs(res.file_bytes[1] - res.file_bytes[0]) < 64
+    assert res.gzip_bytes[1] < res.gzip_bytes[0]
+    pruned = load_model(out)
+    w = next(x.onnx for x in rec.mapping if x.param == "fc.weight")
+    assert (pruned.const(w) == 0).mean() > 0.2
+    with pytest.raises(OnnxPruneError, match="exactly one"):
+        sparsify(path, out, gradients=rec.record, ratio=0.5, threshold=1.0)

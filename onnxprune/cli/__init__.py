@@ -113,6 +113,16 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--block-metric", default="cosine", choices=("cosine", "error"), help="how blocks are ranked")
     _validation(s, with_flag=True)
 
+    s = sub.add_parser("sparsify", help="zero single weights with the smallest recorded gradients (size-only)")
+    s.add_argument("model")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--gradients", required=True, help="gradient record (.npz)")
+    t = s.add_mutually_exclusive_group(required=True)
+    t.add_argument("--ratio", type=float, help="fraction of weights to zero")
+    t.add_argument("--threshold", type=float, help="zero weights scoring at most this")
+    s.add_argument("--by", default="gw", choices=("g", "gw"), help="score: |g| or |w|·|g| (default)")
+    s.add_argument("--per-layer", action="store_true", help="the ratio applies per tensor, not globally")
+
     s = sub.add_parser("sensitivity", help="measure each group's error at several removal ratios")
     s.add_argument("model")
     s.add_argument("--calib", required=True, help=".npz of input samples (optional 'labels') or image folder")
@@ -261,6 +271,15 @@ def _cmd_validate(a) -> int:
     return EXIT_OK if report.passed else EXIT_VALIDATION
 
 
+def _cmd_sparsify(a) -> int:
+    from ..unstructured import sparsify
+
+    res = sparsify(a.model, a.output, gradients=a.gradients, ratio=a.ratio, threshold=a.threshold, by=a.by,
+                   per_layer=a.per_layer)
+    print(f"wrote {res.output}: {res.summary()}")
+    return EXIT_OK
+
+
 def _cmd_sensitivity(a) -> int:
     table = api.sensitivity(a.model, calib=a.calib, rank_by=a.rank_by, ratios=a.ratios, calib_batch=a.calib_batch,
                             image_spec=a.image_spec, calib_limit=a.calib_limit)
@@ -271,7 +290,7 @@ def _cmd_sensitivity(a) -> int:
 
 
 COMMANDS = {"inspect": _cmd_inspect, "plan": _cmd_plan, "prune": _cmd_prune, "validate": _cmd_validate,
-            "sensitivity": _cmd_sensitivity}
+            "sensitivity": _cmd_sensitivity, "sparsify": _cmd_sparsify}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -64,19 +64,28 @@ class GradientRecording:
 
 
 def export(module, example, path: str, *, exporter: str = "dynamo") -> None:
-    """Export ``module`` to ``path`` with torch's exporter (IR version kept ≤ 10 for onnxruntime)."""
+    """Export ``module`` to ``path`` with torch's exporter, batch axis dynamic.
+
+    The example's batch should be ≥ 2 (the dynamo exporter specialises a batch of 1). The IR
+    version is kept ≤ 10, which onnxruntime accepts.
+    """
     import io
 
     import onnx
     import torch
 
     args = example if isinstance(example, tuple) else (example,)
+    names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
     if exporter == "dynamo":
-        prog = torch.onnx.export(module, args, dynamo=True, verbose=False)
+        batch = torch.export.Dim("batch")
+        dyn = tuple({0: batch} if a.ndim else None for a in args)
+        prog = torch.onnx.export(module, args, dynamo=True, verbose=False, input_names=names,
+                                 dynamic_shapes=dyn)
         proto = prog.model_proto
     elif exporter == "torchscript":
         buf = io.BytesIO()
-        torch.onnx.export(module, args, buf, dynamo=False, opset_version=17)
+        torch.onnx.export(module, args, buf, dynamo=False, opset_version=17, input_names=names,
+                          dynamic_axes={n: {0: "batch"} for n, a in zip(names, args) if a.ndim})
         proto = onnx.load_from_string(buf.getvalue())
     else:
         raise OnnxPruneError(f"unknown exporter '{exporter}'; use dynamo or torchscript")
@@ -171,7 +180,7 @@ def record_gradients(module, calib_loader: Iterable, *, onnx_path: str, loss: st
                 break
             inputs, labels = _split(batch, has_labels)
             if example is None:
-                example = tuple(x[:1] if x.ndim else x for x in inputs)
+                example = tuple(x[:2] if x.ndim else x for x in inputs)
             module.zero_grad(set_to_none=True)
             out = module(*inputs)
             value = _loss(loss, out, labels)
