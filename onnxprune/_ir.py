@@ -145,6 +145,22 @@ class Model:
         self._cache[name] = arr
         return arr
 
+    def value(self, name: str) -> np.ndarray | None:
+        """A constant's value, or the value of a small integer subgraph over static shapes.
+
+        Exporters compute shape operands at run time (``Shape → Gather → Add → Concat``); when
+        every dim such a subgraph reads is static, its value is known. Rules read shape-like
+        operands (Reshape targets, Slice bounds, Split sizes, Expand shapes) through this; a
+        rewrite that changes such an operand replaces it with a constant.
+        """
+        v = self.const(name)
+        if v is not None or not name:
+            return v
+        v = _partial(self, name)
+        if v is None or (v.dtype == object and any(x is None for x in v.ravel())):
+            return None
+        return v.astype(np.int64) if v.dtype == object else v
+
     def const_shape(self, name: str) -> tuple[int, ...] | None:
         name = self.resolve(name)
         if name in self.initializers:
@@ -232,6 +248,7 @@ class Model:
 
     def drop_caches(self) -> None:
         self._cache.clear()
+        self.__dict__.pop("_static", None)
 
 
 # ------------------------------------------------------------------------ load/save
@@ -376,6 +393,108 @@ def value_infos_from_inference(proto: onnx.ModelProto) -> list[onnx.ValueInfoPro
                 out.append(helper.make_tensor_value_info(name, dtypes[name],
                                                          None if shape is None else list(shape)))
     return out
+
+
+# ------------------------------------------------------------- static shape values
+_MAX_STATIC = 64  # elements: shape arithmetic, not tensors
+
+
+def _partial(model: Model, name: str) -> np.ndarray | None:
+    """Known value of ``name``; a Shape's unknown (symbolic) dims are None in an object array."""
+    v = model.const(name)
+    if v is not None:
+        return v
+    memo = model.__dict__.setdefault("_static", {})
+    if name not in memo:
+        memo[name] = None  # cycles/unknowns stay None
+        r = _static_eval(model, name)
+        if r is not None:
+            r = np.asarray(r)
+            if r.dtype == object and all(x is not None for x in r.ravel()):
+                r = r.astype(np.int64)
+        memo[name] = r
+    return memo[name]
+
+
+def _static_eval(model: Model, name: str) -> np.ndarray | None:
+    if name not in model.producer:
+        return None
+    node = model.nodes[model.producer[name]]
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx") or len(node.output) != 1:
+        return None
+    if op == "Shape":
+        shape = model.shape(node.input[0])
+        if shape is None:
+            return None
+        start = int(model.attr(node, "start", 0))
+        end = model.attr(node, "end")
+        dims = list(shape)[start:None if end is None else int(end)]
+        if all(isinstance(d, int) for d in dims):
+            return np.array(dims, dtype=np.int64)
+        out = np.empty(len(dims), dtype=object)
+        out[:] = [d if isinstance(d, int) else None for d in dims]
+        return out
+    ins = [_partial(model, i) if i else None for i in node.input]
+    if any(v is None for i, v in zip(node.input, ins) if i) or any(
+            v is not None and v.size > _MAX_STATIC for v in ins):
+        return None
+    try:
+        if op in ("Identity", "Cast"):
+            v = ins[0]
+            return v.astype(helper.tensor_dtype_to_np_dtype(model.attr(node, "to"))) if op == "Cast" and \
+                v.dtype != object else v
+        if op == "Gather":
+            return np.take(ins[0], ins[1], axis=int(model.attr(node, "axis", 0)))
+        if op == "Unsqueeze":
+            axes = ins[1] if len(ins) > 1 and ins[1] is not None else model.attr(node, "axes")
+            v = ins[0]
+            for a in sorted(int(x) % (v.ndim + len(axes)) for x in axes):
+                v = np.expand_dims(v, a)
+            return v
+        if op == "Squeeze":
+            axes = ins[1] if len(ins) > 1 and ins[1] is not None else model.attr(node, "axes")
+            return np.squeeze(ins[0], axis=None if axes is None else tuple(int(a) for a in axes))
+        if op == "Concat":
+            parts = [np.atleast_1d(v) for v in ins]
+            if any(p.dtype == object for p in parts):
+                parts = [p.astype(object) for p in parts]
+            return np.concatenate(parts, axis=int(model.attr(node, "axis", 0)))
+        if op in ("Add", "Sub", "Mul", "Div", "Mod", "Equal", "Max", "Min"):
+            a, b = ins
+            if a.dtype == object or b.dtype == object:
+                if any(x is None for x in np.concatenate([np.ravel(a), np.ravel(b)])):
+                    return None  # arithmetic on an unknown dim
+                a, b = a.astype(np.int64), b.astype(np.int64)
+            f = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Equal": np.equal, "Max": np.maximum,
+                 "Min": np.minimum, "Mod": np.mod,
+                 "Div": (lambda x, y: np.floor_divide(x, y) if x.dtype.kind in "iu" else np.divide(x, y))}[op]
+            return np.asarray(f(a, b))
+        if op == "Where":
+            if any(v.dtype == object for v in ins):
+                return None
+            return np.where(*ins)
+        if op == "ConstantOfShape":
+            if ins[0].dtype == object:
+                return None
+            t = model.attr(node, "value")
+            fill = numpy_helper.to_array(t).reshape(-1)[0] if t is not None else np.float32(0)
+            return np.full(tuple(int(x) for x in ins[0]), fill)
+        if op == "Reshape":
+            if ins[1].dtype == object:
+                return None
+            return ins[0].reshape(tuple(int(x) for x in ins[1]))
+        if op == "Slice":
+            starts, ends = ins[1], ins[2]
+            axes = ins[3] if len(ins) > 3 and ins[3] is not None else range(len(starts))
+            steps = ins[4] if len(ins) > 4 and ins[4] is not None else [1] * len(starts)
+            sl = [slice(None)] * ins[0].ndim
+            for s_, e_, a_, st_ in zip(starts, ends, axes, steps):
+                sl[int(a_)] = slice(int(s_), int(e_), int(st_))
+            return ins[0][tuple(sl)]
+    except Exception:  # malformed arithmetic: unknown, the rules stay conservative
+        return None
+    return None
 
 
 # ------------------------------------------------------------------------ helpers

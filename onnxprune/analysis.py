@@ -92,6 +92,7 @@ class Group:
     reasons: list[str]
     spaces: list[Space]
     params: list[int] = field(default_factory=list)
+    kind: str = "channels"  # or "heads": each atom is a whole attention head
 
     @property
     def size(self) -> int:
@@ -146,6 +147,7 @@ class Analysis:
         self.fixes: list[Fix] = []
         self.barriers: list[tuple[int, str]] = []
         self._pins: list[tuple[np.ndarray, str]] = []
+        self.head_labels: list[np.ndarray] = []  # labels of attention heads (one per head)
         self._nonempty: list[np.ndarray] = []
         self._uf = _UnionFind()
         # filled by _finish()
@@ -301,6 +303,9 @@ class Analysis:
             self.groups.append(Group(gid, arr, self.atom_pinned[arr].copy(), reasons, []))
         for s, atoms in zip(self.spaces, space_atoms):
             self.groups[int(self.group_of_atom[atoms[0]])].spaces.append(s)
+        for labels in self.head_labels:
+            for gid in np.unique(self.group_of_atom[self.atom_of_label[labels]]).tolist():
+                self.groups[gid].kind = "heads"
         for k, p in enumerate(self.params):
             if p.labels.size == 0:
                 continue
@@ -383,6 +388,10 @@ class NodeContext:
     def const(self, k: int) -> np.ndarray | None:
         return self.model.const(self.node.input[k]) if self.has_input(k) else None
 
+    def value(self, k: int) -> np.ndarray | None:
+        """Input k's value if constant or computed from static shapes (shape-like operands only)."""
+        return self.model.value(self.node.input[k]) if self.has_input(k) else None
+
     def is_scalar_const(self, k: int) -> bool:
         v = self.const(k)
         return v is not None and v.size == 1
@@ -424,10 +433,11 @@ class NodeContext:
             return True, self.attr(attr)
         if not self.has_input(k):
             return True, None
-        if not self.is_const(k):
+        v = self.value(k)
+        if v is None:
             self.barrier(f"{attr} is not a constant")
             return False, None
-        return True, self.const(k)
+        return True, v
 
     # reporting
     def new_space(self, n: int, what: str = "") -> np.ndarray:

@@ -54,7 +54,8 @@ class RewriteContext:
         self.model.set_attr(node, name, value)
 
     def const_input(self, node_index: int, k: int) -> np.ndarray:
-        return np.asarray(self.model.const(self.model.nodes[node_index].input[k]))
+        """Input k's value (a constant, or computed from static shapes before the rewrite)."""
+        return np.asarray(self.model.value(self.model.nodes[node_index].input[k]))
 
     def set_input_const(self, node_index: int, k: int, value: np.ndarray) -> None:
         """Set input k of a node to ``value``; a constant other nodes also read is cloned."""
@@ -64,8 +65,8 @@ class RewriteContext:
         old = m.const(name)
         if old is not None and old.shape == value.shape and np.array_equal(old, value):
             return
-        if m.const_users(name) == {node_index} and not m.const_is_output(name):
-            m.set_const(name, value.astype(old.dtype) if old is not None else value)
+        if old is not None and m.const_users(name) == {node_index} and not m.const_is_output(name):
+            m.set_const(name, value.astype(old.dtype))
             return
         new = m.add_initializer(name, value.astype(old.dtype) if old is not None else value)
         node.input[k] = new

@@ -106,12 +106,12 @@ class SliceRule(Rule):
             axes, steps = ctx.attr("axes"), None
         else:
             for k in range(1, 5):
-                if ctx.has_input(k) and not ctx.is_const(k):
+                if ctx.has_input(k) and ctx.value(k) is None:
                     ctx.barrier(f"slice input {k} is not a constant")
                     return
-            starts, ends = ctx.const(1), ctx.const(2)
-            axes = ctx.const(3) if ctx.has_input(3) else None
-            steps = ctx.const(4) if ctx.has_input(4) else None
+            starts, ends = ctx.value(1), ctx.value(2)
+            axes = ctx.value(3) if ctx.has_input(3) else None
+            steps = ctx.value(4) if ctx.has_input(4) else None
         starts = np.asarray(starts, dtype=np.int64)
         axes = list(range(len(starts))) if axes is None or len(axes) == 0 else [norm_axis(int(a), rank) for a in axes]
         if x.axis not in axes:

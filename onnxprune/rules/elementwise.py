@@ -26,7 +26,7 @@ UNARY = (
 
 
 class BroadcastRule(Rule):
-    op_types = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu")
+    op_types = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where")
 
     def apply(self, ctx) -> None:
         tracked = [(k, c) for k in range(ctx.n_inputs) if (c := ctx.chan(k)) is not None]

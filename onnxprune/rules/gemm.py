@@ -49,6 +49,9 @@ class MatMulRule(Rule):
     op_types = ("MatMul",)
 
     def apply(self, ctx) -> None:
+        if not ctx.is_const(0) and not ctx.is_const(1):
+            self._dynamic(ctx)
+            return
         if not ctx.is_const(1) or ctx.is_const(0):
             ctx.barrier("MatMul needs a dynamic A and a constant 2-D B to be pruned")
             return
@@ -70,6 +73,50 @@ class MatMulRule(Rule):
         ctx.param(1, 1, y, "out")
         ctx.nonempty(y)
         ctx.set_out(0, x_rank - 1 if x_rank >= 2 else 0, y)
+
+
+    @staticmethod
+    def _dynamic(ctx) -> None:
+        """Both operands are activations (attention: Q·Kᵀ, P·V).
+
+        Channels on a batch axis (attention heads) pass through, and both operands' heads are
+        unified; channels on A's rows or B's columns pass to the output's; channels on the
+        contracted axis would be summed over: a barrier.
+        """
+        ra, rb = ctx.rank(0), ctx.rank(1)
+        if ra is None or rb is None or ra < 2 or rb < 2:
+            ctx.barrier("MatMul of activations with unknown or 1-D operands")
+            return
+        ro = max(ra, rb)
+        axes = []
+        for k, r in ((0, ra), (1, rb)):
+            c = ctx.chan(k)
+            if c is None:
+                continue
+            contracted = r - 1 if k == 0 else r - 2
+            if c.axis == contracted:
+                ctx.barrier(f"channels of input {k} are summed over by the MatMul")
+                return
+            out = (ro - 2 if k == 0 else ro - 1) if c.axis >= r - 2 else c.axis + ro - r
+            axes.append((k, out, c))
+        if not axes:
+            return
+        if len(axes) == 2:
+            (_, oa, ca), (_, ob, cb) = axes
+            if oa != ob or ca.labels.size != cb.labels.size:
+                ctx.barrier("both operands carry channels on different output axes")
+                return
+            ctx.unify(ca.labels, cb.labels)
+        k, out, c = axes[0]
+        other = 1 - k
+        if len(axes) == 1 and out < ro - 2:  # a batch axis: the other operand must broadcast there
+            shape = ctx.in_shape(other)
+            r_other = len(shape)
+            local = out - (ro - r_other)
+            if local >= 0 and shape[local] != 1:
+                ctx.pin(c.labels, f"the other operand has {shape[local]} entries on the channel axis "
+                                  "and carries no channel information")
+        ctx.set_out(0, out, c.labels)
 
 
 RULES = (GemmRule(), MatMulRule())

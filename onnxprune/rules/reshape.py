@@ -112,30 +112,108 @@ class ReshapeRule(Rule):
         s = _prod(tail)
         j = _merged_axis(outs, c, s)
         if j is None:
-            ctx.barrier(f"reshape {list(ins)} -> {list(outs)} splits or reorders the channel axis")
+            h = _split_axis(outs, c, s)
+            if h is None:
+                ctx.barrier(f"reshape {list(ins)} -> {list(outs)} splits or reorders the channel axis")
+                return
+            _split_heads(ctx, x.labels, h, int(outs[h]), int(outs[h + 1]), entries)
             return
         t = _prod(outs[j + 1:])
         inner = s // t
-        target = ctx.const(1)
         allowzero = int(ctx.attr("allowzero", 0))
-        if target is None:
-            entry = entries[j] if entries is not None and j < len(entries) else None
-            if entry != -1 and not (entry == 0 and j == ca and inner == 1 and not allowzero):
-                ctx.barrier("shape is computed at run time and its channel entry is not -1")
+        entry = entries[j] if entries is not None and j < len(entries) else None
+        if _fixable(entry):
+            if not target_entry_fix(ctx, 1, j, lambda kept, inner=inner: kept * inner, x.labels):
+                ctx.barrier("the channel entry of the shape cannot be rewritten")
                 return
-        else:
-            entry = int(target[j])
-            if entry > 0:
-                def fix_shape(rw, node_index=ctx.index, j=j, inner=inner, labels=x.labels):
-                    new = rw.const_input(node_index, 1).copy()
-                    new[j] = int(rw.keep(labels).sum()) * inner
-                    rw.set_input_const(node_index, 1, new)
-
-                ctx.fix(fix_shape)
-            elif entry == 0 and (allowzero or j != ca or inner != 1):
+        elif entry == 0:
+            if allowzero or j != ca or inner != 1:
                 ctx.barrier("shape entry 0 on the channel axis does not copy the channel count")
                 return
+        elif entry != -1:
+            ctx.barrier("the shape's channel entry is computed at run time")
+            return
         ctx.set_out(0, j, block_repeat(x.labels, inner))
+
+
+def _split_axis(outs, c: int, s: int) -> int | None:
+    """The output axis h where the channel axis splits into (heads, head_dim): outs[h]·outs[h+1] = C."""
+    for h in range(len(outs) - 1):
+        rest = outs[h:]
+        if not all(isinstance(d, int) for d in rest):
+            continue
+        if rest[0] > 1 and rest[1] > 1 and rest[0] * rest[1] == c and _prod(rest[2:]) == s:
+            return h
+    return None
+
+
+def _split_heads(ctx, labels, h: int, heads: int, head_dim: int, entries) -> None:
+    """Channels → (heads, head_dim): a head's channels are one atom; the head axis carries them.
+
+    Removing a channel then always removes its whole head; ``head_dim`` never changes. The
+    rewrite sets the head count in the target shape.
+    """
+    rows = labels.reshape(heads, head_dim)
+    for k in range(1, head_dim):
+        ctx.unify(rows[:, 0], rows[:, k])
+    ctx.an.head_labels.append(rows[:, 0].copy())
+    entry = entries[h] if entries is not None and h < len(entries) else None
+    if _fixable(entry):
+        if not target_entry_fix(ctx, 1, h, lambda kept: kept, rows[:, 0]):
+            ctx.barrier("the head count in the shape cannot be rewritten")
+            return
+    elif entry != -1:
+        ctx.barrier("the head count of the shape is computed at run time")
+        return
+    ctx.set_out(0, h, rows[:, 0].copy())
+
+
+def _fixable(entry) -> bool:
+    """A literal size, or a size read at run time from a static dim (then made a constant)."""
+    return (isinstance(entry, int) and entry > 0) or (isinstance(entry, tuple) and isinstance(entry[1], int))
+
+
+def target_entry_fix(ctx, k: int, j: int, value, labels) -> bool:
+    """Declare a fix setting entry j of shape input k to ``value(kept count of labels)``.
+
+    The target may be a constant, or a ``Concat`` whose piece holding entry j is a constant or a
+    one-element ``Unsqueeze(Gather(Shape(t), i))`` read of a static dim (replaced by a constant:
+    the size it reads no longer matches the pruned tensor). Returns False when entry j cannot be
+    located.
+    """
+    model = ctx.model
+    name = ctx.input_name(k)
+    if model.value(name) is not None:
+        def fix(rw, node_index=ctx.index, k=k, j=j, labels=labels):
+            new = rw.const_input(node_index, k).copy()
+            new[j] = value(int(rw.keep(labels).sum()))
+            rw.set_input_const(node_index, k, new)
+
+        ctx.fix(fix)
+        return True
+    node = model.nodes[model.producer[name]] if name in model.producer else None
+    if node is None or node.op_type != "Concat":
+        return False
+    pos = 0
+    for piece, inp in enumerate(node.input):
+        v = model.value(inp)
+        size = int(np.atleast_1d(v).size) if v is not None else (model.shape(inp) or (None,))[0]
+        if not isinstance(size, int):
+            return False
+        if pos <= j < pos + size:
+            if v is None and not (size == 1 and _fixable(_shape_read(model, inp))):
+                return False
+            concat_index = model.producer[name]
+
+            def fix(rw, node_index=concat_index, piece=piece, off=j - pos, labels=labels, is_const=v is not None):
+                new = np.atleast_1d(rw.const_input(node_index, piece)).copy() if is_const else np.zeros(1, np.int64)
+                new[off] = value(int(rw.keep(labels).sum()))
+                rw.set_input_const(node_index, piece, new)
+
+            ctx.fix(fix)
+            return True
+        pos += size
+    return False
 
 
 def _merged_axis(outs, c: int, s: int) -> int | None:
@@ -163,7 +241,7 @@ def _target_entries(ctx) -> list | None:
     """
     model = ctx.model
     name = ctx.input_name(1)
-    v = model.const(name)
+    v = model.value(name)
     if v is not None:
         return [int(e) for e in np.atleast_1d(v)]
     node = model.nodes[model.producer[name]] if name in model.producer else None
@@ -171,7 +249,7 @@ def _target_entries(ctx) -> list | None:
         return None
     out: list = []
     for inp in node.input:
-        v = model.const(inp)
+        v = model.value(inp)
         if v is not None:
             out.extend(int(e) for e in np.atleast_1d(v))
             continue
@@ -259,4 +337,35 @@ class ShapeRule(Rule):
         ctx.barrier("the channel count is read at run time")
 
 
-RULES = (TransposeRule(), SqueezeRule(), FlattenRule(), ReshapeRule(), ShapeRule())
+class ExpandRule(Rule):
+    """``Expand(x, shape)``: broadcasting keeps channel c in place; a literal channel count in the
+    shape is rewritten (1 keeps the input's count). Used by grouped-query attention."""
+
+    op_types = ("Expand",)
+
+    def apply(self, ctx) -> None:
+        if (xr := ctx.chan_and_rank()) is None:
+            return
+        x, rank = xr
+        entries = _target_entries(ctx)
+        if entries is None:
+            ctx.barrier("the expanded shape is computed at run time")
+            return
+        out_rank = max(rank, len(entries))
+        axis = x.axis + out_rank - rank
+        e = entries[axis - (out_rank - len(entries))] if axis >= out_rank - len(entries) else 1
+        if isinstance(e, tuple):
+            ctx.barrier("the expanded shape reads the channel count at run time")
+            return
+        if e not in (1, x.labels.size):
+            ctx.barrier(f"expands the channel axis from {x.labels.size} to {e}")
+            return
+        if e == x.labels.size and e != 1:
+            j = axis - (out_rank - len(entries))
+            if not target_entry_fix(ctx, 1, j, lambda kept: kept, x.labels):
+                ctx.barrier("the channel entry of the expanded shape cannot be rewritten")
+                return
+        ctx.set_out(0, axis, x.labels)
+
+
+RULES = (TransposeRule(), SqueezeRule(), FlattenRule(), ReshapeRule(), ShapeRule(), ExpandRule())

@@ -71,14 +71,14 @@ class ResizeRule(Rule):
             return
         pos = axes.index(x.axis)
         if ctx.op == "Upsample" or ctx.model.opset < 11:
-            scales = ctx.const(1) if ctx.has_input(1) else np.array(ctx.attr("scales", []), dtype=np.float32)
+            scales = ctx.value(1) if ctx.has_input(1) else np.array(ctx.attr("scales", []), dtype=np.float32)
             if scales is None or len(scales) <= pos or float(scales[pos]) != 1.0:
                 ctx.barrier("scale on the channel axis is not a constant 1")
                 return
             ctx.set_out(0, x.axis, x.labels)
             return
         if ctx.has_input(3):  # sizes
-            sizes = ctx.const(3)
+            sizes = ctx.value(3)
             if sizes is None:
                 ctx.barrier("sizes is not a constant")
                 return
@@ -90,7 +90,7 @@ class ResizeRule(Rule):
 
             ctx.fix(fix_sizes)
         else:
-            scales = ctx.const(2)
+            scales = ctx.value(2)
             if scales is None or len(scales) <= pos or float(scales[pos]) != 1.0:
                 ctx.barrier("scale on the channel axis is not a constant 1")
                 return

@@ -58,9 +58,25 @@ def test_shape_reading_channels_is_a_barrier():
     assert any("channel count is read" in r for r in an.groups[0].reasons)
 
 
-def test_reshape_splitting_channels_is_a_barrier():
+def test_reshape_splitting_channels_prunes_whole_groups():
+    # 8 channels -> (2 groups, 4 channels) and back: channels go four at a time
     def rs(n, x, y):
         z = n.op("Reshape", [y, n.const(np.array([0, 2, 4, 16], np.int64))])
+        return n.op("Reshape", [z, n.const(np.array([0, -1], np.int64))])
+
+    res = assert_oracle(head(rs))
+    g = res.analysis.groups[0]
+    assert (g.size, g.kind) == (2, "heads")
+    shapes = [np.frombuffer(t.raw_data, np.int64).tolist() for t in res.pruned.graph.initializer
+              if t.data_type == 7 and list(t.dims) == [4]]
+    assert [0, 1, 4, 16] in shapes
+
+
+def test_channel_shuffle_is_a_barrier():
+    # split into (2, 4), swap the axes, merge: channel c lands elsewhere
+    def rs(n, x, y):
+        z = n.op("Reshape", [y, n.const(np.array([0, 2, 4, 16], np.int64))])
+        z = n.op("Transpose", [z], perm=[0, 2, 1, 3])
         return n.op("Reshape", [z, n.const(np.array([0, -1], np.int64))])
 
     an = analyze(Model(head(rs)))
