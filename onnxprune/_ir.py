@@ -368,6 +368,96 @@ def infer_shapes(proto: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, in
                                                      data_prop=True)
     except Exception:  # inference is best effort here; rules needing shapes will say so
         inferred = skel
+    shapes, dtypes = _collect(inferred)
+    if any(d is None or (isinstance(d, str) and d.startswith("unk__")) for s in shapes.values() for d in s):
+        # onnx gave up on some dims (run-time shape arithmetic, masks): onnxruntime's symbolic
+        # inference tracks them through Shape/Gather/Concat/Where and usually resolves them
+        sym = _symbolic(skel)
+        for name, shape in sym[0].items():
+            old = shapes.get(name)
+            if old is None or any(d is None or (isinstance(d, str) and d.startswith("unk__")) for d in old):
+                shapes[name] = shape
+        for name, t in sym[1].items():
+            dtypes.setdefault(name, t)
+    unknown = [n for n, s in shapes.items() if any(_unknown(d) for d in s) and dtypes.get(n)]
+    if unknown:
+        for name, shape in _probe(proto, unknown, shapes, dtypes).items():
+            shapes[name] = shape
+    return shapes, dtypes
+
+
+def _unknown(d) -> bool:
+    return d is None or (isinstance(d, str) and d.startswith("unk__"))
+
+
+_PROBES = ((2, 7, 11, 13, 17), (3, 5, 19, 23, 29))
+
+
+def _probe(proto: onnx.ModelProto, names: list[str], shapes: dict[str, Shape], dtypes: dict[str, int]) -> dict[str, Shape]:
+    """Resolve dims inference left unknown by running the model at two sizes.
+
+    Each named dynamic dim of the graph inputs gets a distinct prime in each of two runs; an
+    unknown dim that equals the same input dim in both runs takes that dim's name, one that is
+    the same number in both runs is taken as static. (Evidence, not proof: used only where
+    static inference gave up; a model that does not run here is left as it was.)
+    """
+    try:
+        from .validate.runtime import make_session
+    except ImportError:  # pragma: no cover
+        return {}
+    inits = {t.name for t in proto.graph.initializer}
+    inputs = [v for v in proto.graph.input if v.name not in inits]
+    symbols: list[str] = []
+    for v in inputs:
+        for d in v.type.tensor_type.shape.dim:
+            if d.HasField("dim_param") and d.dim_param not in symbols:
+                symbols.append(d.dim_param)
+    if not symbols or len(symbols) > len(_PROBES[0]):
+        return {}
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    del probe.graph.output[:]
+    for n in names:
+        probe.graph.output.append(helper.make_tensor_value_info(n, dtypes[n], None))
+    try:
+        blob = probe.SerializeToString()
+        sess = make_session(blob, "cpu")
+    except Exception:
+        return {}
+    runs = []
+    rng = np.random.default_rng(0)
+    for sizes in _PROBES:
+        value = dict(zip(symbols, sizes))
+        feeds = {}
+        for v in inputs:
+            tt = v.type.tensor_type
+            dims = [d.dim_value if d.HasField("dim_value") else value.get(d.dim_param, 1) for d in tt.shape.dim]
+            dtype = helper.tensor_dtype_to_np_dtype(tt.elem_type)
+            feeds[v.name] = (rng.integers(0, 2, dims) if dtype.kind in "iub" else rng.standard_normal(dims)).astype(dtype)
+        try:
+            runs.append((value, dict(zip(names, (o.shape for o in sess.run(names, feeds))))))
+        except Exception:
+            return {}
+    out: dict[str, Shape] = {}
+    (va, sa), (vb, sb) = runs
+    for n in names:
+        a, b, old = sa[n], sb[n], shapes[n]
+        if len(a) != len(old):
+            continue
+        dims = []
+        for d, x, y in zip(old, a, b):
+            if not _unknown(d):
+                dims.append(d)
+            elif x == y:
+                dims.append(int(x))
+            else:
+                match = [s for s in symbols if va[s] == x and vb[s] == y]
+                dims.append(match[0] if match else d)
+        out[n] = tuple(dims)
+    return out
+
+
+def _collect(inferred: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, int]]:
     shapes: dict[str, Shape] = {}
     dtypes: dict[str, int] = {}
     for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
@@ -378,6 +468,23 @@ def infer_shapes(proto: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, in
         if tt.HasField("shape"):
             shapes[v.name] = tuple(_dim(d) for d in tt.shape.dim)
     return shapes, dtypes
+
+
+def _symbolic(skel: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, int]]:
+    try:
+        import contextlib
+        import io
+
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            out = SymbolicShapeInference.infer_shapes(skel, auto_merge=True, guess_output_rank=False)
+    except Exception:  # unsupported op, missing sympy...: keep onnx's answer
+        return {}, {}
+    if out is None:
+        return {}, {}
+    shapes, dtypes = _collect(out)
+    return {k: v for k, v in shapes.items() if all(d is not None for d in v)}, dtypes
 
 
 def value_infos_from_inference(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:

@@ -106,7 +106,7 @@ def inspect(path: str, *, protect: Sequence[str] = ()) -> Inspection:
 
 def _plan(m: Model, an: Analysis, *, criterion: str, ratio, target_flops, target_params, mode, round_to,
           min_channels, reduce, normalize, seed, calib: _Calib, remove_dead: bool | None, dead_tol: float,
-          rank_by: str, sensitivity_ratios, need_stats: bool):
+          rank_by: str, sensitivity_ratios, need_stats: bool, heads=None, head_ratio=None):
     """Score and plan; returns (plan, recording or None)."""
     cal = calib.load(m)
     sens = criterion == "sensitivity"
@@ -142,7 +142,7 @@ def _plan(m: Model, an: Analysis, *, criterion: str, ratio, target_flops, target
     p = make_plan(an, scores, criterion=criterion, ratio=ratio, target_flops=target_flops,
                   target_params=target_params, mode=mode, round_to=round_to, min_channels=min_channels,
                   notes=scores.notes, model_name=os.path.basename(m.path or ""), dead=dead,
-                  group_ratios=group_ratios)
+                  group_ratios=group_ratios, heads=heads, head_ratio=head_ratio)
     return p, recording
 
 
@@ -157,7 +157,7 @@ def _options(kw: dict) -> dict:
 def plan(path: str, *, criterion: str = "l2", ratio: float | None = None, target_flops: float | None = None,
          target_params: float | None = None, mode: str = "uniform", round_to: int = 1, min_channels: int = 1,
          protect: Sequence[str] = (), reduce: str = "mean", normalize: str = "mean", seed: int = 0,
-         **calibration) -> Plan:
+         heads: int | None = None, head_ratio: float | None = None, **calibration) -> Plan:
     """Make a plan for a model without changing it.
 
     Calibration keywords (``calib``, ``calib_batch``, ``image_spec``, ``calib_limit``,
@@ -167,9 +167,11 @@ def plan(path: str, *, criterion: str = "l2", ratio: float | None = None, target
     m = load_model(path)
     an = analyze(m, protect=protect)
     opts = _options(dict(calibration))
+    if heads is not None or head_ratio is not None:
+        ratio = 0.0 if ratio is None and target_flops is None and target_params is None else ratio
     p, _ = _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops, target_params=target_params,
                  mode=mode, round_to=round_to, min_channels=min_channels, reduce=reduce, normalize=normalize,
-                 seed=seed, need_stats=False, **opts)
+                 seed=seed, need_stats=False, heads=heads, head_ratio=head_ratio, **opts)
     return p
 
 
@@ -182,7 +184,8 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
           remove_dead: bool | None = None, dead_tol: float = 1e-6, rank_by: str = "l2",
           sensitivity_ratios: Sequence[float] | None = None, remove_blocks: int = 0,
           block_metric: str = "cosine", block_target_flops: float | None = None,
-          gradients=None, hybrid_weights: Sequence[float] = (1.0, 1.0, 1.0)) -> PruneResult:
+          gradients=None, hybrid_weights: Sequence[float] = (1.0, 1.0, 1.0), heads: int | None = None,
+          head_ratio: float | None = None) -> PruneResult:
     """Prune a model file structurally and write the result (atomically, fully checked).
 
     Args:
@@ -197,6 +200,8 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
         gradients: a gradient record (``.npz`` path or ``GradientRecord``) for ``taylor``,
             ``fisher``, ``grad`` and ``hybrid``; refused when made for another model.
         hybrid_weights: magnitude, gradient, activation weights of ``hybrid``.
+        heads: remove this many attention heads per head group (``head_ratio``: a fraction);
+            ``ratio``/targets then apply to the other groups.
         remove_blocks: bypass this many residual blocks (ranked by ``block_metric``) first.
         block_target_flops: instead, bypass blocks (least important first) until this fraction of
             the FLOPs is left.
@@ -227,12 +232,12 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
     recording = None
     if plan is None:
         if ratio is None and target_flops is None and target_params is None and criterion != "sensitivity":
-            ratio = 0.0 if removed_blocks else None
+            ratio = 0.0 if removed_blocks or heads is not None or head_ratio is not None else None
         p, recording = _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops,
                              target_params=target_params, mode=mode, round_to=round_to, min_channels=min_channels,
                              reduce=reduce, normalize=normalize, seed=seed, calib=cal, remove_dead=remove_dead,
                              dead_tol=dead_tol, rank_by=rank_by, sensitivity_ratios=sensitivity_ratios,
-                             need_stats=recover != "none")
+                             need_stats=recover != "none", heads=heads, head_ratio=head_ratio)
     else:
         p = Plan.load(plan) if isinstance(plan, str) else plan
     keep = keep_atoms(an, p)

@@ -71,17 +71,23 @@ def find_blocks(model: Model) -> list[Block]:
                 if p not in body:
                     body.add(p)
                     stack.extend(v for v in model.nodes[p].input if v)
-            if not body or not any(x in model.nodes[p].input for p in body):
+            # nodes also feeding the rest of the graph (a mask every layer reads) are shared inputs,
+            # not part of F: drop them until every node left feeds only F or the Add
+            changed = True
+            while changed:
+                changed = False
+                for p in list(body):
+                    for o in model.nodes[p].output:
+                        if model.is_graph_output(o) or any(
+                                u.node not in body and not (u.node == i and o == f) for u in model.uses(o)):
+                            body.discard(p)
+                            changed = True
+                            break
+            if f not in model.producer or model.producer[f] not in body:
+                continue
+            if not any(x in model.nodes[p].input for p in body):
                 continue  # F must read x
-            ok = True
-            for p in body:
-                for o in model.nodes[p].output:
-                    for u in model.uses(o):
-                        if u.node not in body and not (u.node == i and o == f):
-                            ok = False
-                    if model.is_graph_output(o):
-                        ok = False
-            if ok and [u.node for u in model.uses(f)] == [i]:
+            if [u.node for u in model.uses(f)] == [i]:
                 blocks.append(Block(model.node_name(i), x, f, node.output[0],
                                     tuple(model.node_name(p) for p in sorted(body))))
                 break

@@ -201,7 +201,7 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
               target_flops: float | None = None, target_params: float | None = None, mode: str = "uniform",
               round_to: int = 1, min_channels: int = 1, notes: dict[int, str] | None = None,
               model_name: str = "", dead: np.ndarray | None = None, group_ratios: dict[int, float] | None = None,
-              ) -> Plan:
+              heads: int | None = None, head_ratio: float | None = None) -> Plan:
     """Decide which channels to remove.
 
     Args:
@@ -217,10 +217,24 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
         notes: per-group notes from scoring (fallbacks).
         dead: atoms to remove first, whatever their score (constant on calibration data).
         group_ratios: per-group removal ratios (overrides ``ratio`` for those groups).
+        heads: remove this many heads from every attention-head group (``ratio`` and the
+            targets then apply to the other groups).
+        head_ratio: or this fraction of every head group's heads.
 
     Raises:
         PlanError: bad or unreachable targets.
     """
+    if heads is not None or head_ratio is not None:
+        if heads is not None and head_ratio is not None:
+            raise PlanError("give one of --heads and --head-ratio")
+        head_groups = [g for g in an.groups if g.kind == "heads" and g.prunable]
+        if not head_groups:
+            raise PlanError("the model has no prunable attention-head group (see 'onnxprune inspect')")
+        group_ratios = dict(group_ratios or {})
+        for g in head_groups:
+            if heads is not None and not 0 <= heads < g.size:
+                raise PlanError(f"--heads {heads}: group {g.id} ({an.group_name(g)}) has {g.size} heads; keep at least one")
+            group_ratios[g.id] = heads / g.size if heads is not None else float(head_ratio)
     if dead is not None and dead.any():  # dead channels go first: lowest possible score
         scores = {gid: np.where(dead[an.groups[gid].atoms], -np.inf, s) for gid, s in scores.items()}
     if group_ratios is not None and ratio is None and target_flops is None and target_params is None:
@@ -266,7 +280,7 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
             dead=tuple(int(i) for i in dead_pos),
         ))
     settings = {"ratio": ratio, "target_flops": target_flops, "target_params": target_params, "mode": mode,
-                "round_to": round_to, "min_channels": min_channels}
+                "round_to": round_to, "min_channels": min_channels, "heads": heads, "head_ratio": head_ratio}
     return Plan(signature=an.signature(), criterion=criterion, groups=tuple(groups), settings=settings,
                 estimate={"before": before.as_dict(), "after": after.as_dict()}, model=model_name)
 
@@ -289,8 +303,8 @@ def _select(an: Analysis, scores: dict[int, np.ndarray], ratio: float, o: _Optio
             want[gid] += 1
     for g in prunable:
         kept = g.size - want[g.id]
-        kept = max(kept, o.min_channels, int(g.pinned.sum()))
-        if o.round_to > 1:
+        kept = max(kept, o.min_channels if g.kind != "heads" else 1, int(g.pinned.sum()))
+        if o.round_to > 1 and g.kind != "heads":  # head groups: widths are multiples of head_dim
             kept = int(math.ceil(kept / o.round_to) * o.round_to)
         kept = min(kept, g.size)
         n_rm = min(max(g.size - kept, n_dead[g.id]), g.n_prunable)

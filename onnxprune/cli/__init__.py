@@ -28,6 +28,9 @@ def _planning(p: argparse.ArgumentParser) -> None:
     t.add_argument("--ratio", type=float, help="fraction of channels to remove, e.g. 0.5")
     t.add_argument("--target-flops", type=float, help="fraction of the original FLOPs to keep, e.g. 0.6")
     t.add_argument("--target-params", type=float, help="fraction of the original parameters to keep")
+    g.add_argument("--heads", type=int, metavar="N", help="remove N attention heads from every head group "
+                   "(--ratio and targets then apply to the other groups)")
+    g.add_argument("--head-ratio", type=float, metavar="R", help="remove this fraction of every head group's heads")
     g.add_argument("--criterion", default="l2", choices=(*CRITERIA, "sensitivity"),
                    help="channel importance (default l2); activation/apoz/wanda/sensitivity need --calib, "
                         "taylor/fisher/grad need --gradients")
@@ -145,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
 def _planning_kwargs(a) -> dict:
     return dict(criterion=a.criterion, ratio=a.ratio, target_flops=a.target_flops, target_params=a.target_params,
                 mode=a.mode, round_to=a.round_to, min_channels=a.min_channels, protect=a.protect,
-                reduce=a.reduce, normalize=a.normalize, seed=a.seed, calib=a.calib, image_spec=a.image_spec,
+                reduce=a.reduce, normalize=a.normalize, seed=a.seed, heads=a.heads, head_ratio=a.head_ratio,
+                calib=a.calib, image_spec=a.image_spec,
                 calib_batch=a.calib_batch, calib_limit=a.calib_limit, remove_dead=a.remove_dead,
                 dead_tol=a.dead_tol, rank_by=a.rank_by, sensitivity_ratios=a.sensitivity_ratios,
                 gradients=a.gradients, hybrid_weights=_floats(a.hybrid_weights, "--hybrid-weights", 3))
@@ -228,7 +232,7 @@ def _cmd_prune(a) -> int:
     if a.plan and (a.ratio is not None or a.target_flops is not None or a.target_params is not None):
         raise OnnxPruneError("--plan already says what to remove; drop --ratio/--target-flops/--target-params")
     if (not a.plan and a.ratio is None and a.target_flops is None and a.target_params is None
-            and not a.remove_blocks and a.block_target_flops is None):
+            and not a.remove_blocks and a.block_target_flops is None and a.heads is None and a.head_ratio is None):
         raise OnnxPruneError("say how much to prune: --ratio, --target-flops, --target-params, --remove-blocks, "
                              "or --plan FILE")
     kw = _planning_kwargs(a)

@@ -71,7 +71,7 @@ class OracleResult:
 
 def check_oracle(proto: onnx.ModelProto, *, ratio: float = 0.5, criterion: str = "l2", mode: str = "uniform",
                  round_to: int = 1, protect=(), seed: int = 0, batch: int = 2, keep_atom=None,
-                 feeds: dict | None = None) -> OracleResult:
+                 feeds: dict | None = None, **plan_kw) -> OracleResult:
     """Prune ``proto`` (a copy) and compare with the consumer-zeroed original on random inputs.
 
     The pruned model is also run through ``onnx.checker.check_model(full_check=True)``.
@@ -89,7 +89,7 @@ def check_oracle(proto: onnx.ModelProto, *, ratio: float = 0.5, criterion: str =
     an = analyze(m, protect=protect)
     if keep_atom is None:
         scores = score_groups(an, criterion, seed=seed)
-        plan = make_plan(an, scores, criterion=criterion, ratio=ratio, mode=mode, round_to=round_to)
+        plan = make_plan(an, scores, criterion=criterion, ratio=ratio, mode=mode, round_to=round_to, **plan_kw)
         keep_atom = keep_atoms(an, plan)
     reference = zero_consumers(original, an, keep_atom)
     rewrite.apply(m, an, keep_atom)

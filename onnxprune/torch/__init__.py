@@ -63,11 +63,15 @@ class GradientRecording:
         return "\n".join(lines)
 
 
-def export(module, example, path: str, *, exporter: str = "dynamo") -> None:
-    """Export ``module`` to ``path`` with torch's exporter, batch axis dynamic.
+def export(module, example, path: str, *, exporter: str = "dynamo", input_names: list[str] | None = None,
+           dynamic_axes: dict[int, str] | None = None, output_names: list[str] | None = None) -> None:
+    """Export ``module`` to ``path`` with torch's exporter.
 
-    The example's batch should be ≥ 2 (the dynamo exporter specialises a batch of 1). The IR
-    version is kept ≤ 10, which onnxruntime accepts.
+    Args:
+        dynamic_axes: axis -> name of the dims that vary, applied to every input of enough rank
+            (default ``{0: "batch"}``). Examples should be ≥ 2 on those axes (dynamo specialises 1).
+
+    The IR version is kept ≤ 10, which onnxruntime accepts.
     """
     import io
 
@@ -75,17 +79,20 @@ def export(module, example, path: str, *, exporter: str = "dynamo") -> None:
     import torch
 
     args = example if isinstance(example, tuple) else (example,)
-    names = [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
+    names = input_names or [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
+    axes = dynamic_axes or {0: "batch"}
     if exporter == "dynamo":
-        batch = torch.export.Dim("batch")
-        dyn = tuple({0: batch} if a.ndim else None for a in args)
+        dims = {name: torch.export.Dim(name) for name in set(axes.values())}
+        dyn = tuple({k: dims[v] for k, v in axes.items() if k < a.ndim} or None for a in args)
         prog = torch.onnx.export(module, args, dynamo=True, verbose=False, input_names=names,
-                                 dynamic_shapes=dyn)
+                                 output_names=output_names, dynamic_shapes=dyn)
         proto = prog.model_proto
     elif exporter == "torchscript":
         buf = io.BytesIO()
         torch.onnx.export(module, args, buf, dynamo=False, opset_version=17, input_names=names,
-                          dynamic_axes={n: {0: "batch"} for n, a in zip(names, args) if a.ndim})
+                          output_names=output_names,
+                          dynamic_axes={n: {k: v for k, v in axes.items() if k < a.ndim}
+                                        for n, a in zip(names, args) if a.ndim})
         proto = onnx.load_from_string(buf.getvalue())
     else:
         raise OnnxPruneError(f"unknown exporter '{exporter}'; use dynamo or torchscript")

