@@ -180,7 +180,7 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
           mode: str = "uniform", round_to: int = 1, min_channels: int = 1, protect: Sequence[str] = (),
           reduce: str = "mean", normalize: str = "mean", seed: int = 0, external_data: bool | None = None,
           calib: str | None = None, calib_batch: int = 32, image_spec: str | None = None,
-          calib_limit: int | None = None, recover: str = "none", ridge: float = 1e-4,
+          calib_limit: int | None = None, recover: str = "none",
           remove_dead: bool | None = None, dead_tol: float = 1e-6, rank_by: str = "l2",
           sensitivity_ratios: Sequence[float] | None = None, remove_blocks: int = 0,
           block_metric: str = "cosine", block_target_flops: float | None = None,
@@ -258,7 +258,7 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
 
             consumers = sorted({q.node for q in an.params if q.role == "in" and _loses_input(an, q, keep)})
             grams = record_for(an, cal.load(m), with_grams=consumers).grams
-        recovery = Recovery(recover, means, grams, fold_atoms=folds, ridge=ridge)
+        recovery = Recovery(recover, means, grams, fold_atoms=folds)
     if external_data is None and m.external_data:
         external_data = True
     result = rewrite.apply(m, an, keep, recovery=recovery)

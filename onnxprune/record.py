@@ -8,8 +8,8 @@ so memory does not grow with the number of batches:
   min and max (constant-channel detection);
 * on demand, the input Gram matrix of a consumer, ``G = Σ x̃ x̃ᵀ`` with ``x̃ = [x; 1]``, where x
   is one row of the consumer's input as the consumer reads it: an unfolded C·kh·kw patch for a
-  Conv (im2col with its strides, pads and dilations), a K-vector for Gemm/MatMul. Least-squares
-  reconstruction needs only G.
+  Conv (im2col with its strides, pads and dilations), a K-vector for Gemm/MatMul — in two halves
+  (even and odd samples) for held-out model selection. Least-squares reconstruction needs only G.
 """
 from __future__ import annotations
 
@@ -98,14 +98,26 @@ class GramSpec:
 
 @dataclass
 class Gram:
-    """Σ x̃ x̃ᵀ over all rows, x̃ = [x; 1] (the last row/column holds Σx and the row count)."""
+    """Σ x̃ x̃ᵀ over all rows, x̃ = [x; 1] (the last row/column holds Σx and the row count).
 
-    g: np.ndarray
-    rows: int = 0
+    Kept in two halves — rows of even and of odd calibration samples — so recovery can pick
+    its regularisation by held-out error (``parts``), and summed as ``g``.
+    """
+
+    parts: list
+    rows_parts: list
+
+    @property
+    def g(self) -> np.ndarray:
+        return self.parts[0] + self.parts[1]
+
+    @property
+    def rows(self) -> int:
+        return int(sum(self.rows_parts))
 
     @property
     def dim(self) -> int:
-        return self.g.shape[0] - 1
+        return self.parts[0].shape[0] - 1
 
 
 @dataclass
@@ -186,11 +198,17 @@ def record(model: Model, calibration, tensors: dict[str, int], *, grams: dict[st
                 st = rec.stats[name] = ChannelStats.empty(axis, a.shape[axis])
             st.update(a, zero_tol)
         for key, (name, spec) in grams.items():
-            rows = spec.rows(outs[name])
+            x = outs[name]
             g = rec.grams.get(key)
-            if g is None:
-                g = rec.grams[key] = Gram(np.zeros((rows.shape[1] + 1,) * 2))
-            _accumulate(g, rows)
+            for half in (0, 1):
+                part = x[half::2] if x.ndim and x.shape[0] > 1 else (x if half == 0 else x[:0])
+                if part.size == 0:
+                    continue
+                rows = spec.rows(part)
+                if g is None:
+                    d = rows.shape[1] + 1
+                    g = rec.grams[key] = Gram([np.zeros((d, d)), np.zeros((d, d))], [0, 0])
+                _accumulate(g, half, rows)
         rec.batches += 1
         rec.samples += next(iter(feeds.values())).shape[0]
     if rec.batches == 0:
@@ -198,16 +216,17 @@ def record(model: Model, calibration, tensors: dict[str, int], *, grams: dict[st
     return rec
 
 
-def _accumulate(g: Gram, rows: np.ndarray, chunk: int = 8192) -> None:
+def _accumulate(g: Gram, half: int, rows: np.ndarray, chunk: int = 8192) -> None:
     d = rows.shape[1]
+    m = g.parts[half]
     for start in range(0, rows.shape[0], chunk):
         r = rows[start:start + chunk].astype(np.float64)
-        g.g[:d, :d] += r.T @ r
+        m[:d, :d] += r.T @ r
         s = r.sum(axis=0)
-        g.g[:d, d] += s
-        g.g[d, :d] += s
-        g.g[d, d] += r.shape[0]
-    g.rows += rows.shape[0]
+        m[:d, d] += s
+        m[d, :d] += s
+        m[d, d] += r.shape[0]
+    g.rows_parts[half] += rows.shape[0]
 
 
 def consumer_inputs(an) -> dict[str, int]:

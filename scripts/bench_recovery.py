@@ -5,14 +5,17 @@ Models:
   judged by top-1 accuracy on models/digits_test.npz (the held-out split, never calibrated on);
 * ``resnet``: the generated ResNet-18-style model (random weights, 64×64), calibration = 64 seeded
   Gaussian inputs, judged by cosine similarity of its outputs to the original's on 64 *other*
-  inputs (top-1 agreement too).
+  inputs (top-1 agreement too);
+* ``minilm``: all-MiniLM-L6-v2 (TorchScript export, scripts/export_minilm.py), FFN neurons and
+  attention heads; calibration = 32 English sentences, judged by the cosine similarity of
+  sentence embeddings on 32 other sentences. (FLOPs count dynamic dims as 1: per token.)
 
 For each model, target (fraction of FLOPs kept: 0.7 and 0.5), criterion (l2, activation,
 wanda, sensitivity [ranked by l2], taylor) and recovery (none, bias, lsq), one pruned model is
 made with ``onnxprune.prune`` and evaluated with onnxruntime. Taylor needs gradients recorded
 from the model's torch module: the digits CNN has one (scripts/train_digits_cnn.py, weights loaded
 from the .onnx; cross-entropy on the calibration images and labels); the generated ResNet has
-none, so it is scored without taylor. MiniLM joins once the transformer rules exist.
+none, and an embedding model has no task loss, so the ResNet and MiniLM are scored without taylor.
 
 Usage: python scripts/bench_recovery.py [--models digits resnet] [--json out.json]
 """
@@ -32,14 +35,16 @@ RECOVERY = ("none", "bias", "lsq")
 TARGETS = (0.7, 0.5)
 
 
-def evaluate(original: str, pruned: str, data: dict[str, np.ndarray], labels) -> dict:
+def evaluate(original: str, pruned: str, data, labels) -> dict:
     from onnxprune.validate.runtime import make_session
 
     a = make_session(original, "cpu")
     b = make_session(pruned, "cpu")
-    name = a.get_inputs()[0].name
-    ya = np.concatenate([a.run(None, {name: x})[0] for x in np.array_split(data, max(1, len(data) // 64))])
-    yb = np.concatenate([b.run(None, {name: x})[0] for x in np.array_split(data, max(1, len(data) // 64))])
+    feeds = data if isinstance(data, dict) else {a.get_inputs()[0].name: data}
+    n = len(next(iter(feeds.values())))
+    chunks = [{k: v[i:i + 64] for k, v in feeds.items()} for i in range(0, n, 64)]
+    ya = np.concatenate([a.run(None, c)[0] for c in chunks])
+    yb = np.concatenate([b.run(None, c)[0] for c in chunks])
     cos = np.sum(ya * yb, axis=1) / (np.linalg.norm(ya, axis=1) * np.linalg.norm(yb, axis=1))
     out = {"cosine": float(np.mean(cos)), "top1_agreement": float(np.mean(ya.argmax(1) == yb.argmax(1)))}
     if labels is not None:
@@ -76,6 +81,15 @@ def setup(name: str, work: str):
         test = np.load(os.path.join(ROOT, "models", "digits_test.npz"))
         return (os.path.join(ROOT, "models", "digits_cnn.onnx"), os.path.join(ROOT, "models", "digits_calib.npz"),
                 test["input"], test["labels"])
+    if name == "minilm":
+        import sys
+
+        sys.path.insert(0, os.path.join(ROOT, "scripts"))
+        from export_minilm import export_all
+
+        paths = export_all(os.path.join(work, "minilm"))
+        ev = dict(np.load(os.path.join(work, "minilm", "eval.npz")))
+        return paths["torchscript"], os.path.join(work, "minilm", "calib.npz"), ev, None
     from onnxprune.testing.archs import resnet
 
     path = os.path.join(work, "resnet18.onnx")
@@ -92,7 +106,7 @@ def main() -> int:
 
     use_global_thread_pool()
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--models", nargs="+", default=["digits", "resnet"])
+    ap.add_argument("--models", nargs="+", default=["digits", "resnet", "minilm"])
     ap.add_argument("--criteria", nargs="+", default=list(CRITERIA))
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -117,7 +131,8 @@ def main() -> int:
                     t0 = time.perf_counter()
                     res = onnxprune.prune(path, out, criterion=crit, target_flops=target, calib=calib,
                                           recover=rec, round_to=1, sensitivity_ratios=(0.2, 0.4, 0.6, 0.8),
-                                          gradients=grads if crit == "taylor" else None)
+                                          gradients=grads if crit == "taylor" else None,
+                                          calib_batch=8 if model_name == "minilm" else 32)
                     seconds = time.perf_counter() - t0
                     ev = evaluate(path, out, evaluation, labels)
                     flops = res.after.flops / res.before.flops

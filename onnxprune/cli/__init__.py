@@ -108,7 +108,6 @@ def build_parser() -> argparse.ArgumentParser:
     r = s.add_argument_group("recovery and layer removal")
     r.add_argument("--recover", default="none", choices=("none", "bias", "lsq"),
                    help="bias compensation (data-free from BatchNorm without --calib) or least-squares refits")
-    r.add_argument("--ridge", type=float, default=1e-4, help="ridge λ of --recover lsq (relative)")
     r.add_argument("--remove-blocks", type=int, default=0, metavar="N", help="bypass the N least important "
                    "residual blocks (needs --calib)")
     r.add_argument("--block-target-flops", type=float, metavar="F", help="bypass residual blocks, least important "
@@ -236,7 +235,7 @@ def _cmd_prune(a) -> int:
         raise OnnxPruneError("say how much to prune: --ratio, --target-flops, --target-params, --remove-blocks, "
                              "or --plan FILE")
     kw = _planning_kwargs(a)
-    res = api.prune(a.model, a.output, plan=a.plan, recover=a.recover, ridge=a.ridge, remove_blocks=a.remove_blocks,
+    res = api.prune(a.model, a.output, plan=a.plan, recover=a.recover, remove_blocks=a.remove_blocks,
                     block_metric=a.block_metric, block_target_flops=a.block_target_flops, **kw)
     if a.save_plan:
         res.plan.save(a.save_plan)

@@ -11,8 +11,10 @@ For a consumer ``y = W x + b`` whose input channels R are removed:
 * **least squares** (ridge): with the consumer's input Gram ``G = Σ x̃x̃ᵀ`` (x̃ = [x; 1], im2col
   rows for a Conv), the weights over the kept inputs K that best reproduce the original output
   are ``W'_K = A G[:, K] (G_KK + λI)⁻¹`` with ``A = [W b]``; the bias column absorbs the removed
-  channels' means. The refit is kept only where it lowers the calibration error
-  ``tr(X G_KK Xᵀ) − 2 tr(X G_K: Aᵀ)`` below that of plain removal, so it never makes a layer worse.
+  channels' means. λ — and whether to refit at all rather than compensate the bias or just
+  remove — is chosen per consumer by 2-fold held-out error on the calibration samples (Gram
+  halves of even/odd samples), then refitted on all of them; so it never does worse on held-out
+  calibration data than plain removal.
 
 Consumers: Conv (group 1; grouped convs get bias compensation only), ConvTranspose (bias,
 averaged over the stride phases), Gemm (alpha/beta honoured), MatMul (its bias ``Add`` or a new
@@ -43,14 +45,12 @@ class Recovery:
         means: consumer input tensor -> mean per position of its channel axis.
         grams: consumer node name -> ``record.Gram`` (for ``lsq``).
         fold_atoms: atoms whose constant is folded even in mode ``none`` (dead channels).
-        ridge: λ relative to the mean diagonal of G_KK.
     """
 
     mode: str = "none"
     means: dict[str, np.ndarray] = field(default_factory=dict)
     grams: dict = field(default_factory=dict)
     fold_atoms: np.ndarray | None = None
-    ridge: float = 1e-4
     report: list[str] = field(default_factory=list)
 
 
@@ -123,7 +123,43 @@ def _bias(model: Model, an: Analysis, p: ParamAxis, fold: np.ndarray, means: np.
     rec.report.append(f"{model.node_name(p.node)}: bias compensation for {int(fold.sum())} input position(s)")
 
 
+RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def _fit(a: np.ndarray, g: np.ndarray, kidx: np.ndarray, removed_cols: np.ndarray, how: str, lam: float = 0.0):
+    """Weights over the kept inputs K (plus the bias column) from a normalised Gram g.
+
+    ``plain``: drop the removed columns; ``bias``: fold their mean contribution into the bias;
+    ``lsq``: ridge least squares ``A G[:, K] (G_KK + λ·mean(diag G_KK)·I)⁻¹``.
+    """
+    if how == "plain":
+        return a[:, kidx]
+    if how == "bias":
+        x = a[:, kidx].copy()
+        mean = g[:-1, -1] / max(g[-1, -1], 1e-30)
+        x[:, -1] += a[:, :-1][:, removed_cols] @ mean[removed_cols]
+        return x
+    gkk = g[np.ix_(kidx, kidx)]
+    reg = lam * float(np.trace(gkk)) / len(kidx)
+    return np.linalg.solve(gkk + reg * np.eye(len(kidx)), (a @ g[:, kidx]).T).T
+
+
+def _err(x: np.ndarray, a: np.ndarray, g: np.ndarray, kidx: np.ndarray) -> float:
+    """Mean squared output error per row of weights x (over K) against the original A, on g."""
+    gkk = g[np.ix_(kidx, kidx)]
+    return float(np.einsum("ij,jk,ik->", x, gkk, x) - 2 * np.einsum("ij,ij->", x, a @ g[:, kidx])
+                 + np.einsum("ij,jk,ik->", a, g, a))
+
+
 def _lsq(model: Model, an: Analysis, p: ParamAxis, removed: np.ndarray, rec: Recovery) -> bool:
+    """Least-squares recovery with its ridge chosen by 2-fold held-out error.
+
+    Candidates — plain removal, bias compensation, ridge refits over ``RIDGES`` — are fitted on
+    one half of the calibration samples and scored on the other (and vice versa); the best is
+    refitted on all samples. With few samples per input feature the refit overfits, and then
+    bias compensation or plain removal wins: recovery never trades held-out error for
+    calibration error.
+    """
     node = model.nodes[p.node]
     op = node.op_type
     gram = rec.grams[model.node_name(p.node)]
@@ -148,22 +184,29 @@ def _lsq(model: Model, an: Analysis, p: ParamAxis, removed: np.ndarray, rec: Rec
     bias = _current_bias(model, an, p.node, a_w.shape[0]) * beta
     a = np.concatenate([a_w, bias[:, None]], axis=1)  # [O, D+1]
     kidx = np.flatnonzero(np.append(keep_cols, True))
-    g = gram.g / max(gram.rows, 1)
-    gkk = g[np.ix_(kidx, kidx)]
-    cross = a @ g[:, kidx]  # A G[:, K]
-    lam = rec.ridge * float(np.trace(gkk)) / len(kidx)
-    try:
-        x = np.linalg.solve(gkk + lam * np.eye(len(kidx)), cross.T).T
-    except np.linalg.LinAlgError:
-        return False
-
-    def err(xk):
-        return float(np.einsum("ij,jk,ik->", xk, gkk, xk) - 2 * np.einsum("ij,ij->", xk, cross))
-
-    plain = a[:, kidx]
-    if err(x) >= err(plain):
-        rec.report.append(f"{model.node_name(p.node)}: least squares would not lower the error; plain removal")
-        return False
+    removed_cols = ~keep_cols
+    halves = [g / max(n, 1) for g, n in zip(gram.parts, gram.rows_parts) if n > 0]
+    full = gram.g / max(gram.rows, 1)
+    candidates = [("plain", 0.0), ("bias", 0.0)] + [("lsq", lam) for lam in RIDGES]
+    scores = []
+    for how, lam in candidates:
+        try:
+            if len(halves) == 2:
+                e = sum(_err(_fit(a, fit_g, kidx, removed_cols, how, lam), a, test_g, kidx)
+                        for fit_g, test_g in ((halves[0], halves[1]), (halves[1], halves[0]))) / 2
+            else:  # one sample: no held-out half; the strongest ridge is the safe refit
+                e = _err(_fit(a, full, kidx, removed_cols, how, lam), a, full, kidx) if how != "lsq" or \
+                    lam == RIDGES[-1] else np.inf
+        except np.linalg.LinAlgError:
+            e = np.inf
+        scores.append(e)
+    best = int(np.argmin(scores))
+    how, lam = candidates[best]
+    name = model.node_name(p.node)
+    if how == "plain":
+        rec.report.append(f"{name}: plain removal has the lowest held-out error; weights unchanged")
+        return True
+    x = _fit(a, full, kidx, removed_cols, how, lam)
     new_w = np.zeros_like(a_w)
     new_w[:, keep_cols] = x[:, :-1]
     new_b = x[:, -1]
@@ -175,8 +218,9 @@ def _lsq(model: Model, an: Analysis, p: ParamAxis, removed: np.ndarray, rec: Rec
     else:
         model.set_const(node.input[1], new_w.T)
     _add_to_bias(model, an, p.node, new_b / beta - bias / beta)
-    rec.report.append(f"{model.node_name(p.node)}: least-squares refit over {len(kidx) - 1} kept inputs "
-                      f"(calibration error {err(plain):.4g} -> {err(x):.4g} per row)")
+    label = "bias compensation" if how == "bias" else f"least-squares refit (ridge {lam:g})"
+    rec.report.append(f"{name}: {label} chosen by held-out error over {len(kidx) - 1} kept inputs "
+                      f"(held-out error {scores[0]:.4g} plain -> {scores[best]:.4g})")
     return True
 
 
