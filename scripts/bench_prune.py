@@ -58,7 +58,7 @@ def main() -> int:
     ap.add_argument("--latency-ratios", type=float, nargs="+", default=[0.4, 0.5])
     ap.add_argument("--round-to", type=int, nargs="+", default=[1, 8, 16])
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--repeats", type=int, default=20, help="timed inference runs per model")
+    ap.add_argument("--repeats", type=int, default=60, help="timed inference runs per model")
     ap.add_argument("--image", type=int, default=224)
     ap.add_argument("--json", help="also write the results here")
     a = ap.parse_args()
