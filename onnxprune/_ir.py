@@ -487,17 +487,17 @@ def _symbolic(skel: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, int]]:
     return {k: v for k, v in shapes.items() if all(d is not None for d in v)}, dtypes
 
 
-def value_infos_from_inference(proto: onnx.ModelProto) -> list[onnx.ValueInfoProto]:
-    """Inferred value_info for intermediate tensors (for storing in a rewritten model)."""
-    shapes, dtypes = infer_shapes(proto)
+def value_infos(model: Model) -> list[onnx.ValueInfoProto]:
+    """value_info for intermediate tensors from ``model.shapes`` (call ``model.infer()`` first)."""
+    proto = model.proto
     skip = {v.name for v in proto.graph.input} | {v.name for v in proto.graph.output}
     skip |= {t.name for t in proto.graph.initializer}
     out = []
     for n in proto.graph.node:
         for name in n.output:
-            if name and name not in skip and name in dtypes:
-                shape = shapes.get(name)
-                out.append(helper.make_tensor_value_info(name, dtypes[name],
+            if name and name not in skip and name in model.dtypes:
+                shape = model.shapes.get(name)
+                out.append(helper.make_tensor_value_info(name, model.dtypes[name],
                                                          None if shape is None else list(shape)))
     return out
 

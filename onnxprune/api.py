@@ -257,7 +257,7 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
             from .record import record_for
 
             consumers = sorted({q.node for q in an.params if q.role == "in" and _loses_input(an, q, keep)})
-            grams = record_for(an, cal.load(m), with_grams=consumers).grams
+            grams = record_for(an, cal.load(m), with_grams=consumers, stats=False).grams
         recovery = Recovery(recover, means, grams, fold_atoms=folds)
     if external_data is None and m.external_data:
         external_data = True

@@ -243,11 +243,15 @@ def consumer_inputs(an) -> dict[str, int]:
     return out
 
 
-def record_for(an, calibration, *, with_grams: Iterable[int] = (), zero_tol: float = 0.0) -> Recording:
-    """Record statistics of every consumer input of ``an`` (and Grams of the given consumer nodes)."""
+def record_for(an, calibration, *, with_grams: Iterable[int] = (), zero_tol: float = 0.0,
+               stats: bool = True) -> Recording:
+    """Record statistics of every consumer input of ``an`` (and Grams of the given consumer nodes).
+
+    ``stats=False`` records the Grams only (a second pass after the statistics were taken).
+    """
     grams = {}
     for i in with_grams:
         spec = gram_spec_for(an.model, i)
         if spec is not None:
             grams[an.model.node_name(i)] = (an.model.nodes[i].input[0], spec)
-    return record(an.model, calibration, consumer_inputs(an), grams=grams, zero_tol=zero_tol)
+    return record(an.model, calibration, consumer_inputs(an) if stats else {}, grams=grams, zero_tol=zero_tol)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 
-from .._ir import Model, Use, value_infos_from_inference
+from .._ir import Model, Use, value_infos
 from ..analysis import Analysis
 from ..errors import ValidationError
 from .recover import Recovery, recover
@@ -162,9 +162,11 @@ def toposort(model: Model) -> None:
 
 
 def refresh_shapes(model: Model) -> None:
+    """Clear stale value_info, infer shapes once, store them in the model and in ``model.shapes``."""
     g = model.graph
     del g.value_info[:]
-    g.value_info.extend(value_infos_from_inference(model.proto))
+    model.infer()
+    g.value_info.extend(value_infos(model))
 
 
 def ensure(model: Model, an: Analysis, keep_atom: np.ndarray) -> None:
@@ -175,7 +177,6 @@ def ensure(model: Model, an: Analysis, keep_atom: np.ndarray) -> None:
         if shape is None or shape[p.axis] != want:
             raise AssertionError(f"rewrite post-condition: {p.tensor} axis {p.axis} has "
                                  f"{None if shape is None else shape[p.axis]}, expected {want}")
-    model.infer()
     for v in model.graph.output:
         declared = [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
         actual = model.shape(v.name)
