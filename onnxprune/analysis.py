@@ -24,11 +24,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from ._ir import Model, Shape
+import logging
+
+import onnx_ir as ir
+
+from .graph import Model, Shape, inp, one_line, out
 from .errors import PlanError
 from .rules import registry
 
 __all__ = ["Analysis", "Chan", "Group", "ParamAxis", "analyze"]
+
+log = logging.getLogger("onnxprune.analysis")
 
 
 @dataclass(frozen=True)
@@ -51,7 +57,7 @@ class ParamAxis:
     tensor: str
     axis: int
     labels: np.ndarray
-    node: int
+    node: ir.Node
     role: str
 
 
@@ -61,7 +67,7 @@ class Space:
 
     start: int
     size: int
-    node: int
+    node: ir.Node | None
     what: str
 
 
@@ -69,7 +75,7 @@ class Space:
 class Fix:
     """An attribute/constant update run by the rewrite once the kept channels are known."""
 
-    node: int
+    node: ir.Node
     fn: Callable[..., None]
 
 
@@ -145,7 +151,7 @@ class Analysis:
         self.params: list[ParamAxis] = []
         self.spaces: list[Space] = []
         self.fixes: list[Fix] = []
-        self.barriers: list[tuple[int, str]] = []
+        self.barriers: list[tuple[ir.Node, str]] = []
         self._pins: list[tuple[np.ndarray, str]] = []
         self.head_labels: list[np.ndarray] = []  # labels of attention heads (one per head)
         self._nonempty: list[np.ndarray] = []
@@ -161,7 +167,7 @@ class Analysis:
         self.nonempty_sets: list[np.ndarray] = []
 
     # ---------------------------------------------------------------- building
-    def new_space(self, n: int, node: int, what: str) -> np.ndarray:
+    def new_space(self, n: int, node: ir.Node | None, what: str) -> np.ndarray:
         start = self._uf.add(n)
         self.spaces.append(Space(start, n, node, what))
         return np.arange(start, start + n, dtype=np.int64)
@@ -201,7 +207,7 @@ class Analysis:
         """Short name: the producers of the group's spaces."""
         names = []
         for s in g.spaces:
-            n = self.model.node_name(s.node) if s.node >= 0 else s.what
+            n = self.model.node_name(s.node) if s.node is not None else s.what
             if n not in names:
                 names.append(n)
         head = ",".join(names[:3])
@@ -260,7 +266,7 @@ class Analysis:
             declared = {p.node for p in ps}
             others = model.const_users(tensor) - declared
             if others or model.const_is_output(tensor):
-                who = model.node_name(min(others)) if others else "the graph outputs"
+                who = model.node_name(next(iter(others))) if others else "the graph outputs"
                 for p in ps:
                     self.pin(p.labels, f"constant '{tensor}' is also used by {who}, which does not slice axis {axis}")
 
@@ -329,10 +335,10 @@ class Analysis:
                     atoms = np.unique(self.atom_of_label[p.labels])
                     self._pin_atoms(atoms, f"protected by '{pat}'")
                     hit[pat] = True
-            for i, node in enumerate(model.nodes):
-                if fnmatch.fnmatchcase(model.node_name(i), pat):
+            for node in model.graph:
+                if fnmatch.fnmatchcase(model.node_name(node), pat):
                     hit[pat] = True
-                    for name in list(node.output) + list(node.input):
+                    for name in [v.name for v in (*node.outputs, *node.inputs) if v is not None]:
                         c = self.chan.get(name)
                         if c is not None:
                             self._pin_atoms(np.unique(self.atom_of_label[c.labels]), f"protected by '{pat}'")
@@ -355,25 +361,25 @@ class Analysis:
 class NodeContext:
     """What a rule sees of one node, and how it reports channel flow. Built by :func:`analyze`."""
 
-    def __init__(self, an: Analysis, index: int) -> None:
+    def __init__(self, an: Analysis, node: ir.Node) -> None:
         self.an = an
         self.model = an.model
-        self.index = index
-        self.node = an.model.nodes[index]
-        self.op = self.node.op_type
-        self.name = an.model.node_name(index)
-        self.n_inputs = len(self.node.input)
-        self.n_outputs = len(self.node.output)
+        self.node = node
+        self.index = node  # what fixes and params point at
+        self.op = node.op_type
+        self.name = an.model.node_name(node)
+        self.n_inputs = len(node.inputs)
+        self.n_outputs = len(node.outputs)
 
     # inputs/outputs
     def has_input(self, k: int) -> bool:
-        return k < self.n_inputs and bool(self.node.input[k])
+        return bool(inp(self.node, k))
 
     def input_name(self, k: int) -> str:
-        return self.node.input[k] if k < self.n_inputs else ""
+        return inp(self.node, k)
 
     def output_name(self, k: int) -> str:
-        return self.node.output[k] if k < self.n_outputs else ""
+        return out(self.node, k)
 
     def output_used(self, k: int) -> bool:
         name = self.output_name(k)
@@ -383,14 +389,14 @@ class NodeContext:
         return self.an.chan.get(self.input_name(k)) if self.has_input(k) else None
 
     def is_const(self, k: int) -> bool:
-        return self.has_input(k) and self.model.is_const(self.node.input[k])
+        return self.has_input(k) and self.model.is_const(inp(self.node, k))
 
     def const(self, k: int) -> np.ndarray | None:
-        return self.model.const(self.node.input[k]) if self.has_input(k) else None
+        return self.model.const(inp(self.node, k)) if self.has_input(k) else None
 
     def value(self, k: int) -> np.ndarray | None:
         """Input k's value if constant or computed from static shapes (shape-like operands only)."""
-        return self.model.value(self.node.input[k]) if self.has_input(k) else None
+        return self.model.value(inp(self.node, k)) if self.has_input(k) else None
 
     def is_scalar_const(self, k: int) -> bool:
         v = self.const(k)
@@ -455,10 +461,10 @@ class NodeContext:
         self.an.pin(labels, f"{self.name} ({self.op}): {reason}")
 
     def param(self, k: int, axis: int, labels: np.ndarray, role: str) -> None:
-        name = self.model.resolve(self.node.input[k])
+        name = self.model.resolve(inp(self.node, k))
         shape = self.model.const_shape(name)
         if shape is None or shape[axis] != labels.size:
-            raise AssertionError(f"{self.name}: param {name} axis {axis} has {shape}, labels {labels.size}")
+            raise ValueError(f"{self.name}: param {name} axis {axis} has {shape}, labels {labels.size}")
         self.an.params.append(ParamAxis(name, axis, labels, self.index, role))
 
     def nonempty(self, labels: np.ndarray) -> None:
@@ -474,7 +480,7 @@ class NodeContext:
             c = self.chan(k)
             if c is not None:
                 self.pin(c.labels, reason)
-        for name in self.model.captured.get(self.index, ()):  # read inside If/Loop/Scan bodies
+        for name in self.model.captured(self.node):  # read inside If/Loop/Scan bodies
             c = self.an.chan.get(name)
             if c is not None:
                 self.pin(c.labels, f"{reason} (read inside a subgraph)")
@@ -496,6 +502,25 @@ class NodeContext:
         return Chan(axis, labels)
 
 
+def _apply_rule(an: Analysis, ctx: NodeContext, rule) -> None:
+    """Run one rule; an exception makes the node a barrier with the reason, never a crash.
+
+    What the rule declared before failing is rolled back (parameters, fixes, head marks) and the
+    label spaces it created are pinned, so no half-declared channel can be removed.
+    """
+    marks = (len(an.params), len(an.fixes), len(an.spaces), len(an.head_labels), len(an._nonempty))
+    try:
+        rule.apply(ctx)
+    except Exception as e:  # a rule meeting a pattern it does not understand
+        log.info("rule for %s failed on %s: %s", ctx.op, ctx.name, one_line(e), exc_info=log.isEnabledFor(10))
+        del an.params[marks[0]:], an.fixes[marks[1]:], an.head_labels[marks[3]:], an._nonempty[marks[4]:]
+        for s in an.spaces[marks[2]:]:
+            an.pin(np.arange(s.start, s.start + s.size, dtype=np.int64), f"{ctx.name} ({ctx.op}): rule failed")
+        for k in range(ctx.n_outputs):
+            an.chan.pop(ctx.output_name(k), None)
+        ctx.barrier(f"not understood ({type(e).__name__}: {one_line(e)[:160]})")
+
+
 def analyze(model: Model, *, protect: Iterable[str] = ()) -> Analysis:
     """Find the channel groups of a model.
 
@@ -510,13 +535,16 @@ def analyze(model: Model, *, protect: Iterable[str] = ()) -> Analysis:
         model.infer()
     an = Analysis(model)
     rules = registry()
-    for i, node in enumerate(model.nodes):
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+    for node in model.graph:
+        if node.op_type == "Constant" and node.domain == "":
             continue
-        ctx = NodeContext(an, i)
+        if node.outputs and all(model.is_const(o.name) for o in node.outputs if o.name):
+            continue  # part of a constant chain (Unsqueeze of a weight, DequantizeLinear of int8...)
+        ctx = NodeContext(an, node)
+        captured = model.captured(node)
         tracked = any(ctx.chan(k) is not None for k in range(ctx.n_inputs)) or any(
-            name in an.chan for name in model.captured.get(i, ()))
-        rule = rules.get((node.domain if node.domain != "ai.onnx" else "", node.op_type))
+            name in an.chan for name in captured)
+        rule = rules.get((node.domain, node.op_type))
         if rule is None:
             if tracked:
                 ctx.barrier(f"no rule for op {node.domain + '.' if node.domain else ''}{node.op_type}")
@@ -524,7 +552,7 @@ def analyze(model: Model, *, protect: Iterable[str] = ()) -> Analysis:
         if model.opset < rule.min_opset or (rule.max_opset is not None and model.opset > rule.max_opset):
             ctx.barrier(f"{node.op_type} rule supports opsets {rule.min_opset}..{rule.max_opset}, model has {model.opset}")
             continue
-        rule.apply(ctx)
+        _apply_rule(an, ctx, rule)
     an._finish()
     unmatched = an.protect(protect)
     if unmatched:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import rewrite
-from ._ir import Model, load_model, save_model
+from .graph import Model, load_model, save_model
 from .analysis import Analysis, analyze
 from .cost import Cost, CostModel
 from .errors import OnnxPruneError, PlanError
@@ -43,8 +43,7 @@ class Inspection:
         for g in an.groups:
             groups.append({"group": g.id, "name": an.group_name(g), "channels": g.size, "prunable": g.n_prunable,
                            "reasons": g.reasons, "members": an.group_members(g)})
-        barriers = [{"node": an.model.node_name(i), "op": an.model.nodes[i].op_type, "reason": r}
-                    for i, r in an.barriers]
+        barriers = [{"node": an.model.node_name(n), "op": n.op_type, "reason": r} for n, r in an.barriers]
         return {"path": self.path, "opset": self.opset, "ir_version": self.ir_version, "nodes": self.nodes,
                 "cost": self.cost.as_dict(), "groups": groups, "barriers": barriers,
                 "residual_blocks": [b.to_dict() for b in self.blocks],
@@ -94,13 +93,17 @@ class _Calib:
         return self.data
 
 
-def inspect(path: str, *, protect: Sequence[str] = ()) -> Inspection:
-    """Load a model and report its channel groups, barriers, residual blocks and cost."""
+def inspect(path: str, *, protect: Sequence[str] = (), dims: dict[str, int] | None = None) -> Inspection:
+    """Load a model and report its channel groups, barriers, residual blocks and cost.
+
+    ``dims`` sets named dynamic dims (else the defaults of ``graph/shapes.py``) for the concrete
+    shapes costs are counted at.
+    """
     from .blocks import find_blocks
 
-    m = load_model(path)
+    m = _inferred(load_model(path), None, dims)
     an = analyze(m, protect=protect)
-    return Inspection(path, m.opset, m.proto.ir_version, len(m.nodes), CostModel(m).count(), an,
+    return Inspection(path, m.opset, m.ir.ir_version, len(m.graph), CostModel(m).count(), an,
                       tuple(find_blocks(m)))
 
 
@@ -157,7 +160,8 @@ def _options(kw: dict) -> dict:
 def plan(path: str, *, criterion: str = "l2", ratio: float | None = None, target_flops: float | None = None,
          target_params: float | None = None, mode: str = "uniform", round_to: int = 1, min_channels: int = 1,
          protect: Sequence[str] = (), reduce: str = "mean", normalize: str = "mean", seed: int = 0,
-         heads: int | None = None, head_ratio: float | None = None, **calibration) -> Plan:
+         heads: int | None = None, head_ratio: float | None = None, dims: dict[str, int] | None = None,
+         **calibration) -> Plan:
     """Make a plan for a model without changing it.
 
     Calibration keywords (``calib``, ``calib_batch``, ``image_spec``, ``calib_limit``,
@@ -165,8 +169,9 @@ def plan(path: str, *, criterion: str = "l2", ratio: float | None = None, target
     ``hybrid_weights``) are as for :func:`prune`.
     """
     m = load_model(path)
-    an = analyze(m, protect=protect)
     opts = _options(dict(calibration))
+    _inferred(m, opts["calib"], dims)
+    an = analyze(m, protect=protect)
     if heads is not None or head_ratio is not None:
         ratio = 0.0 if ratio is None and target_flops is None and target_params is None else ratio
     p, _ = _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops, target_params=target_params,
@@ -185,7 +190,7 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
           sensitivity_ratios: Sequence[float] | None = None, remove_blocks: int = 0,
           block_metric: str = "cosine", block_target_flops: float | None = None,
           gradients=None, hybrid_weights: Sequence[float] = (1.0, 1.0, 1.0), heads: int | None = None,
-          head_ratio: float | None = None) -> PruneResult:
+          head_ratio: float | None = None, dims: dict[str, int] | None = None) -> PruneResult:
     """Prune a model file structurally and write the result (atomically, fully checked).
 
     Args:
@@ -221,7 +226,7 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
     m = load_model(path)
     cal = _Calib(calib, calib_batch, image_spec, calib_limit, gradients=gradients,
                  hybrid_weights=tuple(hybrid_weights))
-    first_cost = CostModel(_inferred(m)).count()
+    first_cost = CostModel(_inferred(m, cal, dims)).count()
     removed_blocks: tuple[str, ...] = ()
     if (remove_blocks or block_target_flops is not None) and gradients is not None:
         raise OnnxPruneError("a gradient record fits the model before blocks are removed; prune blocks and "
@@ -256,15 +261,15 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
         if recover == "lsq":
             from .record import record_for
 
-            consumers = sorted({q.node for q in an.params if q.role == "in" and _loses_input(an, q, keep)})
+            consumers = list(dict.fromkeys(q.node for q in an.params if q.role == "in" and _loses_input(an, q, keep)))
             grams = record_for(an, cal.load(m), with_grams=consumers, stats=False).grams
         recovery = Recovery(recover, means, grams, fold_atoms=folds)
     if external_data is None and m.external_data:
         external_data = True
     result = rewrite.apply(m, an, keep, recovery=recovery)
     if result.modified or removed_blocks:
-        after = CostModel(_inferred(m)).count()  # counted on the rewritten graph, not estimated
-    save_model(m.proto, output, external_data=external_data)
+        after = CostModel(m).count()  # counted on the rewritten graph (re-inferred), not estimated
+    save_model(m, output, external_data=external_data)
     return PruneResult(output, p, first_cost, after, result.recovery, removed_blocks)
 
 
@@ -286,9 +291,17 @@ def sensitivity(path: str, *, calib: str, rank_by: str = "l2", ratios: Sequence[
     return measure(an, cal, scores, ratios=ratios or DEFAULT_RATIOS)
 
 
-def _inferred(m: Model) -> Model:
-    if not m.shapes:
-        m.infer()
+def _inferred(m: Model, cal: _Calib | None = None, dims: dict[str, int] | None = None) -> Model:
+    """Infer shapes at the concrete input shape: the calibration data's, else ``dims``/defaults."""
+    if m.shapes:
+        return m
+    concrete = None
+    if cal is not None and cal.source is not None:
+        data = cal.load(m)
+        first = next(iter(data.batches(None)), None) if data is not None else None
+        if first:
+            concrete = {k: (1, *np.shape(v)[1:]) for k, v in first.items()}
+    m.infer(concrete=concrete, dims=dims)
     return m
 
 
@@ -298,8 +311,8 @@ def _loses_input(an: Analysis, p, keep: np.ndarray) -> bool:
 
 def _remove_blocks(m: Model, n: int, metric: str, cal: _Calib, target: float | None) -> tuple[Model, tuple[str, ...]]:
     from .blocks import block_flops, find_blocks, rank_blocks
-    from .rewrite import remove_dead, toposort
-    from .rewrite.blocks import bypass
+    from .rewrite import finish, run_passes
+    from .rewrite.blocks import BypassBlocksPass
 
     blocks = find_blocks(m)
     if n > len(blocks):
@@ -323,10 +336,6 @@ def _remove_blocks(m: Model, n: int, metric: str, cal: _Calib, target: float | N
         if left > target * total:
             raise PlanError(f"bypassing all {len(blocks)} residual blocks keeps {left / total:.3f} of the FLOPs; "
                             f"--block-target-flops {target} is out of reach (add channel pruning)")
-    bypass(m, chosen)
-    remove_dead(m)
-    toposort(m)
-    m.reindex()
-    m.drop_caches()
-    m.infer()
+    run_passes(m, [BypassBlocksPass(m, chosen)])
+    finish(m)
     return m, tuple(b.add for b in chosen)

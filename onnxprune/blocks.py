@@ -16,10 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import onnx
-from onnx import helper
 
-from ._ir import Model
+from .graph import Model, inp, out
 from .errors import PlanError
 
 __all__ = ["Block", "find_blocks", "rank_blocks", "block_flops"]
@@ -44,8 +42,9 @@ def _ancestors(model: Model, tensor: str) -> set[str]:
         if t in seen:
             continue
         seen.add(t)
-        if t in model.producer:
-            stack.extend(x for x in model.nodes[model.producer[t]].input if x)
+        p = model.producer(t)
+        if p is not None:
+            stack.extend(x.name for x in p.inputs if x is not None)
     return seen
 
 
@@ -53,11 +52,12 @@ def find_blocks(model: Model) -> list[Block]:
     if not model.shapes:
         model.infer()
     blocks = []
-    for i, node in enumerate(model.nodes):
-        if node.op_type != "Add" or len(node.input) != 2 or any(model.is_const(t) for t in node.input):
+    for node in model.graph:
+        ins = [inp(node, 0), inp(node, 1)] if len(node.inputs) == 2 else []
+        if node.op_type != "Add" or not all(ins) or any(model.is_const(t) for t in ins):
             continue
-        for x, f in (node.input, node.input[::-1]):
-            if model.shape(x) is None or model.shape(x) != model.shape(f) or model.shape(x) != model.shape(node.output[0]):
+        for x, f in (ins, ins[::-1]):
+            if model.shape(x) is None or model.shape(x) != model.shape(f) or model.shape(x) != model.shape(out(node)):
                 continue
             outside = _ancestors(model, x)
             if f in outside:
@@ -65,31 +65,32 @@ def find_blocks(model: Model) -> list[Block]:
             body, stack = set(), [f]
             while stack:
                 t = stack.pop()
-                if t in outside or t not in model.producer or model.is_const(t):
+                p = model.producer(t)
+                if t in outside or p is None or model.is_const(t):
                     continue
-                p = model.producer[t]
                 if p not in body:
                     body.add(p)
-                    stack.extend(v for v in model.nodes[p].input if v)
+                    stack.extend(v.name for v in p.inputs if v is not None)
             # nodes also feeding the rest of the graph (a mask every layer reads) are shared inputs,
             # not part of F: drop them until every node left feeds only F or the Add
             changed = True
             while changed:
                 changed = False
                 for p in list(body):
-                    for o in model.nodes[p].output:
+                    for o in (v.name for v in p.outputs):
                         if model.is_graph_output(o) or any(
-                                u.node not in body and not (u.node == i and o == f) for u in model.uses(o)):
+                                u not in body and not (u is node and o == f) for u, _ in model.uses(o)):
                             body.discard(p)
                             changed = True
                             break
-            if f not in model.producer or model.producer[f] not in body:
+            if model.producer(f) not in body:
                 continue
-            if not any(x in model.nodes[p].input for p in body):
+            if not any(any(v is not None and v.name == x for v in p.inputs) for p in body):
                 continue  # F must read x
-            if [u.node for u in model.uses(f)] == [i]:
-                blocks.append(Block(model.node_name(i), x, f, node.output[0],
-                                    tuple(model.node_name(p) for p in sorted(body))))
+            if [u for u, _ in model.uses(f)] == [node]:
+                order = {n: k for k, n in enumerate(model.graph)}
+                blocks.append(Block(model.node_name(node), x, f, out(node),
+                                    tuple(model.node_name(p) for p in sorted(body, key=order.__getitem__))))
                 break
     return blocks
 
@@ -101,20 +102,20 @@ def block_flops(model: Model, block: Block) -> int:
     names = set(block.nodes) | {block.add}
     shape_of = CostModel(model).shape_fn()
     total = 0
-    for i, node in enumerate(model.nodes):
-        if model.node_name(i) in names:
-            macs, ops = node_cost(model, node, shape_of)
-            total += 2 * macs + ops
+    for node in model.graph:
+        if model.node_name(node) in names:
+            c = node_cost(model, node, shape_of)
+            if c is not None:
+                total += 2 * c[0] + c[1]
     return total
 
 
 def _bypassed_bytes(model: Model, blocks: list[Block]) -> bytes:
     from .rewrite.blocks import bypass
 
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
-    bypass(Model(proto), blocks)
-    return proto.SerializeToString()
+    copy = Model(model.to_proto())
+    bypass(copy, blocks)
+    return copy.to_proto().SerializeToString()
 
 
 def rank_blocks(model: Model, blocks: list[Block], calibration, metric: str = "cosine") -> list[tuple[Block, float]]:
@@ -126,14 +127,8 @@ def rank_blocks(model: Model, blocks: list[Block], calibration, metric: str = "c
     batches = list(calibration.batches())
     scores = []
     if metric == "cosine":
-        proto = onnx.ModelProto()
-        proto.CopyFrom(model.proto)
         wanted = list(dict.fromkeys(t for b in blocks for t in (b.skip, b.out)))
-        have = {v.name for v in proto.graph.output} | set(model.graph_inputs)
-        for t in wanted:
-            if t not in have:
-                proto.graph.output.append(helper.make_tensor_value_info(t, model.dtypes.get(t, 1), None))
-        sess = make_session(proto.SerializeToString(), "cpu")
+        sess = make_session(model.serialized_with_outputs(wanted), "cpu")
         names = [o.name for o in sess.get_outputs()]
         sims = {b.add: [] for b in blocks}
         for feeds in batches:
@@ -146,7 +141,7 @@ def rank_blocks(model: Model, blocks: list[Block], calibration, metric: str = "c
                 sims[b.add].extend((np.sum(x * y, axis=1) / np.maximum(den, 1e-30)).tolist())
         scores = [(b, 1.0 - float(np.mean(sims[b.add]))) for b in blocks]
     else:
-        base_sess = make_session(model.proto.SerializeToString(), "cpu")
+        base_sess = make_session(model.to_proto().SerializeToString(), "cpu")
         base = [base_sess.run(None, f) for f in batches]
         den = sum(float(np.sum(np.square(y.astype(np.float64)))) for o in base for y in o)
         for b in blocks:

@@ -155,13 +155,13 @@ class Calibration:
 
 def load_calibration(source: str, model, *, batch_size: int = 32, image_spec: str | ImageSpec | None = None,
                      limit: int | None = None) -> Calibration:
-    """Calibration batches for ``model`` (an ``_ir.Model``)."""
+    """Calibration batches for ``model`` (a ``graph.Model``)."""
     spec = ImageSpec.parse(image_spec) if isinstance(image_spec, str) else image_spec
     fixed = set()
-    for v in model.graph.input:
+    for v in model.graph.inputs:
         if v.name in model.graph_inputs:
-            dims = v.type.tensor_type.shape.dim
-            fixed.add(dims[0].dim_value if len(dims) and dims[0].HasField("dim_value") else None)
+            dims = list(v.shape) if v.shape is not None else []
+            fixed.add(int(dims[0]) if len(dims) and isinstance(dims[0], int) and dims[0] > 0 else None)
     static = fixed.pop() if len(fixed) == 1 and None not in fixed else None
     return Calibration(source, list(model.graph_inputs), batch_size=static or batch_size, image_spec=spec,
                        limit=limit, fixed_batch=static is not None)

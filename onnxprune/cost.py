@@ -1,31 +1,34 @@
-"""Parameter, MAC and FLOP counts, per op, from tensor shapes.
+"""Parameter, MAC and FLOP counts of a model, from the rules' per-op costs.
 
-FLOPs = 2·MACs (Conv, ConvTranspose, Gemm, MatMul) + one op per output element for
-element-wise work (activations, BatchNorm counts 2, pooling counts its window). Dynamic dims
-count as 1 (per-sample figures).
+FLOPs = 2·MACs + element ops; each rule module says what one of its ops costs
+(``Rule.cost``). An op whose rule gives no cost — or that has no rule — is **reported**
+(``Cost.unknown``), never silently counted as 0. Shapes are the concrete ones the graph layer
+inferred (``Model.shapes``: dynamic dims at the stated concrete input shape, ``Cost.at``).
 
-The same counters serve the validator (shapes of a real model) and the planner, which asks
+The same counters serve the validator (a real model's shapes) and the planner, which asks
 "what would the model cost with these channels kept?" by handing in shrunk shapes.
+
+Parameters: every initializer or Constant tensor of a float or small-integer type (int8/uint8
+weights of quantized models, int32 biases), but not int64 shape constants.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
+import onnx_ir as ir
 
-from ._ir import Model
+from .graph import Model
+from .rules import rule_for
+from .rules.base import ShapeOf, numel
 
-__all__ = ["Cost", "CostModel", "count"]
+__all__ = ["Cost", "CostModel", "count", "node_cost"]
 
-ShapeOf = Callable[[str], tuple[int, ...] | None]
-
-_FLOAT_TYPES = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.DOUBLE,
-                onnx.TensorProto.BFLOAT16}
-_UNARY_1 = {"Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Tanh", "Elu", "Selu", "Softplus",
-            "Softsign", "Mish", "Celu", "Gelu", "Erf", "Exp", "Log", "Sqrt", "Abs", "Neg", "Reciprocal",
-            "Clip", "PRelu", "Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "Swish"}
+_PARAM_TYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16,
+                ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.UINT16, ir.DataType.INT32,
+                ir.DataType.INT4, ir.DataType.UINT4}
+_PARAM_KINDS = {np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.uint16), np.dtype(np.int32)}
 
 
 @dataclass(frozen=True)
@@ -33,55 +36,28 @@ class Cost:
     params: int
     macs: int
     flops: int
+    unknown: dict[str, int] = field(default_factory=dict)  # op type -> nodes whose cost is unknown
+    at: dict[str, list[int]] = field(default_factory=dict)  # graph input -> the concrete shape counted
 
-    def as_dict(self) -> dict[str, int]:
-        return {"params": self.params, "macs": self.macs, "flops": self.flops}
+    def as_dict(self) -> dict:
+        return {"params": self.params, "macs": self.macs, "flops": self.flops,
+                "unknown_cost_ops": dict(self.unknown), "input_shapes": {k: list(v) for k, v in self.at.items()}}
+
+    def ratio(self, other: Cost, what: str = "flops") -> float | None:
+        """``other.what / self.what``; None when this cost is 0 (nothing countable)."""
+        base = getattr(self, what)
+        return None if not base else getattr(other, what) / base
 
 
-def _n(shape) -> int:
-    return int(np.prod(shape, dtype=np.int64)) if shape is not None and len(shape) else (0 if shape is None else 1)
-
-
-def node_cost(model: Model, node: onnx.NodeProto, shape_of: ShapeOf) -> tuple[int, int]:
-    """(MACs, other ops) of one node."""
-    op = node.op_type
-    out = shape_of(node.output[0]) if node.output else None
-    if out is None:
-        return 0, 0
-    if op == "Conv":
-        w = shape_of(node.input[1])
-        if w is None:
-            return 0, 0
-        return _n(out) * _n(w[1:]), (_n(out) if len(node.input) > 2 and node.input[2] else 0)
-    if op == "ConvTranspose":
-        w, x = shape_of(node.input[1]), shape_of(node.input[0])
-        if w is None or x is None:
-            return 0, 0
-        return _n(x) * _n(w[1:]), (_n(out) if len(node.input) > 2 and node.input[2] else 0)
-    if op == "Gemm":
-        a = shape_of(node.input[0])
-        if a is None or len(a) != 2:
-            return 0, 0
-        k = a[0] if model.attr(node, "transA", 0) else a[1]
-        return _n(out) * k, (_n(out) if len(node.input) > 2 and node.input[2] else 0)
-    if op == "MatMul":
-        a = shape_of(node.input[0])
-        if a is None or not len(a):
-            return 0, 0
-        return _n(out) * a[-1], 0
-    if op == "BatchNormalization":
-        return 0, 2 * _n(out)
-    if op in ("InstanceNormalization", "LayerNormalization", "Softmax", "LogSoftmax"):
-        return 0, 4 * _n(out)
-    if op in ("MaxPool", "AveragePool", "LpPool"):
-        k = model.attr(node, "kernel_shape", [])
-        return 0, _n(out) * _n(k)
-    if op in ("GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool") or op.startswith("Reduce"):
-        x = shape_of(node.input[0])
-        return 0, _n(x)
-    if op in _UNARY_1:
-        return 0, _n(out)
-    return 0, 0
+def node_cost(model: Model, node: ir.Node, shape_of: ShapeOf) -> tuple[int, int] | None:
+    """(MACs, other ops) of one node from its rule; None when unknown."""
+    rule = rule_for(node)
+    if rule is None:
+        return None
+    try:
+        return rule.cost(model, node, shape_of)
+    except Exception:  # a malformed node: unknown, reported
+        return None
 
 
 class CostModel:
@@ -90,18 +66,22 @@ class CostModel:
     def __init__(self, model: Model, analysis=None) -> None:
         self.model = model
         self.an = analysis
+        if not model.shapes:
+            model.infer()
         self._base: dict[str, tuple[int, ...]] = {}
         for name, s in model.shapes.items():
             self._base[name] = tuple(d if isinstance(d, int) else 1 for d in s)
         self._params = []
-        for name, t in model.initializers.items():
-            if t.data_type in _FLOAT_TYPES:
+        for name, v in model.graph.initializers.items():
+            if v.const_value is not None and v.const_value.dtype in _PARAM_TYPES:
                 self._params.append(name)
-        for name, i in model.constant_nodes.items():
-            v = model.const(name)
-            if v is not None and v.dtype.kind == "f":
+                self._base.setdefault(name, tuple(int(d) for d in v.const_value.shape))
+        for node in model.constant_nodes():
+            name = node.outputs[0].name
+            arr = model.const(name)
+            if arr is not None and (arr.dtype.kind == "f" or arr.dtype in _PARAM_KINDS) and arr.size > 1:
                 self._params.append(name)
-                self._base.setdefault(name, tuple(v.shape))
+                self._base.setdefault(name, tuple(arr.shape))
         self._param_axes: dict[str, list[tuple[int, np.ndarray]]] = {}
         if analysis is not None:
             seen = set()
@@ -109,7 +89,8 @@ class CostModel:
                 if (p.tensor, p.axis) not in seen:
                     seen.add((p.tensor, p.axis))
                     self._param_axes.setdefault(p.tensor, []).append((p.axis, p.labels))
-        self._nodes = [n for n in model.nodes if n.op_type != "Constant"]
+        self._nodes = [n for n in model.graph if not (n.op_type == "Constant" and n.domain == "")
+                       and not all(model.is_const(o.name) for o in n.outputs if o.name)]
 
     def shape_fn(self, keep_atom: np.ndarray | None = None) -> ShapeOf:
         if keep_atom is None or self.an is None:
@@ -139,17 +120,20 @@ class CostModel:
 
     def count(self, keep_atom: np.ndarray | None = None) -> Cost:
         shape_of = self.shape_fn(keep_atom)
-        params = sum(_n(shape_of(name)) for name in self._params)
+        params = sum(numel(shape_of(name)) for name in self._params)
         macs = ops = 0
+        unknown: Counter[str] = Counter()
         for node in self._nodes:
-            m, o = node_cost(self.model, node, shape_of)
-            macs += m
-            ops += o
-        return Cost(params=params, macs=macs, flops=2 * macs + ops)
+            c = node_cost(self.model, node, shape_of)
+            if c is None:
+                unknown[f"{node.domain + '.' if node.domain else ''}{node.op_type}"] += 1
+                continue
+            macs += c[0]
+            ops += c[1]
+        return Cost(params=params, macs=macs, flops=2 * macs + ops, unknown=dict(unknown),
+                    at={k: list(v) for k, v in self.model.concrete.items()})
 
 
 def count(model: Model) -> Cost:
     """Cost of a model as it is (shapes are inferred if needed)."""
-    if not model.shapes:
-        model.infer()
     return CostModel(model).count()

@@ -10,6 +10,7 @@ __all__ = [
     "UnsupportedModelError",
     "PlanError",
     "ValidationError",
+    "BugError",
 ]
 
 
@@ -27,3 +28,11 @@ class PlanError(OnnxPruneError):
 
 class ValidationError(OnnxPruneError):
     """A result failed validation (checker, shapes, or a requested tolerance)."""
+
+
+class BugError(Exception):
+    """A broken internal invariant (a rewrite post-condition...): a bug in onnxprune, not a user error.
+
+    Deliberately not an :class:`OnnxPruneError`: the CLI says it is a bug, exits with its own
+    code (3) and shows the traceback with ``--debug``.
+    """

@@ -171,7 +171,7 @@ def dead_atoms(an: Analysis, recording, tol: float = 1e-6) -> np.ndarray:
         if c is None or c.labels.size != st.count.size:
             continue
         const = st.constant(tol)
-        padded = any(_padded(model, model.nodes[u.node]) for u in model.uses(name))
+        padded = any(_padded(model, node) for node, _ in model.uses(name))
         if padded:
             scale = max(float(np.max(st.rms)), 1e-12)
             const &= np.abs(st.mean) <= tol * scale

@@ -20,7 +20,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from ._ir import Model
+from .graph import Model, inp
 from .errors import OnnxPruneError
 
 __all__ = ["ChannelStats", "GramSpec", "Gram", "Recording", "record"]
@@ -144,11 +144,10 @@ def _im2col(x: np.ndarray, kernel, strides, pads, dilations) -> np.ndarray:
     return np.ascontiguousarray(win.transpose(perm)).reshape(n * int(np.prod(out_dims)), c * int(np.prod(kernel)))
 
 
-def gram_spec_for(model: Model, node_index: int) -> GramSpec | None:
+def gram_spec_for(model: Model, node) -> GramSpec | None:
     """The GramSpec of a Conv (group 1), Gemm or MatMul consumer, else None."""
-    node = model.nodes[node_index]
     if node.op_type == "Conv" and int(model.attr(node, "group", 1)) == 1:
-        w = model.const_shape(node.input[1])
+        w = model.const_shape(inp(node, 1))
         nd = len(w) - 2
         if model.attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
             return None
@@ -174,15 +173,7 @@ def record(model: Model, calibration, tensors: dict[str, int], *, grams: dict[st
     """
     grams = grams or {}
     wanted = list(dict.fromkeys([*tensors, *(t for t, _ in grams.values())]))
-    extra = [t for t in wanted if t not in model.graph_inputs and not model.is_graph_output(t)]
-    saved = list(model.graph.output)
-    for t in extra:
-        model.graph.output.append(helper.make_tensor_value_info(t, model.dtypes.get(t, onnx.TensorProto.FLOAT), None))
-    try:
-        blob = model.proto.SerializeToString()
-    finally:
-        del model.graph.output[:]
-        model.graph.output.extend(saved)
+    blob = model.serialized_with_outputs(wanted)
     from .validate.runtime import make_session
 
     sess = make_session(blob, "cpu")
@@ -235,8 +226,7 @@ def consumer_inputs(an) -> dict[str, int]:
     for p in an.params:
         if p.role != "in":
             continue
-        node = an.model.nodes[p.node]
-        name = node.input[0]
+        name = inp(p.node, 0)
         c = an.chan.get(name)
         if c is not None:
             out[name] = c.axis
@@ -253,5 +243,5 @@ def record_for(an, calibration, *, with_grams: Iterable[int] = (), zero_tol: flo
     for i in with_grams:
         spec = gram_spec_for(an.model, i)
         if spec is not None:
-            grams[an.model.node_name(i)] = (an.model.nodes[i].input[0], spec)
+            grams[an.model.node_name(i)] = (inp(i, 0), spec)
     return record(an.model, calibration, consumer_inputs(an) if stats else {}, grams=grams, zero_tol=zero_tol)

@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from ._ir import Model
+from .graph import Model
 from .analysis import Analysis
 from .cost import CostModel
 from .errors import PlanError
@@ -71,8 +71,7 @@ def _removal(an: Analysis, gid: int, scores: np.ndarray, ratio: float, min_keep:
 
 def _overridable(model: Model, names: set[str]) -> bytes:
     """The model serialised with ``names`` as overridable initializers (Constant nodes moved)."""
-    proto = onnx.ModelProto()
-    proto.CopyFrom(model.proto)
+    proto = model.to_proto()
     g = proto.graph
     consts = {n.output[0]: k for k, n in enumerate(g.node) if n.op_type == "Constant" and n.output[0] in names}
     for name, k in sorted(consts.items(), key=lambda kv: -kv[1]):
@@ -139,7 +138,7 @@ def measure(an: Analysis, calibration, scores: dict[int, np.ndarray], *, ratios=
             else:
                 errors.append(change)
             c = cm.count(keep)
-            flops_saved.append((full.flops - c.flops) / full.flops)
+            flops_saved.append((full.flops - c.flops) / max(full.flops, 1))
             params_saved.append((full.params - c.params) / max(full.params, 1))
         table.rows.append({"group": gid, "name": an.group_name(g), "size": g.size, "errors": errors,
                            "flops_saved": flops_saved, "params_saved": params_saved})

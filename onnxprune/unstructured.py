@@ -17,13 +17,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ._ir import load_model, save_model
+from .graph import inp, load_model, save_model
+from .rules import rule_for
 from .errors import OnnxPruneError
 from .gradients import GradientRecord
 
 __all__ = ["sparsify", "SparsifyResult"]
 
-WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,11 @@ def sparsify(path: str, output: str, *, gradients: str | GradientRecord, ratio: 
     rec.check_model(m)
     n = max(rec.batches, 1)
     scores: dict[str, np.ndarray] = {}
-    for node in m.nodes:
-        if node.op_type in WEIGHT_OPS and len(node.input) > 1:
-            name = m.resolve(node.input[1])
+    for node in m.graph:
+        rule = rule_for(node)
+        lay = rule.layout(m, node) if rule is not None else None  # the rule says where the weight is
+        if lay is not None and inp(node, lay.weight) and m.is_plain_const(inp(node, lay.weight)):
+            name = m.resolve(inp(node, lay.weight))
             d = rec.stats.get(name)
             if d is not None and "sum_abs_g" in d and name not in scores:
                 g = d["sum_abs_g"].astype(np.float64) / n
@@ -84,7 +86,7 @@ def sparsify(path: str, output: str, *, gradients: str | GradientRecord, ratio: 
 
     masks = {k: v <= cut[k] if ratio != 0 else np.zeros(v.shape, bool) for k, v in scores.items()}
     zeroed = zero_elements(m, masks)
-    save_model(m.proto, output, external_data=True if m.external_data else None)
+    save_model(m, output, external_data=True if m.external_data else None)
     total = sum(v.size for v in scores.values())
     return SparsifyResult(output, sum(zeroed.values()), total, zeroed,
                           (os.path.getsize(path), os.path.getsize(output)), (_gz(path), _gz(output)))

@@ -83,7 +83,7 @@ def load_from_onnx(module, path: str):
     """Load the shipped ONNX weights back into ``build()``'s module (names are torch's)."""
     import torch
 
-    from onnxprune._ir import load_model
+    from onnxprune.graph import load_model
 
     m = load_model(path)
     state = {}

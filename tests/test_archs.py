@@ -6,7 +6,7 @@ import pytest
 
 from conftest import assert_oracle
 from onnxprune import rewrite
-from onnxprune._ir import Model
+from onnxprune.graph import Model
 from onnxprune.analysis import analyze
 from onnxprune.importance import score_groups
 from onnxprune.planner import keep_atoms, make_plan

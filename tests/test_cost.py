@@ -1,5 +1,5 @@
 """The FLOP counter on layers whose cost is known by hand."""
-from onnxprune._ir import Model
+from onnxprune.graph import Model
 from onnxprune.cost import count
 from onnxprune.testing import Net
 

@@ -5,15 +5,15 @@ import pytest
 
 import onnxprune
 from onnxprune import OnnxPruneError, PlanError
-from onnxprune._ir import Model
+from onnxprune.graph import Model
 from onnxprune.analysis import analyze
 from onnxprune.blocks import find_blocks, rank_blocks
 from onnxprune.calib import Calibration, ImageSpec
 from onnxprune.cli import main
 from onnxprune.importance import ScoreData, score_groups
 from onnxprune.record import record_for
-from onnxprune.rewrite import remove_dead, toposort
-from onnxprune.rewrite.blocks import bypass
+from onnxprune.rewrite import finish, run_passes
+from onnxprune.rewrite.blocks import BypassBlocksPass
 from onnxprune.sensitivity import allocate, measure
 from onnxprune.testing import Net, random_feeds, run
 from onnxprune.testing.archs import resnet
@@ -100,16 +100,19 @@ def test_block_bypass_oracle(r18):
     ref = onnx.ModelProto.FromString(proto.SerializeToString())
     zero = onnx.numpy_helper.from_array(np.zeros((), np.float32), "zero_gate")
     ref.graph.initializer.append(zero)
+    nodes = []
     for node in ref.graph.node:
         if node.name in {b.add for b in chosen}:
             b = next(b for b in chosen if b.add == node.name)
             k = list(node.input).index(b.branch)
-            ref.graph.node.append(onnx.helper.make_node("Mul", [b.branch, "zero_gate"], [b.branch + "_gated"]))
+            nodes.append(onnx.helper.make_node("Mul", [b.branch, "zero_gate"], [b.branch + "_gated"]))
             node.input[k] = b.branch + "_gated"
+        nodes.append(node)
+    del ref.graph.node[:]
+    ref.graph.node.extend(nodes)
     ref_m = Model(ref)
-    toposort(ref_m)
-    bypass(m, chosen)
-    removed = remove_dead(m)
+    run_passes(m, [BypassBlocksPass(m, chosen)])
+    removed = finish(m)
     assert removed >= 2 * 5  # two blocks' convs, BNs, ReLUs are gone
     onnx.checker.check_model(m.proto, full_check=True)
     feeds = random_feeds(proto)

@@ -20,7 +20,7 @@ def test_half_the_channels_gives_a_valid_smaller_model(tmp_path, capsys):
     assert code == 0
     onnx.checker.check_model(out, full_check=True)
     assert "accuracy: original 1.0000  pruned" in text
-    from onnxprune._ir import load_model
+    from onnxprune.graph import load_model
     from onnxprune.cost import count
 
     before, after = count(load_model(MODEL)), count(load_model(out))

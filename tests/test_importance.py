@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from onnxprune import PlanError
-from onnxprune._ir import Model
+from onnxprune.graph import Model
 from onnxprune.analysis import analyze
 from onnxprune.importance import score_groups
 from onnxprune.testing import Net

@@ -124,7 +124,9 @@ def test_nothing_written_when_the_checker_rejects(tmp_path, monkeypatch):
 
     def broken(model, an, keep, **kw):
         r = real(model, an, keep, **kw)
-        model.graph.node[0].input[1] = "no_such_tensor"  # an invalid graph
+        import onnx_ir as ir
+
+        model.graph[0].replace_input_with(1, ir.Value(name="no_such_tensor"))  # an invalid graph
         return r
 
     monkeypatch.setattr(rw, "apply", broken)

@@ -7,7 +7,7 @@ import pytest
 import onnxprune
 from conftest import assert_oracle
 from onnxprune import PlanError
-from onnxprune._ir import Model
+from onnxprune.graph import Model
 from onnxprune.analysis import analyze
 from onnxprune.cost import CostModel
 from onnxprune.importance import score_groups

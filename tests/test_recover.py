@@ -5,7 +5,7 @@ import onnx
 import pytest
 
 from onnxprune import rewrite
-from onnxprune._ir import Model
+from onnxprune.graph import Model
 from onnxprune.analysis import analyze
 from onnxprune.calib import Calibration
 from onnxprune.planner import dead_atoms
@@ -60,7 +60,7 @@ def test_bias_compensation_exact_for_constant_channels(consumer, source):
     proto = constant_channels_model(consumer)
     m = Model(onnx.ModelProto.FromString(proto.SerializeToString()))
     an = analyze(m)
-    conv_out = an.chan[m.nodes[0].output[0]].labels
+    conv_out = an.chan[m.nodes[0].outputs[0].name].labels
     keep = keep_removing(an, conv_out, CONST)
     if source == "calibration":
         rec = record_for(an, calibration(proto))
@@ -80,7 +80,7 @@ def test_without_compensation_the_same_removal_is_not_exact():
     proto = constant_channels_model("conv1x1")
     m = Model(onnx.ModelProto.FromString(proto.SerializeToString()))
     an = analyze(m)
-    keep = keep_removing(an, an.chan[m.nodes[0].output[0]].labels, CONST)
+    keep = keep_removing(an, an.chan[m.nodes[0].outputs[0].name].labels, CONST)
     res = rewrite.apply(m, an, keep)
     feeds = {"x": np.random.default_rng(5).standard_normal((3, 3, 6, 6)).astype(np.float32)}
     assert np.abs(run(proto, feeds)[0] - run(res.model, feeds)[0]).max() > 1e-2
@@ -92,7 +92,7 @@ def test_dead_channels_found_and_removed_losslessly():
     an = analyze(m)
     rec = record_for(an, calibration(proto))
     dead = dead_atoms(an, rec)
-    labels = an.chan[m.nodes[0].output[0]].labels
+    labels = an.chan[m.nodes[0].outputs[0].name].labels
     assert np.flatnonzero(dead[an.atom_of_label[labels]]).tolist() == CONST
     res = rewrite.apply(m, an, ~dead, recovery=Recovery("none", {k: s.mean for k, s in rec.stats.items()},
                                                           fold_atoms=dead))
@@ -124,7 +124,7 @@ def test_least_squares_never_increases_calibration_error(kind, ratio):
     for mode in ("none", "lsq"):
         m = Model(onnx.ModelProto.FromString(proto.SerializeToString()))
         an = analyze(m)
-        labels = an.chan[m.nodes[0].output[0]].labels
+        labels = an.chan[m.nodes[0].outputs[0].name].labels
         keep = keep_removing(an, labels, np.arange(int(16 * ratio)))
         recovery = None
         if mode == "lsq":

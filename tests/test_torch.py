@@ -10,7 +10,7 @@ nn = torch.nn
 
 import onnxprune  # noqa: E402
 from onnxprune import OnnxPruneError  # noqa: E402
-from onnxprune._ir import load_model  # noqa: E402
+from onnxprune.graph import load_model  # noqa: E402
 from onnxprune.gradients import GradientRecord  # noqa: E402
 from onnxprune.torch import export, record_gradients  # noqa: E402
 

@@ -9,7 +9,7 @@ import onnx
 import pytest
 
 from conftest import assert_oracle
-from onnxprune._ir import Model
+from onnxprune.graph import Model
 from onnxprune.analysis import analyze
 from onnxprune.testing import Net
 
@@ -62,9 +62,9 @@ def test_head_count_is_rewritten(decoders):
     onnxprune.prune(src, out, heads=3)
     model = Model(onnx.load(out))
     model.infer()
-    q = [n for n in model.nodes if n.op_type == "Reshape" and model.shape(n.output[0]) is not None
-         and len(model.shape(n.output[0])) == 4]
-    assert q and all(model.shape(n.output[0])[2] == 5 for n in q)  # 8 heads - 3
+    q = [n for n in model.nodes if n.op_type == "Reshape" and model.shape(n.outputs[0].name) is not None
+         and len(model.shape(n.outputs[0].name)) == 4]
+    assert q and all(model.shape(n.outputs[0].name)[2] == 5 for n in q)  # 8 heads - 3
 
 
 def test_contrib_attention_is_a_barrier():

@@ -14,7 +14,7 @@ from ..importance import CRITERIA, NORMALIZE, REDUCE
 
 __all__ = ["main"]
 
-EXIT_OK, EXIT_USER, EXIT_VALIDATION = 0, 1, 2
+EXIT_OK, EXIT_USER, EXIT_VALIDATION, EXIT_BUG = 0, 1, 2, 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -82,19 +82,34 @@ def _validation(p: argparse.ArgumentParser, *, with_flag: bool) -> None:
     g.add_argument("--validate-seed", type=int, default=0, help="seed of random inputs")
 
 
+def _frac(a: int, b: int) -> str:
+    return f"{a / b:.3f}" if b else "n/a: nothing countable"
+
+
+def _at(cost) -> str:
+    if not cost.at:
+        return ""
+    return " at input " + ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in cost.at.items())
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="onnxprune", description="Structural pruning of ONNX models, validated with onnxruntime.")
     p.add_argument("--version", action="version", version=f"onnxprune {__version__}")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("inspect", help="channel groups, barriers and cost of a model")
     s.add_argument("model")
+    s.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="value of a named dynamic input dim for the concrete shapes costs are counted at")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--protect", action="append", default=[], metavar="GLOB")
     s.add_argument("--members", action="store_true", help="list each group's weights")
 
     s = sub.add_parser("plan", help="write a pruning plan (JSON) without changing the model")
     s.add_argument("model")
+    s.add_argument("--dim", action="append", default=[], metavar="NAME=N",
+                   help="value of a named dynamic input dim for the concrete shapes costs are counted at")
     s.add_argument("-o", "--output", required=True, help="plan file to write")
     _planning(s)
 
@@ -151,7 +166,8 @@ def _planning_kwargs(a) -> dict:
                 calib=a.calib, image_spec=a.image_spec,
                 calib_batch=a.calib_batch, calib_limit=a.calib_limit, remove_dead=a.remove_dead,
                 dead_tol=a.dead_tol, rank_by=a.rank_by, sensitivity_ratios=a.sensitivity_ratios,
-                gradients=a.gradients, hybrid_weights=_floats(a.hybrid_weights, "--hybrid-weights", 3))
+                gradients=a.gradients, hybrid_weights=_floats(a.hybrid_weights, "--hybrid-weights", 3),
+                dims=_dims(a.dim))
 
 
 def _floats(text: str, flag: str, n: int) -> tuple[float, ...]:
@@ -187,14 +203,16 @@ def _validate(a, original: str, pruned: str):
 
 
 def _cmd_inspect(a) -> int:
-    ins = api.inspect(a.model, protect=a.protect)
+    ins = api.inspect(a.model, protect=a.protect, dims=_dims(a.dim))
     d = ins.to_dict()
     if a.json:
         print(json.dumps(d, indent=1))
         return EXIT_OK
     c = ins.cost
     print(f"{a.model}: opset {ins.opset}, IR {ins.ir_version}, {ins.nodes} nodes, {c.params:,} parameters, "
-          f"{c.flops:,} FLOPs ({c.macs:,} MACs) per sample")
+          f"{c.flops:,} FLOPs ({c.macs:,} MACs){_at(c) or ' per sample'}")
+    if c.unknown:
+        print("cost not counted for: " + ", ".join(f"{op}×{n}" for op, n in sorted(c.unknown.items())))
     print(f"{len(d['groups'])} channel groups, {d['prunable_channels']} of {d['channels']} channels prunable\n")
     print(f"{'group':>5}  {'channels':>8}  {'prunable':>8}  name / reason")
     for g in d["groups"]:
@@ -216,8 +234,8 @@ def _plan_summary(plan) -> str:
     if not b:
         return f"{plan.n_removed} channels removed"
     return (f"{plan.n_removed} channels removed; parameters {b['params']:,} -> {f['params']:,} "
-            f"({f['params'] / b['params']:.3f}), FLOPs {b['flops']:,} -> {f['flops']:,} "
-            f"({f['flops'] / b['flops']:.3f})")
+            f"({_frac(f['params'], b['params'])}), FLOPs {b['flops']:,} -> {f['flops']:,} "
+            f"({_frac(f['flops'], b['flops'])})")
 
 
 def _cmd_plan(a) -> int:
@@ -248,7 +266,10 @@ def _cmd_prune(a) -> int:
         extra = f" ({dead} dead)" if dead else ""
         blocks = f", {len(res.removed_blocks)} residual blocks bypassed" if res.removed_blocks else ""
         print(f"wrote {res.output}: {res.plan.n_removed} channels removed{extra}{blocks}; parameters {b.params:,} -> "
-              f"{f.params:,} ({f.params / b.params:.3f}), FLOPs {b.flops:,} -> {f.flops:,} ({f.flops / b.flops:.3f})")
+              f"{f.params:,} ({_frac(f.params, b.params)}), FLOPs {b.flops:,} -> {f.flops:,} "
+              f"({_frac(f.flops, b.flops)}){_at(b)}")
+        if b.unknown:
+            print("cost not counted for: " + ", ".join(f"{op}×{n}" for op, n in sorted(b.unknown.items())))
         if res.recovery:
             print(f"recovery ({a.recover}): {len(res.recovery)} consumer(s) updated")
     code = EXIT_OK
@@ -307,6 +328,16 @@ def main(argv: list[str] | None = None) -> int:
     except OnnxPruneError as e:  # user error: one line, no traceback
         print(f"onnxprune: error: {e}", file=sys.stderr)
         return EXIT_USER
+    except Exception as e:  # anything else is a bug in onnxprune: say so, traceback with --debug
+        if getattr(args, "debug", False):
+            import traceback
+
+            traceback.print_exc()
+        print(f"onnxprune: internal error (a bug, please report it with the model): {type(e).__name__}: "
+              f"{' '.join(str(e).split())[:300]}" + ("" if getattr(args, "debug", False) else
+                                                     "; run again with --debug for the traceback"),
+              file=sys.stderr)
+        return EXIT_BUG
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:  # output piped into head & co.

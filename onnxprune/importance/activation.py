@@ -11,6 +11,8 @@ A position on a merged axis (Flatten's C·H·W) adds its counts and sums into it
 """
 from __future__ import annotations
 
+from ..graph import inp
+
 import numpy as np
 
 from ..analysis import Analysis, Group
@@ -53,7 +55,7 @@ def wanda(an: Analysis, group: Group, data) -> np.ndarray:
     def per_label(p):
         if p.role != "in":
             return None
-        name = an.model.nodes[p.node].input[0]
+        name = inp(p.node, 0)
         st, c = rec.stats.get(name), an.chan.get(name)
         w = an.model.const(p.tensor)
         if st is None or c is None or w is None:

@@ -26,9 +26,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-from onnx import helper
+import onnx_ir as ir
 
-from .._ir import Model, Use
+from ..graph import Model, inp, out
 from ..analysis import Analysis, ParamAxis
 
 __all__ = ["Recovery", "recover", "data_free_means", "MODES"]
@@ -63,8 +63,8 @@ def recover(model: Model, an: Analysis, keep_atom: np.ndarray, rec: Recovery) ->
     for p in an.params:
         if p.role != "in" or p.node in done:
             continue
-        node = model.nodes[p.node]
-        x = node.input[0]
+        node = p.node
+        x = inp(node, 0)
         c = an.chan.get(x)
         if c is None:
             continue
@@ -92,8 +92,8 @@ def recover(model: Model, an: Analysis, keep_atom: np.ndarray, rec: Recovery) ->
 
 
 def _bias(model: Model, an: Analysis, p: ParamAxis, fold: np.ndarray, means: np.ndarray, rec: Recovery) -> None:
-    node = model.nodes[p.node]
-    w = model.const(node.input[1]).astype(np.float64)
+    node = p.node
+    w = model.const(inp(node, 1)).astype(np.float64)
     mu = np.where(fold, means, 0.0)
     op = node.op_type
     if op == "Conv":
@@ -160,10 +160,10 @@ def _lsq(model: Model, an: Analysis, p: ParamAxis, removed: np.ndarray, rec: Rec
     bias compensation or plain removal wins: recovery never trades held-out error for
     calibration error.
     """
-    node = model.nodes[p.node]
+    node = p.node
     op = node.op_type
     gram = rec.grams[model.node_name(p.node)]
-    w = model.const(node.input[1]).astype(np.float64)
+    w = model.const(inp(node, 1)).astype(np.float64)
     alpha = beta = 1.0
     if op == "Conv":
         o = w.shape[0]
@@ -180,6 +180,9 @@ def _lsq(model: Model, an: Analysis, p: ParamAxis, removed: np.ndarray, rec: Rec
     else:
         return False
     if gram.dim != a_w.shape[1]:
+        return False
+    if not model.is_plain_const(inp(node, 1)):  # e.g. int8 behind DequantizeLinear: keep it quantized
+        rec.report.append(f"{model.node_name(node)}: weight is not a plain constant; no least-squares refit")
         return False
     bias = _current_bias(model, an, p.node, a_w.shape[0]) * beta
     a = np.concatenate([a_w, bias[:, None]], axis=1)  # [O, D+1]
@@ -211,12 +214,12 @@ def _lsq(model: Model, an: Analysis, p: ParamAxis, removed: np.ndarray, rec: Rec
     new_w[:, keep_cols] = x[:, :-1]
     new_b = x[:, -1]
     if op == "Conv":
-        model.set_const(node.input[1], new_w.reshape(w.shape))
+        model.set_const(inp(node, 1), new_w.reshape(w.shape))
     elif op == "Gemm":
         new_w /= alpha
-        model.set_const(node.input[1], new_w if model.attr(node, "transB", 0) else new_w.T)
+        model.set_const(inp(node, 1), new_w if model.attr(node, "transB", 0) else new_w.T)
     else:
-        model.set_const(node.input[1], new_w.T)
+        model.set_const(inp(node, 1), new_w.T)
     _add_to_bias(model, an, p.node, new_b / beta - bias / beta)
     label = "bias compensation" if how == "bias" else f"least-squares refit (ridge {lam:g})"
     rec.report.append(f"{name}: {label} chosen by held-out error over {len(kidx) - 1} kept inputs "
@@ -225,80 +228,96 @@ def _lsq(model: Model, an: Analysis, p: ParamAxis, removed: np.ndarray, rec: Rec
 
 
 # ------------------------------------------------------------------- bias slots
-def _current_bias(model: Model, an: Analysis, node_index: int, n: int) -> np.ndarray:
-    node = model.nodes[node_index]
+def _current_bias(model: Model, an: Analysis, node: ir.Node, n: int) -> np.ndarray:
     if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
-        if len(node.input) > 2 and node.input[2]:
-            return np.broadcast_to(np.asarray(model.const(node.input[2]), np.float64).reshape(-1), (n,)).copy() \
-                if model.const(node.input[2]).size in (1, n) else np.zeros(n)
+        if inp(node, 2):
+            b = model.const(inp(node, 2))
+            return np.broadcast_to(np.asarray(b, np.float64).reshape(-1), (n,)).copy() \
+                if b is not None and b.size in (1, n) else np.zeros(n)
         return np.zeros(n)
-    add = _bias_add_after(model, node_index)
+    add = _bias_add_after(model, node)
     if add is not None:
-        return np.asarray(model.const(model.nodes[add[0]].input[add[1]]), np.float64).reshape(n).copy()
+        return np.asarray(model.const(inp(add[0], add[1])), np.float64).reshape(n).copy()
     return np.zeros(n)
 
 
-def _bias_add_after(model: Model, node_index: int):
-    """(Add node index, const input index) when a MatMul's only consumer adds a constant [N]."""
-    out = model.nodes[node_index].output[0]
-    uses = model.uses(out)
-    if len(uses) != 1 or model.is_graph_output(out):
+def _bias_add_after(model: Model, node: ir.Node):
+    """(Add node, const input index) when a MatMul's only consumer adds a constant [N]."""
+    o = out(node, 0)
+    uses = model.uses(o)
+    if len(uses) != 1 or model.is_graph_output(o):
         return None
-    add = model.nodes[uses[0].node]
-    if add.op_type != "Add":
+    add, index = uses[0]
+    if add.op_type != "Add" or index < 0:
         return None
-    k = 1 - uses[0].index
-    v = model.const(add.input[k])
-    n = model.const_shape(model.nodes[node_index].input[1])[-1]
-    if v is None or v.shape[-1:] != (n,) or v.size != n or len(model.const_users(add.input[k])) != 1:
+    k = 1 - index
+    v = model.const(inp(add, k))
+    n = model.const_shape(inp(node, 1))[-1]
+    if v is None or v.shape[-1:] != (n,) or v.size != n or len(model.const_users(inp(add, k))) != 1 \
+            or not model.is_plain_const(inp(add, k)):
         return None
-    return uses[0].node, k
+    return add, k
 
 
-def _register(an: Analysis, model: Model, tensor: str, node_index: int, out_name: str) -> None:
+def _register(an: Analysis, model: Model, tensor: str, node: ir.Node, out_name: str) -> None:
     c = an.chan.get(out_name)
     if c is not None:
         shape = model.const_shape(tensor)
-        an.params.append(ParamAxis(tensor, len(shape) - 1, c.labels, node_index, "bias"))
+        an.params.append(ParamAxis(tensor, len(shape) - 1, c.labels, node, "bias"))
 
 
-def _add_to_bias(model: Model, an: Analysis, node_index: int, delta: np.ndarray) -> None:
-    node = model.nodes[node_index]
+def _add_to_bias(model: Model, an: Analysis, node: ir.Node, delta: np.ndarray) -> None:
     n = delta.size
     if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
         beta = float(model.attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
-        if len(node.input) > 2 and node.input[2]:
-            name = node.input[2]
-            old = np.asarray(model.const(name))
-            if old.size == n or old.shape[-1:] == (n,):
+        if inp(node, 2):
+            name = inp(node, 2)
+            old = model.const(name)
+            if old is None or not model.is_plain_const(name):
+                return  # e.g. an int32 bias behind DequantizeLinear: left as it is
+            old = np.asarray(old)
+            if (old.size == n or old.shape[-1:] == (n,)) and len(model.const_users(name)) == 1:
                 model.set_const(name, (old + (delta / beta).reshape((1,) * (old.ndim - 1) + (n,))).astype(old.dtype))
                 return
             new = (np.broadcast_to(old.reshape(-1), (n,)) + delta / beta).astype(old.dtype)  # scalar C: widen
             name = model.add_initializer(name, new)
-            node.input[2] = name
+            node.replace_input_with(2, model.value_of(name))
         else:
-            dtype = model.const(node.input[1]).dtype
-            name = model.add_initializer(f"{model.node_name(node_index)}.bias", (delta / beta).astype(dtype))
-            while len(node.input) < 3:
-                node.input.append("")
-            node.input[2] = name
-        model.consumers.setdefault(name, []).append(Use(node_index, 2))
-        _register(an, model, name, node_index, node.output[0])
+            dtype = model.const(inp(node, 1)).dtype
+            name = model.add_initializer(f"{model.node_name(node)}.bias", (delta / beta).astype(dtype))
+            if len(node.inputs) < 3:
+                node.resize_inputs(3)
+            node.replace_input_with(2, model.value_of(name))
+        _register(an, model, name, node, out(node, 0))
         return
-    add = _bias_add_after(model, node_index)
+    add = _bias_add_after(model, node)
     if add is not None:
-        name = model.nodes[add[0]].input[add[1]]
+        name = inp(add[0], add[1])
         old = np.asarray(model.const(name))
         model.set_const(name, (old + delta.reshape(old.shape)).astype(old.dtype))
         return
-    # MatMul without a bias: insert y = MatMul(...) + b after it (appended; the rewrite re-sorts)
-    out = node.output[0]
-    dtype = model.const(node.input[1]).dtype
-    name = model.add_initializer(f"{model.node_name(node_index)}.bias", delta.astype(dtype))
-    pre = model.unique_name(out + "_prebias")
-    node.output[0] = pre
-    model.graph.node.append(helper.make_node("Add", [pre, name], [out], name=f"{model.node_name(node_index)}_bias"))
-    _register(an, model, name, node_index, out)
+    # MatMul without a bias: y = MatMul(...) + b, the Add taking over the output's name and uses
+    old_out = node.outputs[0]
+    o = old_out.name
+    dtype = model.const(inp(node, 1)).dtype
+    name = model.add_initializer(f"{model.node_name(node)}.bias", delta.astype(dtype))
+    uses = list(old_out.uses())
+    add = ir.Node("", "Add", [old_out, model.value_of(name)], name=f"{model.node_name(node)}_bias")
+    model.graph.insert_after(node, add)
+    old_out.name = model.unique_name(o + "_prebias")
+    new_out = add.outputs[0]
+    new_out.name = o
+    new_out.type, new_out.shape = old_out.type, old_out.shape
+    for user, idx in uses:
+        user.replace_input_with(idx, new_out)
+    outs = model.graph.outputs
+    for k, v in enumerate(outs):
+        if v is old_out:
+            outs[k] = new_out
+    model.changed()
+    if o in an.chan:
+        an.chan[old_out.name] = an.chan[o]
+    _register(an, model, name, node, o)
 
 
 # ------------------------------------------------------------------ data-free means
@@ -322,8 +341,8 @@ def _activation(model: Model, node):
         al = a("alpha", 0.01)
         return lambda z: np.where(z > 0, z, al * z)
     if op == "Clip":
-        lo, hi = (model.const(node.input[1]) if len(node.input) > 1 and node.input[1] else a("min", -np.inf)), \
-                 (model.const(node.input[2]) if len(node.input) > 2 and node.input[2] else a("max", np.inf))
+        lo, hi = (model.const(inp(node, 1)) if inp(node, 1) else a("min", -np.inf)), \
+                 (model.const(inp(node, 2)) if inp(node, 2) else a("max", np.inf))
         return lambda z: np.clip(z, float(lo), float(hi))
     if op == "Sigmoid":
         return lambda z: 1 / (1 + np.exp(-z))
@@ -367,17 +386,17 @@ def data_free_means(an: Analysis) -> dict[str, np.ndarray]:
         t = table[name]
         return np.array([t.get(int(lab), np.nan) for lab in c.labels])
 
-    for i, node in enumerate(model.nodes):
+    for node in model.graph:
         op = node.op_type
-        x = node.input[0] if node.input else ""
+        x = inp(node, 0)
         c = an.chan.get(x)
-        out = node.output[0] if node.output else ""
-        oc = an.chan.get(out)
+        o = out(node, 0)
+        oc = an.chan.get(o)
         if op == "BatchNormalization" and c is not None and oc is not None:
-            gamma, beta = model.const(node.input[1]), model.const(node.input[2])
+            gamma, beta = model.const(inp(node, 1)), model.const(inp(node, 2))
             if gamma is not None and beta is not None:
-                gauss[out] = {int(lab): (float(b), abs(float(g))) for lab, g, b in zip(c.labels, gamma, beta)}
-                mean[out] = {int(lab): float(b) for lab, b in zip(c.labels, beta)}
+                gauss[o] = {int(lab): (float(b), abs(float(g))) for lab, g, b in zip(c.labels, gamma, beta)}
+                mean[o] = {int(lab): float(b) for lab, b in zip(c.labels, beta)}
             continue
         if oc is None:
             continue
@@ -385,31 +404,31 @@ def data_free_means(an: Analysis) -> dict[str, np.ndarray]:
             labs = list(gauss[x])
             mu = np.array([gauss[x][k][0] for k in labs])
             sd = np.array([gauss[x][k][1] for k in labs])
-            mean[out] = dict(zip(labs, _expect(fn, mu, sd).tolist()))
+            mean[o] = dict(zip(labs, _expect(fn, mu, sd).tolist()))
             if op in ("Identity", "Dropout"):
-                gauss[out] = gauss[x]
-        elif op == "Mul" and len(node.input) == 2:  # x * sigmoid(x)
-            a, b = node.input
+                gauss[o] = gauss[x]
+        elif op == "Mul" and len(node.inputs) == 2:  # x * sigmoid(x)
+            a, b = inp(node, 0), inp(node, 1)
             for u, v in ((a, b), (b, a)):
-                prod = model.nodes[model.producer[v]] if v in model.producer else None
-                if u in gauss and prod is not None and prod.op_type == "Sigmoid" and prod.input[0] == u:
+                prod = model.producer(v)
+                if u in gauss and prod is not None and prod.op_type == "Sigmoid" and inp(prod, 0) == u:
                     labs = list(gauss[u])
                     mu = np.array([gauss[u][k][0] for k in labs])
                     sd = np.array([gauss[u][k][1] for k in labs])
-                    mean[out] = dict(zip(labs, _expect(lambda z: z / (1 + np.exp(-z)), mu, sd).tolist()))
+                    mean[o] = dict(zip(labs, _expect(lambda z: z / (1 + np.exp(-z)), mu, sd).tolist()))
         elif op in _MEAN_KEEPING and x in mean:
-            mean[out] = mean[x]
+            mean[o] = mean[x]
             if op in _GAUSS_KEEPING and x in gauss:
-                gauss[out] = gauss[x]
-        elif op == "Concat" and all(n in mean for n in node.input):
+                gauss[o] = gauss[x]
+        elif op == "Concat" and all(v is not None and v.name in mean for v in node.inputs):
             merged: dict[int, float] = {}
-            for n in node.input:
-                merged.update(mean[n])
-            mean[out] = merged
+            for v in node.inputs:
+                merged.update(mean[v.name])
+            mean[o] = merged
     out_means = {}
     for p in an.params:
         if p.role == "in":
-            x = model.nodes[p.node].input[0]
+            x = inp(p.node, 0)
             arr = by_label(x, mean)
             if arr is not None and np.isfinite(arr).all():
                 out_means[x] = arr

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._ir import Model
+from ..graph import Model
 
 __all__ = ["zero_elements"]
 

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from functools import cache
 
-from . import concat_split, conv, elementwise, gemm, norm, reshape, spatial
+from . import concat_split, conv, elementwise, gemm, misc, norm, quant, reshape, spatial
 from .base import Rule
 
-__all__ = ["Rule", "registry", "known_ops"]
+__all__ = ["Rule", "registry", "known_ops", "rule_for"]
 
-_MODULES = (conv, gemm, norm, elementwise, spatial, concat_split, reshape)
+_MODULES = (conv, gemm, norm, elementwise, spatial, concat_split, reshape, quant, misc)
 
 
 @cache
@@ -32,3 +32,8 @@ def registry() -> dict[tuple[str, str], Rule]:
 
 def known_ops() -> list[str]:
     return sorted(op for _, op in registry())
+
+
+def rule_for(node) -> Rule | None:
+    """The rule of an onnx-ir node (its cost, weight layout and channel flow), or None."""
+    return registry().get((node.domain, node.op_type))

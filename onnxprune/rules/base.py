@@ -19,6 +19,8 @@ An op without a rule is a barrier: its tensors' channels are never pruned.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
@@ -26,7 +28,34 @@ import numpy as np
 if TYPE_CHECKING:
     from ..analysis import NodeContext
 
-__all__ = ["Rule", "Passthrough", "norm_axis"]
+__all__ = ["Rule", "Passthrough", "Moves", "Opaque", "Layout", "norm_axis", "numel", "ShapeOf"]
+
+ShapeOf = Callable[[str], "tuple[int, ...] | None"]
+
+
+def numel(shape) -> int:
+    """Elements of a shape (1 for a scalar, 0 when unknown)."""
+    if shape is None:
+        return 0
+    return int(np.prod(shape, dtype=np.int64)) if len(shape) else 1
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where a consumer's dense weight is and how its axes read channels.
+
+    Attributes:
+        weight: input index of the weight; ``bias``: of the bias (None: none possible).
+        out_axis / in_axis: weight axes indexed by output / input channels.
+        kind: ``conv`` (rows = im2col patches), ``dense`` (Gemm/MatMul rows).
+    """
+
+    weight: int
+    out_axis: int
+    in_axis: int
+    bias: int | None
+    kind: str
+
 
 
 class Rule:
@@ -47,6 +76,17 @@ class Rule:
     def apply(self, ctx: NodeContext) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def cost(self, model, node, shape_of: ShapeOf) -> tuple[int, int] | None:
+        """(MACs, other element ops) of one node at the shapes ``shape_of`` gives; None: unknown.
+
+        The default is unknown: the cost model reports such ops instead of counting them as 0.
+        """
+        return None
+
+    # Weight layout, for recovery, recording and sparsify: None when the op has no dense weight.
+    def layout(self, model, node) -> Layout | None:
+        return None
+
 
 class Passthrough(Rule):
     """Element-wise on the channel axis: output channel c depends only on input channel c.
@@ -55,9 +95,13 @@ class Passthrough(Rule):
     (e.g. Clip's scalar min/max) or the node is a barrier.
     """
 
-    def __init__(self, *op_types: str, used_outputs: int = 1) -> None:
+    def __init__(self, *op_types: str, used_outputs: int = 1, ops_per_element: int = 1) -> None:
         self.op_types = op_types  # type: ignore[misc]
         self.used_outputs = used_outputs
+        self.ops_per_element = ops_per_element
+
+    def cost(self, model, node, shape_of):
+        return 0, self.ops_per_element * numel(shape_of(node.outputs[0].name)) if node.outputs else 0
 
     def apply(self, ctx: NodeContext) -> None:
         x = ctx.chan(0)
@@ -72,6 +116,39 @@ class Passthrough(Rule):
                 ctx.barrier(f"output {k} of {ctx.op} is used")
                 return
         ctx.set_out(0, x.axis, x.labels)
+
+
+class Moves(Rule):
+    """Base of layout/data-movement rules (Concat, Reshape, Transpose...): no arithmetic, cost 0."""
+
+    def cost(self, model, node, shape_of):
+        return 0, 0
+
+
+class Opaque(Rule):
+    """Ops with no channel rule but a known cost: a barrier (with ``why``) when channels reach them."""
+
+    def __init__(self, *op_types: str, why: str = "", domain: str = "", macs=None,
+                 ops_per_element: int = 0) -> None:
+        self.op_types = op_types  # type: ignore[misc]
+        self.domain = domain  # type: ignore[misc]
+        self.why = why
+        self.macs = macs
+        self.ops_per_element = ops_per_element
+
+    def apply(self, ctx: NodeContext) -> None:
+        # with a stated reason the barrier is always listed (a fully int8 QOperator model has no
+        # tracked channels at all, and the user should still learn why nothing can be pruned)
+        if self.why or any(ctx.chan(k) is not None for k in range(ctx.n_inputs)) or any(
+                n in ctx.an.chan for n in ctx.model.captured(ctx.node)):
+            ctx.barrier(self.why or f"no channel rule for {ctx.op}")
+
+    def cost(self, model, node, shape_of):
+        out = shape_of(node.outputs[0].name) if node.outputs and node.outputs[0].name else None
+        macs = self.macs(model, node, shape_of) if self.macs is not None else 0
+        if macs is None:
+            return None
+        return macs, self.ops_per_element * numel(out)
 
 
 def norm_axis(axis: int, rank: int) -> int:

@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Rule, norm_axis
+from .base import Moves, Rule, norm_axis
 
 
-class ConcatRule(Rule):
+class ConcatRule(Moves):
     op_types = ("Concat",)
 
     def apply(self, ctx) -> None:
@@ -49,7 +49,7 @@ class ConcatRule(Rule):
         ctx.set_out(0, first.axis, first.labels)
 
 
-class SplitRule(Rule):
+class SplitRule(Moves):
     op_types = ("Split",)
 
     def apply(self, ctx) -> None:
@@ -93,7 +93,7 @@ class SplitRule(Rule):
             ctx.set_out(k, x.axis, seg)
 
 
-class SliceRule(Rule):
+class SliceRule(Moves):
     op_types = ("Slice",)
 
     def apply(self, ctx) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Rule
+from .base import Layout, Rule, numel
 
 
 def _unify_rows(ctx, labels: np.ndarray, groups: int) -> None:
@@ -40,8 +40,35 @@ def _prologue(ctx):
     return ctx.model.const_shape(ctx.input_name(1)), int(ctx.attr("group", 1)), x
 
 
+def conv_macs(model, node, shape_of) -> int | None:
+    """Conv: output elements × (C/g · kernel); ConvTranspose: input elements × (O/g · kernel)."""
+    w = shape_of(node.inputs[1].name) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    if w is None:
+        return None
+    if node.op_type in ("Conv", "QLinearConv", "ConvInteger"):
+        out = shape_of(node.outputs[0].name)
+        return None if out is None else numel(out) * numel(w[1:])
+    x = shape_of(node.inputs[0].name)
+    return None if x is None else numel(x) * numel(w[1:])
+
+
+def _cost(model, node, shape_of):
+    macs = conv_macs(model, node, shape_of)
+    if macs is None:
+        return None
+    out = shape_of(node.outputs[0].name)
+    has_b = len(node.inputs) > 2 and node.inputs[2] is not None
+    return macs, numel(out) if has_b else 0
+
+
 class ConvRule(Rule):
     op_types = ("Conv",)
+
+    def cost(self, model, node, shape_of):
+        return _cost(model, node, shape_of)
+
+    def layout(self, model, node):
+        return Layout(1, 0, 1, 2, "conv")
 
     def apply(self, ctx) -> None:
         if (pro := _prologue(ctx)) is None:
@@ -81,6 +108,12 @@ class ConvRule(Rule):
 
 class ConvTransposeRule(Rule):
     op_types = ("ConvTranspose",)
+
+    def cost(self, model, node, shape_of):
+        return _cost(model, node, shape_of)
+
+    def layout(self, model, node):
+        return Layout(1, 1, 0, 2, "conv")
 
     def apply(self, ctx) -> None:
         if (pro := _prologue(ctx)) is None:

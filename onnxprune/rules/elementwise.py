@@ -15,7 +15,7 @@ Softmax/LogSoftmax/Hardmax pass channels through unless they normalise over the 
 """
 from __future__ import annotations
 
-from .base import Passthrough, Rule, norm_axis
+from .base import Passthrough, Rule, norm_axis, numel
 
 UNARY = (
     "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Gelu", "Tanh", "Elu", "Selu",
@@ -23,10 +23,14 @@ UNARY = (
     "Sqrt", "Reciprocal", "Floor", "Ceil", "Round", "Erf", "Sin", "Cos", "Sign", "Identity", "Cast",
     "Clip",
 )
+MOVES = ("Identity", "Cast")  # no arithmetic: 0 ops
 
 
 class BroadcastRule(Rule):
     op_types = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where")
+
+    def cost(self, model, node, shape_of):
+        return 0, numel(shape_of(node.outputs[0].name))
 
     def apply(self, ctx) -> None:
         tracked = [(k, c) for k in range(ctx.n_inputs) if (c := ctx.chan(k)) is not None]
@@ -70,6 +74,9 @@ class BroadcastRule(Rule):
 class SoftmaxRule(Rule):
     op_types = ("Softmax", "LogSoftmax", "Hardmax")
 
+    def cost(self, model, node, shape_of):
+        return 0, 4 * numel(shape_of(node.outputs[0].name))
+
     def apply(self, ctx) -> None:
         x = ctx.chan(0)
         if x is None:
@@ -91,8 +98,9 @@ class SoftmaxRule(Rule):
 
 
 RULES = (
-    Passthrough(*UNARY),
-    Passthrough("Dropout", used_outputs=1),
+    Passthrough(*(op for op in UNARY if op not in MOVES)),
+    Passthrough(*MOVES, ops_per_element=0),
+    Passthrough("Dropout", used_outputs=1, ops_per_element=0),
     BroadcastRule(),
     SoftmaxRule(),
 )

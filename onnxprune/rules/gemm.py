@@ -10,11 +10,34 @@ last axis is a new space. A MatMul of two activations (attention) is a barrier h
 """
 from __future__ import annotations
 
-from .base import Rule
+from ..graph import attr_value
+from .base import Layout, Rule, numel
+
+
+def matmul_macs(model, node, shape_of) -> int | None:
+    """Output elements × K (A's last axis; Gemm: K of A' after transA)."""
+    out = shape_of(node.outputs[0].name)
+    a = shape_of(node.inputs[0].name)
+    if out is None or a is None or not len(a):
+        return None
+    if node.op_type == "Gemm":
+        if len(a) != 2:
+            return None
+        return numel(out) * int(a[0] if attr_value(node, "transA", 0) else a[1])
+    return numel(out) * int(a[-1])
 
 
 class GemmRule(Rule):
     op_types = ("Gemm",)
+
+    def cost(self, model, node, shape_of):
+        macs = matmul_macs(model, node, shape_of)
+        has_c = len(node.inputs) > 2 and node.inputs[2] is not None
+        return None if macs is None else (macs, numel(shape_of(node.outputs[0].name)) if has_c else 0)
+
+    def layout(self, model, node):
+        t = int(attr_value(node, "transB", 0))
+        return Layout(1, 0 if t else 1, 1 if t else 0, 2, "dense")
 
     def apply(self, ctx) -> None:
         if not ctx.is_const(1):
@@ -47,6 +70,13 @@ class GemmRule(Rule):
 
 class MatMulRule(Rule):
     op_types = ("MatMul",)
+
+    def cost(self, model, node, shape_of):
+        macs = matmul_macs(model, node, shape_of)
+        return None if macs is None else (macs, 0)
+
+    def layout(self, model, node):
+        return Layout(1, 1, 0, None, "dense")
 
     def apply(self, ctx) -> None:
         if not ctx.is_const(0) and not ctx.is_const(1):

@@ -8,11 +8,14 @@ LayerNormalization/GroupNormalization/LRN mix channels and have no rule here (ba
 """
 from __future__ import annotations
 
-from .base import Rule
+from .base import Rule, numel
 
 
 class BatchNormRule(Rule):
     op_types = ("BatchNormalization",)
+
+    def cost(self, model, node, shape_of):
+        return 0, 2 * numel(shape_of(node.outputs[0].name))
 
     def apply(self, ctx) -> None:
         x = ctx.chan(0)
@@ -36,6 +39,9 @@ class BatchNormRule(Rule):
 
 class InstanceNormRule(Rule):
     op_types = ("InstanceNormalization",)
+
+    def cost(self, model, node, shape_of):
+        return 0, 4 * numel(shape_of(node.outputs[0].name))
 
     def apply(self, ctx) -> None:
         x = ctx.chan(0)

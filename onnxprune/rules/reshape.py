@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Rule, block_repeat, norm_axis
+from ..graph import inp
+from .base import Moves, Rule, block_repeat, norm_axis
 
 
 def _prod(dims) -> int:
     return int(np.prod(dims, dtype=np.int64)) if len(dims) else 1
 
 
-class TransposeRule(Rule):
+class TransposeRule(Moves):
     op_types = ("Transpose",)
 
     def apply(self, ctx) -> None:
@@ -38,7 +39,7 @@ class TransposeRule(Rule):
         ctx.set_out(0, list(perm).index(x.axis), x.labels)
 
 
-class SqueezeRule(Rule):
+class SqueezeRule(Moves):
     op_types = ("Squeeze", "Unsqueeze")
 
     def apply(self, ctx) -> None:
@@ -67,7 +68,7 @@ class SqueezeRule(Rule):
             ctx.set_out(0, pos, x.labels)
 
 
-class FlattenRule(Rule):
+class FlattenRule(Moves):
     op_types = ("Flatten",)
 
     def apply(self, ctx) -> None:
@@ -90,7 +91,7 @@ class FlattenRule(Rule):
         ctx.set_out(0, 1, block_repeat(x.labels, _prod(tail), _prod(head)))
 
 
-class ReshapeRule(Rule):
+class ReshapeRule(Moves):
     op_types = ("Reshape",)
 
     def apply(self, ctx) -> None:
@@ -191,19 +192,20 @@ def target_entry_fix(ctx, k: int, j: int, value, labels) -> bool:
 
         ctx.fix(fix)
         return True
-    node = model.nodes[model.producer[name]] if name in model.producer else None
+    node = model.producer(name)
     if node is None or node.op_type != "Concat":
         return False
     pos = 0
-    for piece, inp in enumerate(node.input):
-        v = model.value(inp)
-        size = int(np.atleast_1d(v).size) if v is not None else (model.shape(inp) or (None,))[0]
+    for piece in range(len(node.inputs)):
+        name_k = inp(node, piece)
+        v = model.value(name_k)
+        size = int(np.atleast_1d(v).size) if v is not None else (model.shape(name_k) or (None,))[0]
         if not isinstance(size, int):
             return False
         if pos <= j < pos + size:
-            if v is None and not (size == 1 and _fixable(_shape_read(model, inp))):
+            if v is None and not (size == 1 and _fixable(_shape_read(model, name_k))):
                 return False
-            concat_index = model.producer[name]
+            concat_index = node
 
             def fix(rw, node_index=concat_index, piece=piece, off=j - pos, labels=labels, is_const=v is not None):
                 new = np.atleast_1d(rw.const_input(node_index, piece)).copy() if is_const else np.zeros(1, np.int64)
@@ -244,34 +246,35 @@ def _target_entries(ctx) -> list | None:
     v = model.value(name)
     if v is not None:
         return [int(e) for e in np.atleast_1d(v)]
-    node = model.nodes[model.producer[name]] if name in model.producer else None
+    node = model.producer(name)
     if node is None or node.op_type != "Concat":
         return None
     out: list = []
-    for inp in node.input:
-        v = model.value(inp)
+    for k in range(len(node.inputs)):
+        piece = inp(node, k)
+        v = model.value(piece)
         if v is not None:
             out.extend(int(e) for e in np.atleast_1d(v))
             continue
-        shape = model.shape(inp)
+        shape = model.shape(piece)
         if shape != (1,):
             return None
-        out.append(_shape_read(model, inp))
+        out.append(_shape_read(model, piece))
     return out
 
 
 def _shape_read(model, name: str):
     """``Unsqueeze(Gather(Shape(t), i))`` -> ("dim", t's dim i); anything else -> None."""
-    node = model.nodes[model.producer[name]] if name in model.producer else None
+    node = model.producer(name)
     if node is not None and node.op_type == "Unsqueeze":
-        node = model.nodes[model.producer[node.input[0]]] if node.input[0] in model.producer else None
+        node = model.producer(inp(node, 0))
     if node is None or node.op_type != "Gather":
         return None
-    idx = model.const(node.input[1])
-    src = model.nodes[model.producer[node.input[0]]] if node.input[0] in model.producer else None
+    idx = model.const(inp(node, 1))
+    src = model.producer(inp(node, 0))
     if idx is None or idx.size != 1 or src is None or src.op_type != "Shape":
         return None
-    shape = model.shape(src.input[0])
+    shape = model.sym_shape(inp(src, 0))  # declared dims: a dynamic dim must stay read at run time
     start = int(model.attr(src, "start", 0))
     if shape is None:
         return None
@@ -310,7 +313,7 @@ def _resolve_target(ins, entries, allowzero: int):
     return tuple(outs)
 
 
-class ShapeRule(Rule):
+class ShapeRule(Moves):
     op_types = ("Shape",)
 
     def apply(self, ctx) -> None:
@@ -324,11 +327,10 @@ class ShapeRule(Rule):
             return
         model = ctx.model
         name = ctx.output_name(0)
-        for use in model.uses(name):
-            node = model.nodes[use.node]
-            if node.op_type != "Gather" or use.index != 0 or int(model.attr(node, "axis", 0)) != 0:
+        for node, index in model.uses(name):
+            if node.op_type != "Gather" or index != 0 or int(model.attr(node, "axis", 0)) != 0:
                 break
-            idx = model.const(node.input[1])
+            idx = model.const(inp(node, 1))
             if idx is None or (x.axis - start) in {norm_axis(int(i), end - start) for i in np.atleast_1d(idx)}:
                 break
         else:
@@ -337,7 +339,7 @@ class ShapeRule(Rule):
         ctx.barrier("the channel count is read at run time")
 
 
-class ExpandRule(Rule):
+class ExpandRule(Moves):
     """``Expand(x, shape)``: broadcasting keeps channel c in place; a literal channel count in the
     shape is rewritten (1 keeps the input's count). Used by grouped-query attention."""
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Rule, norm_axis
+from ..graph import attr_value
+from .base import Rule, norm_axis, numel
 
 POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
 REDUCES = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
@@ -21,6 +22,11 @@ REDUCES = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "R
 
 class PoolRule(Rule):
     op_types = POOLS
+
+    def cost(self, model, node, shape_of):
+        if node.op_type.startswith("Global"):
+            return 0, numel(shape_of(node.inputs[0].name))
+        return 0, numel(shape_of(node.outputs[0].name)) * numel(attr_value(node, "kernel_shape", []))
 
     def apply(self, ctx) -> None:
         x = ctx.chan(0)
@@ -37,6 +43,9 @@ class PoolRule(Rule):
 
 class ReduceRule(Rule):
     op_types = REDUCES
+
+    def cost(self, model, node, shape_of):
+        return 0, numel(shape_of(node.inputs[0].name))
 
     def apply(self, ctx) -> None:
         if (xr := ctx.chan_and_rank()) is None:
@@ -57,7 +66,14 @@ class ReduceRule(Rule):
         ctx.set_out(0, out_axis, x.labels)
 
 
-class ResizeRule(Rule):
+class _Moves(Rule):
+    """Data movement: no arithmetic."""
+
+    def cost(self, model, node, shape_of):
+        return 0, 0
+
+
+class ResizeRule(_Moves):
     op_types = ("Resize", "Upsample")
 
     def apply(self, ctx) -> None:
@@ -97,7 +113,7 @@ class ResizeRule(Rule):
         ctx.set_out(0, x.axis, x.labels)
 
 
-class PadRule(Rule):
+class PadRule(_Moves):
     op_types = ("Pad",)
 
     def apply(self, ctx) -> None:

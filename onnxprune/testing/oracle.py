@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 
-from .._ir import Model
+from ..graph import Model
 from ..analysis import Analysis
 
 __all__ = ["zero_consumers", "run", "random_feeds", "check_oracle", "OracleResult"]
@@ -18,21 +18,15 @@ __all__ = ["zero_consumers", "run", "random_feeds", "check_oracle", "OracleResul
 
 def zero_consumers(original: onnx.ModelProto, an: Analysis, keep_atom: np.ndarray) -> onnx.ModelProto:
     """A copy of ``original`` with the removed channels' consumer-side weights set to zero."""
-    copy = onnx.ModelProto()
-    copy.CopyFrom(original)
-    m = Model(copy)
+    m = Model(original)
     for p in an.params:
         if p.role != "in":
             continue
         drop = ~an.keep_mask(p.labels, keep_atom)
         if not drop.any():
             continue
-        w = np.array(m.const(p.tensor), copy=True)
-        idx = [slice(None)] * w.ndim
-        idx[p.axis] = drop
-        w[tuple(idx)] = 0
-        m.set_const(p.tensor, w)
-    return copy
+        m.zero_const(p.tensor, p.axis, drop)
+    return m.to_proto()
 
 
 def random_feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
@@ -93,10 +87,11 @@ def check_oracle(proto: onnx.ModelProto, *, ratio: float = 0.5, criterion: str =
         keep_atom = keep_atoms(an, plan)
     reference = zero_consumers(original, an, keep_atom)
     rewrite.apply(m, an, keep_atom)
-    onnx.checker.check_model(m.proto, full_check=True)
+    pruned = m.to_proto()
+    onnx.checker.check_model(pruned, full_check=True)
     feeds = feeds or random_feeds(original, batch=batch, seed=seed)
     ref_out = run(reference, feeds)
-    new_out = run(m.proto, feeds)
+    new_out = run(pruned, feeds)
     orig_out = run(original, feeds)
     max_err = 0.0
     for a, b in zip(ref_out, new_out):
@@ -104,4 +99,4 @@ def check_oracle(proto: onnx.ModelProto, *, ratio: float = 0.5, criterion: str =
             raise AssertionError(f"output shape {b.shape} differs from {a.shape}")
         max_err = max(max_err, float(np.abs(a.astype(np.float64) - b).max(initial=0.0)))
     scale = max(float(np.abs(a).max(initial=0.0)) for a in ref_out)
-    return OracleResult(max_err, scale, an, keep_atom, m.proto, reference, orig_out, int((~keep_atom).sum()), ref_out)
+    return OracleResult(max_err, scale, an, keep_atom, pruned, reference, orig_out, int((~keep_atom).sum()), ref_out)

@@ -149,7 +149,7 @@ def record_gradients(module, calib_loader: Iterable, *, onnx_path: str, loss: st
     import torch
     import torch.nn as nn
 
-    from .._ir import load_model
+    from ..graph import load_model
 
     if clip_grad_norm is not None and clip_grad_value is not None:
         raise OnnxPruneError("choose one of clip_grad_norm and clip_grad_value")

@@ -38,7 +38,7 @@ class Mapped:
 
 def _float_consts(model) -> dict[str, np.ndarray]:
     out = {}
-    for name in list(model.initializers) + list(model.constant_nodes):
+    for name in list(model.graph.initializers) + [n.outputs[0].name for n in model.constant_nodes()]:
         v = model.const(name)
         if v is not None and v.dtype.kind == "f" and v.size > 1:
             out[name] = v

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .._ir import load_model
+from ..graph import load_model
 from ..cost import count
 from ..errors import OnnxPruneError
 from .inputs import Dataset, InputSpec, npz_dataset, random_dataset

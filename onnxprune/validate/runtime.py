@@ -57,7 +57,7 @@ def use_global_thread_pool(threads: int | None = None) -> bool:
     return bool(_state["global_pool"])
 
 
-def make_session(model: str | bytes, provider: str, *, optimize: bool = True):
+def make_session(model: str | bytes, provider: str, *, optimize: bool = True, quiet: bool = False):
     """An InferenceSession on exactly ``provider`` (a key of ``PROVIDERS``).
 
     Raises:
@@ -70,7 +70,7 @@ def make_session(model: str | bytes, provider: str, *, optimize: bool = True):
         raise ProviderUnavailable(f"{ep} is not in this onnxruntime build ({ort.__version__}); "
                                   "install onnxruntime-gpu with a matching CUDA")
     so = ort.SessionOptions()
-    so.log_severity_level = 3
+    so.log_severity_level = 4 if quiet else 3
     if not optimize:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if _state["global_pool"]:

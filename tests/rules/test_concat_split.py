@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_oracle, group_sizes
-from onnxprune._ir import Model
+from onnxprune.graph import Model
 from onnxprune.analysis import analyze
 from onnxprune.testing import Net
 

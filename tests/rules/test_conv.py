@@ -95,7 +95,7 @@ def test_weight_not_constant_is_a_barrier():
     w = n.input("w", [8, 8, 3, 3])
     y = n.relu(n.conv(x, 3, 8, 3))
     n.output(n.op("Conv", [y, w], kernel_shape=[3, 3], pads=[1, 1, 1, 1]))
-    from onnxprune._ir import Model
+    from onnxprune.graph import Model
     from onnxprune.analysis import analyze
 
     proto = n.build()

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from conftest import assert_oracle
-from onnxprune._ir import Model
+from onnxprune.graph import Model
 from onnxprune.analysis import analyze
 from onnxprune.testing import Net
 

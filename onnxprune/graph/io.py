@@ -1,0 +1,217 @@
+"""Load and save: the only code that reads or writes model files.
+
+Loading parses the protobuf without external data, checks every external-data reference
+(initializers, ``Constant`` node tensors and subgraphs alike) before a byte of it is read, then
+hands the graph to onnx-ir, whose external tensors memory-map their data lazily.
+
+Saving writes to a temporary folder next to the output, runs
+``onnx.checker.check_model(full_check=True)`` on the written file, then renames into place.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import stat
+import tempfile
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from ..errors import UnsupportedModelError, ValidationError
+
+__all__ = ["load_ir", "save_ir", "MIN_OPSET", "one_line"]
+
+log = logging.getLogger("onnxprune.graph")
+
+MIN_OPSET = 9
+_TWO_GB = 2**31
+# Newest IR version onnxruntime 1.18+ reads; newer writers (onnx 1.23 writes 14) are lowered.
+MAX_RUNTIME_IR = 10
+
+
+def one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:400] + ("…" if len(text) > 400 else "")
+
+
+def _tensors(graph: onnx.GraphProto):
+    """Every TensorProto of a graph: initializers, Constant/attribute tensors, subgraphs."""
+    yield from graph.initializer
+    for node in graph.node:
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.TENSOR:
+                yield a.t
+            elif a.type == onnx.AttributeProto.TENSORS:
+                yield from a.tensors
+            elif a.type == onnx.AttributeProto.GRAPH:
+                yield from _tensors(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                for g in a.graphs:
+                    yield from _tensors(g)
+
+
+def _expected_bytes(t: onnx.TensorProto) -> int | None:
+    try:
+        itemsize = np.dtype(onnx.helper.tensor_dtype_to_np_dtype(t.data_type)).itemsize
+    except Exception:  # string / exotic types: no fixed size
+        return None
+    n = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
+    if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
+        return (n + 1) // 2
+    return n * itemsize
+
+
+def check_external_data(proto: onnx.ModelProto, base_dir: str, path: str) -> bool:
+    """Refuse external-data references that leave the model folder or the data file.
+
+    Returns whether the model has external data. Checked for each tensor: a relative location
+    without ``..``, no symbolic link on the way, a regular file inside ``base_dir``, and
+    offset + length within the file and equal to the tensor's size.
+    """
+    base_real = os.path.realpath(base_dir)
+    found = False
+    for t in _tensors(proto.graph):
+        if t.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        found = True
+        info = {e.key: e.value for e in t.external_data}
+        keys = [e.key for e in t.external_data]
+        if len(keys) != len(set(keys)):
+            raise UnsupportedModelError(f"{path}: tensor '{t.name}' repeats an external-data key; "
+                                        "re-export the model")
+        loc = info.get("location", "")
+        parts = loc.replace("\\", "/").split("/")
+        if not loc or os.path.isabs(loc) or loc.startswith(("/", "\\")) or ".." in parts or ":" in parts[0]:
+            raise UnsupportedModelError(f"{path}: tensor '{t.name}' points at external data '{loc}' outside the "
+                                        "model's folder; keep the data file beside the model")
+        full = os.path.join(base_dir, loc)
+        walk = base_dir
+        for p in parts:
+            walk = os.path.join(walk, p)
+            if os.path.islink(walk):
+                raise UnsupportedModelError(f"{path}: external data '{loc}' of tensor '{t.name}' goes through a "
+                                            "symbolic link; copy the real file beside the model")
+        real = os.path.realpath(full)
+        if os.path.commonpath([real, base_real]) != base_real:
+            raise UnsupportedModelError(f"{path}: external data '{loc}' of tensor '{t.name}' is outside the "
+                                        "model's folder")
+        try:
+            st = os.stat(full)
+        except OSError:
+            raise UnsupportedModelError(f"{path}: external data file '{loc}' of tensor '{t.name}' is missing; "
+                                        "copy it beside the model") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsupportedModelError(f"{path}: external data '{loc}' of tensor '{t.name}' is not a regular file")
+        try:
+            offset = int(info.get("offset", 0))
+            length = int(info["length"]) if "length" in info else st.st_size - offset
+        except ValueError:
+            raise UnsupportedModelError(f"{path}: tensor '{t.name}' has a non-numeric external-data "
+                                        "offset/length") from None
+        want = _expected_bytes(t)
+        if offset < 0 or length < 0 or offset + length > st.st_size:
+            raise UnsupportedModelError(f"{path}: external data of tensor '{t.name}' ({loc}, offset {offset}, "
+                                        f"length {length}) runs past the end of the file ({st.st_size} bytes)")
+        if want is not None and length != want:
+            raise UnsupportedModelError(f"{path}: external data of tensor '{t.name}' has {length} bytes, its "
+                                        f"shape {list(t.dims)} needs {want}")
+    return found
+
+
+def load_ir(path: str | os.PathLike) -> tuple[ir.Model, bool]:
+    """Load a model for onnx-ir, external data memory-mapped. Returns (model, has_external_data).
+
+    Raises:
+        UnsupportedModelError: missing/unreadable file, not ONNX, unsafe external data, checker
+            failure, opset older than 9.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise UnsupportedModelError(f"{path}: no such file; give the path of an .onnx model")
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception as e:  # protobuf DecodeError...
+        raise UnsupportedModelError(f"{path}: cannot be read as an ONNX model ({type(e).__name__}: "
+                                    f"{one_line(e)})") from None
+    if not proto.graph.node:
+        raise UnsupportedModelError(f"{path}: the graph has no nodes; is this an ONNX model?")
+    base_dir = os.path.dirname(os.path.abspath(path))
+    external = check_external_data(proto, base_dir, path)
+    try:
+        onnx.checker.check_model(path)
+    except Exception as e:
+        raise UnsupportedModelError(f"{path}: fails the ONNX checker: {one_line(e)}; fix or re-export the "
+                                    "model") from None
+    opset = default_opset(proto)
+    if opset < MIN_OPSET:
+        raise UnsupportedModelError(
+            f"{path}: opset {opset} is older than {MIN_OPSET}; convert it first with "
+            f"onnx.version_converter.convert_version(model, {MIN_OPSET})")
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as e:
+        raise UnsupportedModelError(f"{path}: onnx-ir cannot read the graph ({type(e).__name__}: "
+                                    f"{one_line(e)})") from None
+    if external:
+        ir.external_data.set_base_dir(model.graph, base_dir)
+    return model, external
+
+
+def default_opset(proto: onnx.ModelProto) -> int:
+    for o in proto.opset_import:
+        if o.domain in ("", "ai.onnx"):
+            return int(o.version)
+    return 1
+
+
+def weights_bytes(model: ir.Model) -> int:
+    return sum(int(v.const_value.nbytes) for v in model.graph.initializers.values() if v.const_value is not None)
+
+
+def has_external_tensors(model: ir.Model) -> bool:
+    return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
+
+
+def save_ir(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
+            check: bool = True) -> None:
+    """Write a model atomically: to a temporary folder, check it, then rename into place.
+
+    Args:
+        model: the model (not changed).
+        path: destination; its ``.data`` companion is ``<name>.data``.
+        external_data: weights in ``<name>.data``; by default when the model read external data
+            or would pass the 2 GB protobuf limit.
+        check: run the full checker on the written file before renaming.
+
+    Raises:
+        ValidationError: the folder is missing, or the checker rejected the model; nothing is
+            written.
+    """
+    path = os.path.abspath(os.fspath(path))
+    folder = os.path.dirname(path) or "."
+    if not os.path.isdir(folder):
+        raise ValidationError(f"{path}: folder {folder} does not exist")
+    if external_data is None:
+        external_data = has_external_tensors(model) or weights_bytes(model) > _TWO_GB - (64 << 20)
+    if model.ir_version > MAX_RUNTIME_IR:
+        log.info("IR version %d lowered to %d (onnxruntime compatibility)", model.ir_version, MAX_RUNTIME_IR)
+        model.ir_version = MAX_RUNTIME_IR
+    name = os.path.basename(path)
+    tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=folder)
+    try:
+        tmp = os.path.join(tmpdir, name)
+        data_name = name + ".data"
+        ir.save(model, tmp, external_data=data_name if external_data else None, size_threshold_bytes=1024)
+        if check:
+            try:
+                onnx.checker.check_model(tmp, full_check=True)
+            except Exception as e:
+                raise ValidationError(f"the rewritten model fails onnx.checker (full_check): {one_line(e)}; "
+                                      f"nothing was written to {path}") from None
+        if external_data:
+            os.replace(os.path.join(tmpdir, data_name), os.path.join(folder, data_name))
+        os.replace(tmp, path)
+    finally:
+        shutil.rmtree(tmpdir, ignore_errors=True)

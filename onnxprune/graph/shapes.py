@@ -1,0 +1,238 @@
+"""Shapes without symbolic algebra: onnx shape inference at a representative concrete input.
+
+The analysis needs channel extents, and index maps and costs need concrete sizes. They come from
+``onnx.shape_inference.infer_shapes(data_prop=True)`` run on a weight-free skeleton of the
+graph, twice when the model has dynamic input dims:
+
+1. **declared** (``Model.sym``): inputs as declared; a dim that inference gives as a number is
+   static for every input size. Values baked into the pruned graph (a Reshape target read from
+   ``Shape``) are computed from these only, so the output keeps its dynamic dims.
+2. **concrete** (``Model.shapes``): every dynamic input dim set to a number — the calibration or
+   validation data's shape when given, else ``--dim NAME=N``, else 1 for a leading (batch) axis,
+   224 for the last two axes of a 4-D input, 32 otherwise. Costs and targets use these sizes, and
+   the report says which they are.
+
+Dims still unknown after that (data-dependent ops) are filled by one onnxruntime **probe** run at
+the concrete shape, only for those tensors; a probe that fails leaves them unknown (rules that
+need them become barriers with the reason) and is logged, never raised.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from .io import one_line
+
+__all__ = ["Dim", "Shape", "infer", "concrete_input_shapes", "has_dynamic_inputs", "skeleton"]
+
+log = logging.getLogger("onnxprune.graph")
+
+Dim = int | str | None
+Shape = tuple[Dim, ...]
+
+# Initializers at most this big are kept in the skeleton (shape constants, split sizes...);
+# bigger ones become typed inputs so inference never copies a weight.
+_SKELETON_MAX_ELEMS = 4096
+
+
+def _declared_dims(v: ir.Value) -> list | None:
+    if v.shape is None:
+        return None
+    out = []
+    for d in v.shape:
+        if isinstance(d, int) and d > 0:
+            out.append(int(d))
+        elif isinstance(d, ir.SymbolicDim) and d.value:
+            out.append(str(d.value))
+        else:
+            out.append(None)
+    return out
+
+
+def has_dynamic_inputs(model) -> bool:
+    for v in model.graph.inputs:
+        if v.const_value is not None:
+            continue
+        dims = _declared_dims(v)
+        if dims is not None and any(not isinstance(d, int) for d in dims):
+            return True
+    return False
+
+
+def default_dim(rank: int, axis: int) -> int:
+    if axis == 0:
+        return 1
+    if rank == 4 and axis >= 2:
+        return 224
+    return 32
+
+
+def concrete_input_shapes(model, given: dict[str, tuple[int, ...]] | None = None,
+                          dims: dict[str, int] | None = None) -> dict[str, tuple[int, ...]]:
+    """The concrete shape of each graph input: given > named dim value > declared > default."""
+    given = dict(given or {})
+    dims = dict(dims or {})
+    out: dict[str, tuple[int, ...]] = {}
+    for v in model.graph.inputs:
+        if v.const_value is not None:
+            continue
+        declared = _declared_dims(v)
+        if v.name in given:
+            out[v.name] = tuple(int(d) for d in given[v.name])
+            if declared is not None and len(declared) == len(out[v.name]):
+                for d, c in zip(declared, out[v.name]):
+                    if isinstance(d, str):
+                        dims.setdefault(d, int(c))
+            continue
+        if declared is None:
+            continue
+        shape = []
+        for axis, d in enumerate(declared):
+            if isinstance(d, int):
+                shape.append(d)
+            elif isinstance(d, str) and d in dims:
+                shape.append(int(dims[d]))
+            else:
+                n = default_dim(len(declared), axis)
+                if isinstance(d, str):
+                    dims[d] = n
+                shape.append(n)
+        out[v.name] = tuple(shape)
+    return out
+
+
+def skeleton(model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> onnx.ModelProto:
+    """The graph without its big weights (declared as typed inputs), optionally at fixed input shapes."""
+    g = model.graph
+    sk = onnx.GraphProto(name=g.name or "g")
+    for v in g.inputs:
+        if v.const_value is not None:
+            continue
+        vi = ir.serde.serialize_value(v)
+        if input_shapes and v.name in input_shapes:
+            vi.type.tensor_type.ClearField("shape")
+            for d in input_shapes[v.name]:
+                vi.type.tensor_type.shape.dim.add().dim_value = int(d)
+        sk.input.append(vi)
+    for name, v in g.initializers.items():
+        t = v.const_value
+        n = int(np.prod(t.shape.numpy(), dtype=np.int64)) if len(t.shape) else 1
+        if n <= _SKELETON_MAX_ELEMS and not isinstance(t, ir.ExternalTensor):
+            sk.initializer.append(ir.serde.serialize_tensor(t))
+            sk.initializer[-1].name = name
+        else:
+            sk.input.append(onnx.helper.make_tensor_value_info(name, int(t.dtype), list(t.shape.numpy())))
+    for node in g:
+        sk.node.append(ir.serde.serialize_node(node))
+    for v in g.outputs:
+        vi = onnx.ValueInfoProto(name=v.name)
+        if v.type is not None and isinstance(v.type, ir.TensorType):
+            vi.type.tensor_type.elem_type = int(v.type.dtype)
+        sk.output.append(vi)
+    proto = onnx.ModelProto(ir_version=max(min(model.ir.ir_version, 10), 4), graph=sk)
+    for domain, version in model.ir.opset_imports.items():
+        proto.opset_import.append(onnx.helper.make_opsetid(domain, version))
+    for f in model.ir.functions.values():
+        proto.functions.append(ir.serde.serialize_function(f))
+    return proto
+
+
+def _dim(d) -> Dim:
+    if d.HasField("dim_value"):
+        return int(d.dim_value)
+    if d.HasField("dim_param") and not d.dim_param.startswith("unk__"):
+        return d.dim_param
+    return None
+
+
+def _collect(inferred: onnx.ModelProto) -> tuple[dict[str, Shape], dict[str, int]]:
+    shapes: dict[str, Shape] = {}
+    dtypes: dict[str, int] = {}
+    for v in list(inferred.graph.input) + list(inferred.graph.value_info) + list(inferred.graph.output):
+        if not v.type.HasField("tensor_type"):
+            continue
+        tt = v.type.tensor_type
+        if tt.elem_type:
+            dtypes[v.name] = tt.elem_type
+        if tt.HasField("shape"):
+            shapes[v.name] = tuple(_dim(d) for d in tt.shape.dim)
+    return shapes, dtypes
+
+
+def _run_inference(proto: onnx.ModelProto, what: str, notes: list[str]) -> tuple[dict[str, Shape], dict[str, int]]:
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
+    except Exception as e:  # inference is best effort: rules that need shapes will say so
+        msg = f"onnx shape inference ({what}) failed: {one_line(e)}"
+        log.warning(msg)
+        notes.append(msg)
+        inferred = proto
+    return _collect(inferred)
+
+
+def infer(model, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[str, int] | None = None) -> None:
+    """Fill ``model.sym``, ``model.shapes``, ``model.dtypes`` and ``model.concrete``."""
+    notes: list[str] = []
+    sym, dtypes = _run_inference(skeleton(model), "declared shapes", notes)
+    shapes = sym
+    model.concrete = {}
+    if has_dynamic_inputs(model) or concrete:
+        model.concrete = concrete_input_shapes(model, concrete, dims)
+        shapes, dt2 = _run_inference(skeleton(model, model.concrete), "concrete shapes", notes)
+        for k, v in dt2.items():
+            dtypes.setdefault(k, v)
+    for name, v in model.graph.initializers.items():
+        shape = tuple(int(d) for d in v.const_value.shape)
+        shapes[name] = sym[name] = shape
+        dtypes[name] = int(v.const_value.dtype)
+    for node in model.constant_nodes():
+        arr = model.const(node.outputs[0].name)
+        if arr is not None:
+            shapes[node.outputs[0].name] = sym[node.outputs[0].name] = tuple(arr.shape)
+    model.dtypes = dtypes
+    unknown = [n for n, s in shapes.items() if any(d is None or isinstance(d, str) for d in s) and n in dtypes]
+    if unknown:
+        shapes.update(_probe(model, unknown, shapes, dtypes, notes))
+    model.sym, model.shapes, model.dtypes = sym, shapes, dtypes
+    model.shape_notes = notes
+
+
+def _probe(model, names: list[str], shapes: dict[str, Shape], dtypes: dict[str, int],
+           notes: list[str]) -> dict[str, Shape]:
+    """Run the model once at the concrete input shape to read dims inference left unknown."""
+    try:
+        from ..validate.runtime import make_session
+    except ImportError:  # pragma: no cover
+        return {}
+    feeds_shapes = model.concrete or concrete_input_shapes(model)
+    inputs = [v for v in model.graph.inputs if v.const_value is None]
+    if any(v.name not in feeds_shapes for v in inputs):
+        notes.append("shape probe skipped: an input has no declared rank")
+        return {}
+    blob = model.serialized_with_outputs(names, only=True)
+    rng = np.random.default_rng(0)
+    feeds = {}
+    for v in inputs:
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(int(v.type.dtype)) if isinstance(v.type, ir.TensorType) \
+            else np.float32
+        shape = feeds_shapes[v.name]
+        feeds[v.name] = (rng.integers(0, 2, shape) if np.dtype(dtype).kind in "iub" else
+                         rng.standard_normal(shape)).astype(dtype)
+    try:
+        sess = make_session(blob, "cpu", quiet=True)
+        outs = sess.run(names, feeds)
+    except Exception as e:
+        msg = f"shape probe at {dict(feeds_shapes)} failed ({one_line(e)}); {len(names)} tensor(s) keep unknown dims"
+        log.warning(msg)
+        notes.append(msg)
+        return {}
+    result: dict[str, Shape] = {}
+    for n, o in zip(names, outs):
+        old = shapes[n]
+        if len(o.shape) == len(old):
+            result[n] = tuple(d if isinstance(d, int) else int(x) for d, x in zip(old, o.shape))
+    notes.append(f"{len(result)} tensor shape(s) read from a probe run at {dict(feeds_shapes)}")
+    return result
