@@ -267,8 +267,6 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
     if external_data is None and m.external_data:
         external_data = True
     result = rewrite.apply(m, an, keep, recovery=recovery)
-    if result.modified or removed_blocks:
-        after = CostModel(m).count()  # counted on the rewritten graph (re-inferred), not estimated
     save_model(m, output, external_data=external_data)
     return PruneResult(output, p, first_cost, after, result.recovery, removed_blocks)
 

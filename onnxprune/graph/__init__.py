@@ -326,9 +326,10 @@ class Model:
         node.replace_input_with(k, self.value_of(name))
 
     # ------------------------------------------------------------------ shapes
-    def infer(self, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[str, int] | None = None) -> None:
+    def infer(self, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[str, int] | None = None,
+              declared_only: bool = False) -> None:
         """Shapes at a concrete input shape (see :mod:`.shapes`), plus the declared ones."""
-        _shapes.infer(self, concrete=concrete, dims=dims)
+        _shapes.infer(self, concrete=concrete, dims=dims, declared_only=declared_only)
 
     def shape(self, name: str) -> Shape | None:
         return self.shapes.get(name)

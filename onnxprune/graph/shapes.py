@@ -173,13 +173,21 @@ def _run_inference(proto: onnx.ModelProto, what: str, notes: list[str]) -> tuple
     return _collect(inferred)
 
 
-def infer(model, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[str, int] | None = None) -> None:
-    """Fill ``model.sym``, ``model.shapes``, ``model.dtypes`` and ``model.concrete``."""
+def infer(model, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[str, int] | None = None,
+          declared_only: bool = False) -> None:
+    """Fill ``model.sym``, ``model.shapes``, ``model.dtypes`` and ``model.concrete``.
+
+    ``declared_only`` (after a rewrite: value_info and the graph-output check need no more)
+    skips the concrete pass and the probe.
+    """
     notes: list[str] = []
     sym, dtypes = _run_inference(skeleton(model), "declared shapes", notes)
     shapes = sym
-    model.concrete = {}
-    if has_dynamic_inputs(model) or concrete:
+    if declared_only:
+        concrete = None
+    else:
+        model.concrete = {}
+    if not declared_only and (has_dynamic_inputs(model) or concrete):
         model.concrete = concrete_input_shapes(model, concrete, dims)
         shapes, dt2 = _run_inference(skeleton(model, model.concrete), "concrete shapes", notes)
         for k, v in dt2.items():
@@ -194,7 +202,7 @@ def infer(model, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[
             shapes[node.outputs[0].name] = sym[node.outputs[0].name] = tuple(arr.shape)
     model.dtypes = dtypes
     unknown = [n for n, s in shapes.items() if any(d is None or isinstance(d, str) for d in s) and n in dtypes]
-    if unknown:
+    if unknown and not declared_only:
         shapes.update(_probe(model, unknown, shapes, dtypes, notes))
     model.sym, model.shapes, model.dtypes = sym, shapes, dtypes
     model.shape_notes = notes

@@ -18,8 +18,9 @@ with the same sequence, :data:`FINISH`:
 3. onnx-ir's ``RemoveUnusedNodesPass`` (dead nodes and initializers) and our
    ``DropUnusedInputInitializersPass`` (IR < 4 initializers listed as graph inputs);
 4. onnx-ir's ``TopologicalSortPass`` (a bias ``Add`` appended by recovery moves after its MatMul);
-5. ``RefreshShapesPass``: stale shapes are cleared and re-inferred; ensures every graph output
-   keeps its declared shape.
+5. ``RefreshShapesPass``: stale shapes are cleared and re-inferred as declared (the concrete
+   pass and probe are not repeated: costs after the rewrite are counted by the planner's cost
+   model on the analysis); ensures every graph output keeps its declared shape.
 
 A failed ``requires``/``ensures`` is a bug (:class:`~onnxprune.errors.BugError`), never a user
 error.
@@ -204,7 +205,7 @@ class RefreshShapesPass(ModelPass):
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         m = self.m
         m.changed()
-        m.infer(concrete=m.concrete or None)
+        m.infer(declared_only=True)
         outputs = {id(v) for v in model.graph.outputs}
         for node in model.graph:
             for v in node.outputs:
