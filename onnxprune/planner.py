@@ -182,10 +182,10 @@ def dead_atoms(an: Analysis, recording, tol: float = 1e-6) -> np.ndarray:
 
 
 def _padded(model, node) -> bool:
-    if node.op_type not in ("Conv", "ConvTranspose", "AveragePool", "MaxPool", "Pad"):
-        return False
-    auto = model.attr(node, "auto_pad", b"NOTSET")
-    return node.op_type == "Pad" or any(model.attr(node, "pads", [0])) or auto not in (b"NOTSET", "NOTSET", b"VALID", "VALID")
+    from .rules import rule_for
+
+    rule = rule_for(node)
+    return rule is not None and rule.reads_padding(model, node)
 
 
 def plan_dead_atoms(an: Analysis, plan: Plan) -> np.ndarray:

@@ -17,8 +17,6 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-import onnx
-from onnx import helper
 
 from .graph import Model, inp
 from .errors import OnnxPruneError
@@ -145,18 +143,17 @@ def _im2col(x: np.ndarray, kernel, strides, pads, dilations) -> np.ndarray:
 
 
 def gram_spec_for(model: Model, node) -> GramSpec | None:
-    """The GramSpec of a Conv (group 1), Gemm or MatMul consumer, else None."""
-    if node.op_type == "Conv" and int(model.attr(node, "group", 1)) == 1:
-        w = model.const_shape(inp(node, 1))
-        nd = len(w) - 2
-        if model.attr(node, "auto_pad", b"NOTSET") not in (b"NOTSET", "NOTSET"):
-            return None
-        return GramSpec("conv", 1, tuple(w[2:]), tuple(model.attr(node, "strides", [1] * nd)),
-                        tuple(model.attr(node, "pads", [0] * 2 * nd)), tuple(model.attr(node, "dilations", [1] * nd)))
-    if node.op_type == "Gemm":
-        return GramSpec("dense", 0 if model.attr(node, "transA", 0) else 1)
-    if node.op_type == "MatMul":
-        return GramSpec("dense", -1)
+    """How a consumer reads its input rows, from its rule's weight layout (None: no Gram)."""
+    from .rules import rule_for
+
+    rule = rule_for(node)
+    lay = rule.layout(model, node) if rule is not None else None
+    if lay is None:
+        return None
+    if lay.kind == "conv" and lay.groups == 1 and lay.pads is not None:
+        return GramSpec("conv", 1, lay.kernel, lay.strides, lay.pads, lay.dilations)
+    if lay.kind == "dense":
+        return GramSpec("dense", lay.x_axis)
     return None
 
 

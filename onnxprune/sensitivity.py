@@ -18,7 +18,6 @@ import json
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
-import onnx
 from onnx import helper, numpy_helper
 
 from .graph import Model

@@ -399,16 +399,21 @@ def zero_through(model, name: str, axis: int, drop: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------- static shape values
-def partial(model, name: str) -> np.ndarray | None:
-    """Known value of ``name``; unknown (dynamic) dims of a Shape are None in an object array."""
+def partial(model, name: str, shape_of=None, memo: dict | None = None) -> np.ndarray | None:
+    """Known value of ``name``; unknown (dynamic) dims of a Shape are None in an object array.
+
+    ``shape_of`` gives the shapes ``Shape`` ops read: the declared ones by default (values baked
+    into a pruned graph), or concrete ones (to help shape inference at a concrete input).
+    """
     v = model.const(name)
     if v is not None:
         return v
-    memo = model._static
+    if memo is None:
+        memo = model._static
     if name not in memo:
         memo[name] = None  # cycles/unknowns stay None
         try:
-            r = _static_eval(model, name)
+            r = _static_eval(model, name, shape_of or model.sym_shape, memo)
         except Exception:  # malformed arithmetic: unknown, the rules stay conservative
             r = None
         if r is not None:
@@ -424,13 +429,13 @@ _ARITH = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Equal": np.equ
           "Div": (lambda x, y: np.floor_divide(x, y) if x.dtype.kind in "iu" else np.divide(x, y))}
 
 
-def _static_eval(model, name: str) -> np.ndarray | None:
+def _static_eval(model, name: str, shape_of, memo: dict) -> np.ndarray | None:
     node = model.producer(name)
     if node is None or node.domain != "" or len(node.outputs) != 1 or node.graph is not model.graph:
         return None
     op = node.op_type
     if op == "Shape":
-        shape = model.sym_shape(node.inputs[0].name)  # static dims only: never the concrete guess
+        shape = shape_of(node.inputs[0].name)  # declared: static dims only, never the concrete guess
         if shape is None:
             return None
         start = int(_attr(node, "start", 0))
@@ -442,7 +447,7 @@ def _static_eval(model, name: str) -> np.ndarray | None:
         out[:] = [d if isinstance(d, int) else None for d in dims]
         return out
     names = [x.name if x is not None else "" for x in node.inputs]
-    ins = [partial(model, i) if i else None for i in names]
+    ins = [partial(model, i, shape_of, memo) if i else None for i in names]
     if any(v is None for i, v in zip(names, ins) if i) or any(v is not None and v.size > _MAX_STATIC for v in ins):
         return None
     if op in ("Identity", "Cast"):

@@ -104,8 +104,14 @@ def concrete_input_shapes(model, given: dict[str, tuple[int, ...]] | None = None
     return out
 
 
-def skeleton(model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> onnx.ModelProto:
-    """The graph without its big weights (declared as typed inputs), optionally at fixed input shapes."""
+def skeleton(model, input_shapes: dict[str, tuple[int, ...]] | None = None,
+             known: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+    """The graph without its big weights (declared as typed inputs), optionally at fixed input shapes.
+
+    ``known``: small tensors whose values are known (shape arithmetic at the concrete shape):
+    they become initializers and their producers are left out, so inference sees the values.
+    """
+    known = known or {}
     g = model.graph
     sk = onnx.GraphProto(name=g.name or "g")
     for v in g.inputs:
@@ -125,7 +131,11 @@ def skeleton(model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> o
             sk.initializer[-1].name = name
         else:
             sk.input.append(onnx.helper.make_tensor_value_info(name, int(t.dtype), list(t.shape.numpy())))
+    for name, value in known.items():
+        sk.initializer.append(onnx.numpy_helper.from_array(np.asarray(value), name))
     for node in g:
+        if known and node.outputs and all(o.name in known for o in node.outputs):
+            continue
         sk.node.append(ir.serde.serialize_node(node))
     for v in g.outputs:
         vi = onnx.ValueInfoProto(name=v.name)
@@ -192,6 +202,17 @@ def infer(model, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[
         shapes, dt2 = _run_inference(skeleton(model, model.concrete), "concrete shapes", notes)
         for k, v in dt2.items():
             dtypes.setdefault(k, v)
+        for _ in range(3):  # shape arithmetic onnx's data propagation missed: evaluate it, infer again
+            known = _known_values(model, shapes)
+            if not known:
+                break
+            shapes, dt2 = _run_inference(skeleton(model, model.concrete, known), "concrete shapes", notes)
+            for k, v in dt2.items():
+                dtypes.setdefault(k, v)
+            for k, v in known.items():
+                shapes.setdefault(k, tuple(np.shape(v)))
+            if not any(_unknown_dims(s) for s in shapes.values()):
+                break
     for name, v in model.graph.initializers.items():
         shape = tuple(int(d) for d in v.const_value.shape)
         shapes[name] = sym[name] = shape
@@ -206,6 +227,39 @@ def infer(model, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[
         shapes.update(_probe(model, unknown, shapes, dtypes, notes))
     model.sym, model.shapes, model.dtypes = sym, shapes, dtypes
     model.shape_notes = notes
+
+
+def _unknown_dims(s) -> bool:
+    return any(d is None or isinstance(d, str) for d in s)
+
+
+def _known_values(model, shapes: dict[str, Shape]) -> dict[str, np.ndarray]:
+    """Small integer tensors computable at the concrete shapes, feeding a tensor of unknown shape."""
+    from .consts import partial
+
+    def shape_of(name):
+        s = shapes.get(name)
+        return s if s is not None and not _unknown_dims(s) else None
+
+    memo: dict = {}
+    out: dict[str, np.ndarray] = {}
+    for node in model.graph:
+        if node.op_type == "Constant" or len(node.outputs) != 1 or not node.outputs[0].name:
+            continue
+        name = node.outputs[0].name
+        s = shapes.get(name)
+        if model.is_const(name) or (s is not None and len(s) > 1):
+            continue
+        if s is not None and not _unknown_dims(s) and not any(
+                _unknown_dims(shapes.get(u.outputs[0].name, (None,))) for u, _ in model.uses(name) if u.outputs):
+            continue  # known shape, and its readers are known too
+        try:
+            v = partial(model, name, shape_of, memo)
+        except Exception:
+            v = None
+        if v is not None and v.dtype != object and v.dtype.kind in "iu" and v.size <= 64:
+            out[name] = v
+    return out
 
 
 def _probe(model, names: list[str], shapes: dict[str, Shape], dtypes: dict[str, int],
@@ -230,7 +284,7 @@ def _probe(model, names: list[str], shapes: dict[str, Shape], dtypes: dict[str, 
         feeds[v.name] = (rng.integers(0, 2, shape) if np.dtype(dtype).kind in "iub" else
                          rng.standard_normal(shape)).astype(dtype)
     try:
-        sess = make_session(blob, "cpu", quiet=True)
+        sess = make_session(blob, "cpu", quiet=True, optimize=False)
         outs = sess.run(names, feeds)
     except Exception as e:
         msg = f"shape probe at {dict(feeds_shapes)} failed ({one_line(e)}); {len(names)} tensor(s) keep unknown dims"

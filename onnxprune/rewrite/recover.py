@@ -29,6 +29,8 @@ import numpy as np
 import onnx_ir as ir
 
 from ..graph import Model, inp, out
+from ..rules import rule_for
+from ..rules.elementwise import activation_fn
 from ..analysis import Analysis, ParamAxis
 
 __all__ = ["Recovery", "recover", "data_free_means", "MODES"]
@@ -91,13 +93,21 @@ def recover(model: Model, an: Analysis, keep_atom: np.ndarray, rec: Recovery) ->
     return rec.report
 
 
+def _layout(model: Model, node):
+    rule = rule_for(node)
+    lay = rule.layout(model, node) if rule is not None else None
+    return lay if lay is not None and model.const(inp(node, lay.weight)) is not None else None
+
+
 def _bias(model: Model, an: Analysis, p: ParamAxis, fold: np.ndarray, means: np.ndarray, rec: Recovery) -> None:
     node = p.node
-    w = model.const(inp(node, 1)).astype(np.float64)
+    lay = _layout(model, node)
+    if lay is None:
+        return
+    w = model.const(inp(node, lay.weight)).astype(np.float64)
     mu = np.where(fold, means, 0.0)
-    op = node.op_type
-    if op == "Conv":
-        g = int(model.attr(node, "group", 1))
+    if lay.kind == "conv":
+        g = lay.groups
         o, cg = w.shape[0], w.shape[1]
         ksum = w.reshape(o, cg, -1).sum(axis=2)  # [O, C/g]
         if g == 1:
@@ -107,16 +117,13 @@ def _bias(model: Model, an: Analysis, p: ParamAxis, fold: np.ndarray, means: np.
         else:
             per = o // g
             delta = np.array([ksum[i] @ mu[(i // per) * cg:(i // per + 1) * cg] for i in range(o)])
-    elif op == "ConvTranspose":
-        strides = model.attr(node, "strides", [1] * (w.ndim - 2))
-        if int(model.attr(node, "group", 1)) != 1:
+    elif lay.kind == "conv_transpose":
+        if lay.groups != 1:
             return
-        delta = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2).T @ mu / float(np.prod(strides))
-    elif op == "Gemm":
-        b = w if not model.attr(node, "transB", 0) else w.T  # [K, N]
-        delta = float(model.attr(node, "alpha", 1.0)) * (mu @ b)
-    elif op == "MatMul":
-        delta = mu @ w
+        delta = w.reshape(w.shape[0], w.shape[1], -1).sum(axis=2).T @ mu / float(np.prod(lay.strides))
+    elif lay.kind == "dense":
+        b = np.moveaxis(w, lay.in_axis, 0)  # [K, N]
+        delta = lay.alpha * (mu @ b)
     else:
         return
     _add_to_bias(model, an, p.node, delta)
@@ -161,27 +168,25 @@ def _lsq(model: Model, an: Analysis, p: ParamAxis, removed: np.ndarray, rec: Rec
     calibration error.
     """
     node = p.node
-    op = node.op_type
+    lay = _layout(model, node)
+    if lay is None:
+        return False
     gram = rec.grams[model.node_name(p.node)]
-    w = model.const(inp(node, 1)).astype(np.float64)
-    alpha = beta = 1.0
-    if op == "Conv":
+    w = model.const(inp(node, lay.weight)).astype(np.float64)
+    alpha, beta = lay.alpha, lay.beta
+    if lay.kind == "conv" and lay.groups == 1:
         o = w.shape[0]
         k = int(np.prod(w.shape[2:]))
         a_w = w.reshape(o, -1)
         keep_cols = np.repeat(~removed, k)
-    elif op == "Gemm":
-        alpha, beta = float(model.attr(node, "alpha", 1.0)), float(model.attr(node, "beta", 1.0))
-        a_w = alpha * (w if model.attr(node, "transB", 0) else w.T)  # [N, K]
-        keep_cols = ~removed
-    elif op == "MatMul":
-        a_w = w.T
+    elif lay.kind == "dense" and w.ndim == 2:
+        a_w = alpha * np.moveaxis(w, lay.out_axis, 0)  # [N, K]
         keep_cols = ~removed
     else:
         return False
     if gram.dim != a_w.shape[1]:
         return False
-    if not model.is_plain_const(inp(node, 1)):  # e.g. int8 behind DequantizeLinear: keep it quantized
+    if not model.is_plain_const(inp(node, lay.weight)):  # e.g. int8 behind DequantizeLinear: keep it quantized
         rec.report.append(f"{model.node_name(node)}: weight is not a plain constant; no least-squares refit")
         return False
     bias = _current_bias(model, an, p.node, a_w.shape[0]) * beta
@@ -213,13 +218,10 @@ def _lsq(model: Model, an: Analysis, p: ParamAxis, removed: np.ndarray, rec: Rec
     new_w = np.zeros_like(a_w)
     new_w[:, keep_cols] = x[:, :-1]
     new_b = x[:, -1]
-    if op == "Conv":
-        model.set_const(inp(node, 1), new_w.reshape(w.shape))
-    elif op == "Gemm":
-        new_w /= alpha
-        model.set_const(inp(node, 1), new_w if model.attr(node, "transB", 0) else new_w.T)
+    if lay.kind == "conv":
+        model.set_const(inp(node, lay.weight), new_w.reshape(w.shape))
     else:
-        model.set_const(inp(node, 1), new_w.T)
+        model.set_const(inp(node, lay.weight), np.moveaxis(new_w / alpha, 0, lay.out_axis))
     _add_to_bias(model, an, p.node, new_b / beta - bias / beta)
     label = "bias compensation" if how == "bias" else f"least-squares refit (ridge {lam:g})"
     rec.report.append(f"{name}: {label} chosen by held-out error over {len(kidx) - 1} kept inputs "
@@ -229,9 +231,10 @@ def _lsq(model: Model, an: Analysis, p: ParamAxis, removed: np.ndarray, rec: Rec
 
 # ------------------------------------------------------------------- bias slots
 def _current_bias(model: Model, an: Analysis, node: ir.Node, n: int) -> np.ndarray:
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
-        if inp(node, 2):
-            b = model.const(inp(node, 2))
+    lay = _layout(model, node)
+    if lay is not None and lay.bias is not None:
+        if inp(node, lay.bias):
+            b = model.const(inp(node, lay.bias))
             return np.broadcast_to(np.asarray(b, np.float64).reshape(-1), (n,)).copy() \
                 if b is not None and b.size in (1, n) else np.zeros(n)
         return np.zeros(n)
@@ -268,10 +271,11 @@ def _register(an: Analysis, model: Model, tensor: str, node: ir.Node, out_name: 
 
 def _add_to_bias(model: Model, an: Analysis, node: ir.Node, delta: np.ndarray) -> None:
     n = delta.size
-    if node.op_type in ("Conv", "ConvTranspose", "Gemm"):
-        beta = float(model.attr(node, "beta", 1.0)) if node.op_type == "Gemm" else 1.0
-        if inp(node, 2):
-            name = inp(node, 2)
+    lay = _layout(model, node)
+    if lay is not None and lay.bias is not None:
+        beta, k = lay.beta, lay.bias
+        if inp(node, k):
+            name = inp(node, k)
             old = model.const(name)
             if old is None or not model.is_plain_const(name):
                 return  # e.g. an int32 bias behind DequantizeLinear: left as it is
@@ -281,13 +285,13 @@ def _add_to_bias(model: Model, an: Analysis, node: ir.Node, delta: np.ndarray) -
                 return
             new = (np.broadcast_to(old.reshape(-1), (n,)) + delta / beta).astype(old.dtype)  # scalar C: widen
             name = model.add_initializer(name, new)
-            node.replace_input_with(2, model.value_of(name))
+            node.replace_input_with(k, model.value_of(name))
         else:
-            dtype = model.const(inp(node, 1)).dtype
+            dtype = model.const(inp(node, lay.weight)).dtype
             name = model.add_initializer(f"{model.node_name(node)}.bias", (delta / beta).astype(dtype))
-            if len(node.inputs) < 3:
-                node.resize_inputs(3)
-            node.replace_input_with(2, model.value_of(name))
+            if len(node.inputs) <= k:
+                node.resize_inputs(k + 1)
+            node.replace_input_with(k, model.value_of(name))
         _register(an, model, name, node, out(node, 0))
         return
     add = _bias_add_after(model, node)
@@ -332,37 +336,6 @@ def _expect(fn, mu: np.ndarray, sigma: np.ndarray) -> np.ndarray:
     return (fn(z) * _WEIGHTS[None, :]).sum(axis=1)
 
 
-def _activation(model: Model, node):
-    op = node.op_type
-    a = lambda k, d: float(model.attr(node, k, d))  # noqa: E731
-    if op == "Relu":
-        return lambda z: np.maximum(z, 0)
-    if op == "LeakyRelu":
-        al = a("alpha", 0.01)
-        return lambda z: np.where(z > 0, z, al * z)
-    if op == "Clip":
-        lo, hi = (model.const(inp(node, 1)) if inp(node, 1) else a("min", -np.inf)), \
-                 (model.const(inp(node, 2)) if inp(node, 2) else a("max", np.inf))
-        return lambda z: np.clip(z, float(lo), float(hi))
-    if op == "Sigmoid":
-        return lambda z: 1 / (1 + np.exp(-z))
-    if op == "HardSigmoid":
-        al, be = a("alpha", 0.2), a("beta", 0.5)
-        return lambda z: np.clip(al * z + be, 0, 1)
-    if op == "HardSwish":
-        return lambda z: z * np.clip(z / 6 + 0.5, 0, 1)
-    if op == "Tanh":
-        return np.tanh
-    if op == "Elu":
-        al = a("alpha", 1.0)
-        return lambda z: np.where(z > 0, z, al * (np.exp(np.minimum(z, 0)) - 1))
-    if op == "Softplus":
-        return lambda z: np.logaddexp(0, z)
-    if op in ("Identity", "Dropout"):
-        return lambda z: z
-    return None
-
-
 _MEAN_KEEPING = {"Identity", "Dropout", "AveragePool", "GlobalAveragePool", "Flatten", "Reshape", "Transpose",
                  "Squeeze", "Unsqueeze"}
 _GAUSS_KEEPING = {"Identity", "Dropout", "Flatten", "Reshape", "Transpose", "Squeeze", "Unsqueeze"}
@@ -400,7 +373,7 @@ def data_free_means(an: Analysis) -> dict[str, np.ndarray]:
             continue
         if oc is None:
             continue
-        if x in gauss and (fn := _activation(model, node)) is not None:
+        if x in gauss and (fn := activation_fn(model, node)) is not None:
             labs = list(gauss[x])
             mu = np.array([gauss[x][k][0] for k in labs])
             sd = np.array([gauss[x][k][1] for k in labs])

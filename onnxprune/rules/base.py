@@ -42,12 +42,16 @@ def numel(shape) -> int:
 
 @dataclass(frozen=True)
 class Layout:
-    """Where a consumer's dense weight is and how its axes read channels.
+    """Where a consumer's weight is and how it reads its input: what recovery, recording and
+    sparsify need to know of an op, declared by its rule.
 
     Attributes:
-        weight: input index of the weight; ``bias``: of the bias (None: none possible).
+        weight: input index of the weight; ``bias``: of the bias (None: added after the node).
         out_axis / in_axis: weight axes indexed by output / input channels.
-        kind: ``conv`` (rows = im2col patches), ``dense`` (Gemm/MatMul rows).
+        kind: ``conv`` (rows = im2col patches of the input), ``conv_transpose``, or ``dense``
+            (``y = alpha · x·W + beta · b`` over the input's axis ``x_axis``).
+        groups, kernel, strides, pads, dilations: convolution geometry (``pads`` None with
+            ``auto_pad``).
     """
 
     weight: int
@@ -55,6 +59,14 @@ class Layout:
     in_axis: int
     bias: int | None
     kind: str
+    x_axis: int = 1
+    alpha: float = 1.0
+    beta: float = 1.0
+    groups: int = 1
+    kernel: tuple[int, ...] = ()
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] | None = ()
+    dilations: tuple[int, ...] = ()
 
 
 
@@ -86,6 +98,10 @@ class Rule:
     # Weight layout, for recovery, recording and sparsify: None when the op has no dense weight.
     def layout(self, model, node) -> Layout | None:
         return None
+
+    def reads_padding(self, model, node) -> bool:
+        """Whether the op reads implicit padding (a removed constant channel differs at borders)."""
+        return False
 
 
 class Passthrough(Rule):

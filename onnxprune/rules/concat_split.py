@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Moves, Rule, norm_axis
+from .base import Moves, norm_axis
 
 
 class ConcatRule(Moves):

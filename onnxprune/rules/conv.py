@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..graph import attr_value
 from .base import Layout, Rule, numel
 
 
@@ -61,6 +62,23 @@ def _cost(model, node, shape_of):
     return macs, numel(out) if has_b else 0
 
 
+def _geometry(model, node, kind: str, out_axis: int, in_axis: int) -> Layout:
+    w = model.const_shape(node.inputs[1].name)
+    nd = len(w) - 2
+    auto = attr_value(node, "auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    pads = tuple(attr_value(node, "pads", [0] * 2 * nd)) if auto in ("NOTSET", "VALID") else None
+    return Layout(1, out_axis, in_axis, 2, kind, groups=int(attr_value(node, "group", 1)), kernel=tuple(w[2:]),
+                  strides=tuple(attr_value(node, "strides", [1] * nd)), pads=pads,
+                  dilations=tuple(attr_value(node, "dilations", [1] * nd)))
+
+
+def reads_padding(node) -> bool:
+    auto = attr_value(node, "auto_pad", "NOTSET")
+    auto = auto.decode() if isinstance(auto, bytes) else auto
+    return any(attr_value(node, "pads", [0])) or auto not in ("NOTSET", "VALID")
+
+
 class ConvRule(Rule):
     op_types = ("Conv",)
 
@@ -68,7 +86,10 @@ class ConvRule(Rule):
         return _cost(model, node, shape_of)
 
     def layout(self, model, node):
-        return Layout(1, 0, 1, 2, "conv")
+        return _geometry(model, node, "conv", 0, 1)
+
+    def reads_padding(self, model, node):
+        return reads_padding(node)
 
     def apply(self, ctx) -> None:
         if (pro := _prologue(ctx)) is None:
@@ -113,7 +134,10 @@ class ConvTransposeRule(Rule):
         return _cost(model, node, shape_of)
 
     def layout(self, model, node):
-        return Layout(1, 1, 0, 2, "conv")
+        return _geometry(model, node, "conv_transpose", 1, 0)
+
+    def reads_padding(self, model, node):
+        return reads_padding(node)
 
     def apply(self, ctx) -> None:
         if (pro := _prologue(ctx)) is None:

@@ -15,6 +15,9 @@ Softmax/LogSoftmax/Hardmax pass channels through unless they normalise over the 
 """
 from __future__ import annotations
 
+import numpy as np
+
+from ..graph import inp
 from .base import Passthrough, Rule, norm_axis, numel
 
 UNARY = (
@@ -95,6 +98,38 @@ class SoftmaxRule(Rule):
             ctx.barrier(f"{ctx.op} normalises over the channel axis")
             return
         ctx.set_out(0, x.axis, x.labels)
+
+
+def activation_fn(model, node):
+    """The element-wise function of an activation node, in NumPy (data-free recovery means); None if unknown."""
+    op = node.op_type
+    a = lambda k, d: float(model.attr(node, k, d))  # noqa: E731
+    if op == "Relu":
+        return lambda z: np.maximum(z, 0)
+    if op == "LeakyRelu":
+        al = a("alpha", 0.01)
+        return lambda z: np.where(z > 0, z, al * z)
+    if op == "Clip":
+        lo, hi = (model.const(inp(node, 1)) if inp(node, 1) else a("min", -np.inf)), \
+                 (model.const(inp(node, 2)) if inp(node, 2) else a("max", np.inf))
+        return lambda z: np.clip(z, float(lo), float(hi))
+    if op == "Sigmoid":
+        return lambda z: 1 / (1 + np.exp(-z))
+    if op == "HardSigmoid":
+        al, be = a("alpha", 0.2), a("beta", 0.5)
+        return lambda z: np.clip(al * z + be, 0, 1)
+    if op == "HardSwish":
+        return lambda z: z * np.clip(z / 6 + 0.5, 0, 1)
+    if op == "Tanh":
+        return np.tanh
+    if op == "Elu":
+        al = a("alpha", 1.0)
+        return lambda z: np.where(z > 0, z, al * (np.exp(np.minimum(z, 0)) - 1))
+    if op == "Softplus":
+        return lambda z: np.logaddexp(0, z)
+    if op in ("Identity", "Dropout"):
+        return lambda z: z
+    return None
 
 
 RULES = (

@@ -37,7 +37,8 @@ class GemmRule(Rule):
 
     def layout(self, model, node):
         t = int(attr_value(node, "transB", 0))
-        return Layout(1, 0 if t else 1, 1 if t else 0, 2, "dense")
+        return Layout(1, 0 if t else 1, 1 if t else 0, 2, "dense", x_axis=0 if attr_value(node, "transA", 0) else 1,
+                      alpha=float(attr_value(node, "alpha", 1.0)), beta=float(attr_value(node, "beta", 1.0)))
 
     def apply(self, ctx) -> None:
         if not ctx.is_const(1):
@@ -76,7 +77,7 @@ class MatMulRule(Rule):
         return None if macs is None else (macs, 0)
 
     def layout(self, model, node):
-        return Layout(1, 1, 0, None, "dense")
+        return Layout(1, 1, 0, None, "dense", x_axis=-1)
 
     def apply(self, ctx) -> None:
         if not ctx.is_const(0) and not ctx.is_const(1):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import inp
-from .base import Moves, Rule, block_repeat, norm_axis
+from .base import Moves, block_repeat, norm_axis
 
 
 def _prod(dims) -> int:

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..graph import attr_value
 from .base import Rule, norm_axis, numel
+from .conv import reads_padding
 
 POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
 REDUCES = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "ReduceL1", "ReduceL2",
@@ -22,6 +23,9 @@ REDUCES = ("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceProd", "R
 
 class PoolRule(Rule):
     op_types = POOLS
+
+    def reads_padding(self, model, node):
+        return node.op_type in ("AveragePool", "MaxPool") and reads_padding(node)
 
     def cost(self, model, node, shape_of):
         if node.op_type.startswith("Global"):
@@ -115,6 +119,9 @@ class ResizeRule(_Moves):
 
 class PadRule(_Moves):
     op_types = ("Pad",)
+
+    def reads_padding(self, model, node):
+        return True
 
     def apply(self, ctx) -> None:
         if (xr := ctx.chan_and_rank()) is None:
