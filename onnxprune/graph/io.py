@@ -139,8 +139,8 @@ def load_ir(path: str | os.PathLike) -> tuple[ir.Model, bool]:
         raise UnsupportedModelError(f"{path}: the graph has no nodes; is this an ONNX model?")
     base_dir = os.path.dirname(os.path.abspath(path))
     external = check_external_data(proto, base_dir, path)
-    try:
-        onnx.checker.check_model(path)
+    try:  # the parsed proto when it holds everything (no second parse); the path for external data
+        onnx.checker.check_model(path if external or proto.ByteSize() > _TWO_GB - (64 << 20) else proto)
     except Exception as e:
         raise UnsupportedModelError(f"{path}: fails the ONNX checker: {one_line(e)}; fix or re-export the "
                                     "model") from None
@@ -174,6 +174,14 @@ def has_external_tensors(model: ir.Model) -> bool:
     return any(isinstance(v.const_value, ir.ExternalTensor) for v in model.graph.initializers.values())
 
 
+def _check(model: str | onnx.ModelProto, path: str) -> None:
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as e:
+        raise ValidationError(f"the rewritten model fails onnx.checker (full_check): {one_line(e)}; "
+                              f"nothing was written to {path}") from None
+
+
 def save_ir(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
             check: bool = True) -> None:
     """Write a model atomically: to a temporary folder, check it, then rename into place.
@@ -203,13 +211,16 @@ def save_ir(model: ir.Model, path: str | os.PathLike, *, external_data: bool | N
     try:
         tmp = os.path.join(tmpdir, name)
         data_name = name + ".data"
-        ir.save(model, tmp, external_data=data_name if external_data else None, size_threshold_bytes=1024)
-        if check:
-            try:
-                onnx.checker.check_model(tmp, full_check=True)
-            except Exception as e:
-                raise ValidationError(f"the rewritten model fails onnx.checker (full_check): {one_line(e)}; "
-                                      f"nothing was written to {path}") from None
+        if external_data:
+            ir.save(model, tmp, external_data=data_name, size_threshold_bytes=1024)
+            if check:
+                _check(tmp, path)
+        else:  # one serialisation, checked in memory, then written
+            proto = ir.serde.serialize_model(model)
+            if check:
+                _check(proto, path)
+            with open(tmp, "wb") as f:
+                f.write(proto.SerializeToString())
         if external_data:
             os.replace(os.path.join(tmpdir, data_name), os.path.join(folder, data_name))
         os.replace(tmp, path)
