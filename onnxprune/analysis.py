@@ -475,6 +475,10 @@ class NodeContext:
 
     def barrier(self, reason: str) -> None:
         """Pin every channel-carrying input; outputs carry no channel information."""
+        if "unknown" in reason:  # say why shapes are missing (a failed probe, a failed inference)
+            why = [n for n in self.model.shape_notes if "failed" in n]
+            if why:
+                reason = f"{reason}; {why[0][:220]}"
         self.an.barriers.append((self.index, reason))
         for k in range(self.n_inputs):
             c = self.chan(k)

@@ -176,8 +176,8 @@ def _run_inference(proto: onnx.ModelProto, what: str, notes: list[str]) -> tuple
     try:
         inferred = onnx.shape_inference.infer_shapes(proto, check_type=False, strict_mode=False, data_prop=True)
     except Exception as e:  # inference is best effort: rules that need shapes will say so
-        msg = f"onnx shape inference ({what}) failed: {one_line(e)}"
-        log.warning(msg)
+        msg = f"onnx shape inference ({what}) failed: {one_line(e)[:200]}"
+        log.info(msg)
         notes.append(msg)
         inferred = proto
     return _collect(inferred)
@@ -221,8 +221,14 @@ def infer(model, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[
         arr = model.const(node.outputs[0].name)
         if arr is not None:
             shapes[node.outputs[0].name] = sym[node.outputs[0].name] = tuple(arr.shape)
+    for node in model.graph:  # element types onnx did not infer, from the model's own value_info
+        for v in node.outputs:
+            if v.name and v.name not in dtypes and isinstance(v.type, ir.TensorType):
+                dtypes[v.name] = int(v.type.dtype)
     model.dtypes = dtypes
     unknown = [n for n, s in shapes.items() if any(d is None or isinstance(d, str) for d in s) and n in dtypes]
+    unknown += [v.name for node in model.graph for v in node.outputs
+                if v.name and v.name not in shapes and v.name in dtypes and not model.is_const(v.name)]
     if unknown and not declared_only:
         shapes.update(_probe(model, unknown, shapes, dtypes, notes))
     model.sym, model.shapes, model.dtypes = sym, shapes, dtypes
@@ -287,13 +293,15 @@ def _probe(model, names: list[str], shapes: dict[str, Shape], dtypes: dict[str, 
         sess = make_session(blob, "cpu", quiet=True, optimize=False)
         outs = sess.run(names, feeds)
     except Exception as e:
-        msg = f"shape probe at {dict(feeds_shapes)} failed ({one_line(e)}); {len(names)} tensor(s) keep unknown dims"
-        log.warning(msg)
+        shown = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in feeds_shapes.items())
+        msg = (f"shape probe at {shown} failed: give --calib data or --dim NAME=N with the model's real input "
+               f"size (onnxruntime: {one_line(e)[:160]})")
+        log.info(msg)
         notes.append(msg)
         return {}
     result: dict[str, Shape] = {}
     for n, o in zip(names, outs):
-        old = shapes[n]
+        old = shapes.get(n, (None,) * len(o.shape))
         if len(o.shape) == len(old):
             result[n] = tuple(d if isinstance(d, int) else int(x) for d, x in zip(old, o.shape))
     notes.append(f"{len(result)} tensor shape(s) read from a probe run at {dict(feeds_shapes)}")
