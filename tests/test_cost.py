@@ -22,3 +22,29 @@ def test_depthwise_and_dynamic_batch():
     x = n.input("x", ["N", 8, 4, 4])
     n.output(n.conv(x, 8, 8, 3, group=8, bias=False))
     assert count(Model(n.build())).macs == 8 * 16 * 9  # per sample
+
+
+def test_every_rule_states_a_cost():
+    """A new op is one rule module: its cost lives there too (the base class says 'unknown')."""
+    from onnxprune.rules import registry
+    from onnxprune.rules.base import Rule
+
+    missing = sorted(op for (_, op), rule in registry().items() if type(rule).cost is Rule.cost)
+    assert not missing, f"rules without a cost: {missing}"
+
+
+def test_an_op_without_a_cost_is_reported_not_counted_as_zero():
+    from onnx import helper
+
+    n = Net("custom", seed=0)
+    x = n.input("x", ["N", 4])
+    y = n.gemm(x, 4, 8)
+    n.output(n.gemm(n.relu(y), 8, 2))
+    proto = n.build()
+    relu = next(node for node in proto.graph.node if node.op_type == "Relu")
+    relu.op_type, relu.domain = "FancyOp", "com.example"  # an op nobody knows
+    proto.opset_import.append(helper.make_opsetid("com.example", 1))
+    c = count(Model(proto))
+    # the unknown op, and the Gemm after it whose input shape inference could not reach
+    assert c.unknown == {"com.example.FancyOp": 1, "Gemm": 1}
+    assert c.macs == 4 * 8  # the first Gemm is still counted

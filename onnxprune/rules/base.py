@@ -28,7 +28,7 @@ import numpy as np
 if TYPE_CHECKING:
     from ..analysis import NodeContext
 
-__all__ = ["Rule", "Passthrough", "Moves", "Opaque", "Layout", "norm_axis", "numel", "ShapeOf"]
+__all__ = ["Rule", "Passthrough", "Moves", "Opaque", "per_element", "Layout", "norm_axis", "numel", "ShapeOf"]
 
 ShapeOf = Callable[[str], "tuple[int, ...] | None"]
 
@@ -132,6 +132,15 @@ class Passthrough(Rule):
                 ctx.barrier(f"output {k} of {ctx.op} is used")
                 return
         ctx.set_out(0, x.axis, x.labels)
+
+
+def per_element(ops: int):
+    """A ``Rule.cost`` of ``ops`` operations per output element and no MACs."""
+
+    def cost(self, model, node, shape_of):
+        return 0, ops * numel(shape_of(node.outputs[0].name))
+
+    return cost
 
 
 class Moves(Rule):

@@ -79,17 +79,25 @@ def reads_padding(node) -> bool:
     return any(attr_value(node, "pads", [0])) or auto not in ("NOTSET", "VALID")
 
 
-class ConvRule(Rule):
-    op_types = ("Conv",)
+class _ConvBase(Rule):
+    """Cost, weight layout and padding of Conv and ConvTranspose (their channel flow differs)."""
+
+    kind = ""
+    out_axis = in_axis = 0
 
     def cost(self, model, node, shape_of):
         return _cost(model, node, shape_of)
 
     def layout(self, model, node):
-        return _geometry(model, node, "conv", 0, 1)
+        return _geometry(model, node, self.kind, self.out_axis, self.in_axis)
 
     def reads_padding(self, model, node):
         return reads_padding(node)
+
+
+class ConvRule(_ConvBase):
+    op_types = ("Conv",)
+    kind, out_axis, in_axis = "conv", 0, 1
 
     def apply(self, ctx) -> None:
         if (pro := _prologue(ctx)) is None:
@@ -127,17 +135,9 @@ class ConvRule(Rule):
         ctx.set_out(0, 1, y)
 
 
-class ConvTransposeRule(Rule):
+class ConvTransposeRule(_ConvBase):
     op_types = ("ConvTranspose",)
-
-    def cost(self, model, node, shape_of):
-        return _cost(model, node, shape_of)
-
-    def layout(self, model, node):
-        return _geometry(model, node, "conv_transpose", 1, 0)
-
-    def reads_padding(self, model, node):
-        return reads_padding(node)
+    kind, out_axis, in_axis = "conv_transpose", 1, 0
 
     def apply(self, ctx) -> None:
         if (pro := _prologue(ctx)) is None:

@@ -18,7 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..graph import inp
-from .base import Passthrough, Rule, norm_axis, numel
+from .base import Passthrough, Rule, norm_axis, per_element
 
 UNARY = (
     "Relu", "LeakyRelu", "Sigmoid", "HardSigmoid", "HardSwish", "Gelu", "Tanh", "Elu", "Selu",
@@ -32,8 +32,7 @@ MOVES = ("Identity", "Cast")  # no arithmetic: 0 ops
 class BroadcastRule(Rule):
     op_types = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where")
 
-    def cost(self, model, node, shape_of):
-        return 0, numel(shape_of(node.outputs[0].name))
+    cost = per_element(1)
 
     def apply(self, ctx) -> None:
         tracked = [(k, c) for k in range(ctx.n_inputs) if (c := ctx.chan(k)) is not None]
@@ -77,8 +76,7 @@ class BroadcastRule(Rule):
 class SoftmaxRule(Rule):
     op_types = ("Softmax", "LogSoftmax", "Hardmax")
 
-    def cost(self, model, node, shape_of):
-        return 0, 4 * numel(shape_of(node.outputs[0].name))
+    cost = per_element(4)
 
     def apply(self, ctx) -> None:
         x = ctx.chan(0)

@@ -8,14 +8,13 @@ LayerNormalization/GroupNormalization/LRN mix channels and have no rule here (ba
 """
 from __future__ import annotations
 
-from .base import Rule, numel
+from .base import Rule, per_element
 
 
 class BatchNormRule(Rule):
     op_types = ("BatchNormalization",)
 
-    def cost(self, model, node, shape_of):
-        return 0, 2 * numel(shape_of(node.outputs[0].name))
+    cost = per_element(2)
 
     def apply(self, ctx) -> None:
         x = ctx.chan(0)
@@ -40,8 +39,7 @@ class BatchNormRule(Rule):
 class InstanceNormRule(Rule):
     op_types = ("InstanceNormalization",)
 
-    def cost(self, model, node, shape_of):
-        return 0, 4 * numel(shape_of(node.outputs[0].name))
+    cost = per_element(4)
 
     def apply(self, ctx) -> None:
         x = ctx.chan(0)

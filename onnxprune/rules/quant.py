@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Opaque, Rule, norm_axis, numel
+from .base import Opaque, Rule, norm_axis, numel, per_element
 from .conv import conv_macs
 from .gemm import matmul_macs
 
@@ -23,8 +23,7 @@ class QDQRule(Rule):
     op_types = ("QuantizeLinear", "DequantizeLinear")
     min_opset = 10
 
-    def cost(self, model, node, shape_of):
-        return 0, 2 * numel(shape_of(node.outputs[0].name))
+    cost = per_element(2)
 
     def apply(self, ctx) -> None:
         if (xr := ctx.chan_and_rank()) is None:
