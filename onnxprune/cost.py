@@ -49,6 +49,28 @@ class Cost:
         return None if not base else getattr(other, what) / base
 
 
+def _source_axis(model: Model, tensor: str, axis: int) -> list[tuple[str, int]]:
+    from .graph import consts
+
+    c = model.chain(tensor)
+    if c is None or not c.ops:
+        return []
+    try:
+        src = consts._map_back(model, c, [axis])
+    except Exception:
+        return []
+    if not src:
+        return []
+    out = [(c.source, src[0])]
+    ndim = len(model.const_shape(c.source))
+    for dq in (n for n in c.ops if n.op_type == "DequantizeLinear"):
+        for k in (1, 2):  # per-channel scales and zero-points go with their channels
+            name = consts._dq_axis_param(model, dq, k, src[0], ndim)
+            if name is not None:
+                out.append((name, 0))
+    return out
+
+
 def node_cost(model: Model, node: ir.Node, shape_of: ShapeOf) -> tuple[int, int] | None:
     """(MACs, other ops) of one node from its rule; None when unknown."""
     rule = rule_for(node)
@@ -86,9 +108,12 @@ class CostModel:
         if analysis is not None:
             seen = set()
             for p in analysis.params:
-                if (p.tensor, p.axis) not in seen:
-                    seen.add((p.tensor, p.axis))
-                    self._param_axes.setdefault(p.tensor, []).append((p.axis, p.labels))
+                # a weight behind a constant chain (DequantizeLinear of int8, Unsqueeze...): its
+                # source initializer is what gets sliced and counted
+                for tensor, axis in [(p.tensor, p.axis), *_source_axis(model, p.tensor, p.axis)]:
+                    if (tensor, axis) not in seen:
+                        seen.add((tensor, axis))
+                        self._param_axes.setdefault(tensor, []).append((axis, p.labels))
         self._nodes = [n for n in model.graph if not (n.op_type == "Constant" and n.domain == "")
                        and not all(model.is_const(o.name) for o in n.outputs if o.name)]
 

@@ -258,3 +258,21 @@ def test_integer_weights_are_counted_as_parameters(int_model):
     int_weights = sum(a.size for a in _int_inits(proto).values() if a.ndim >= 2)
     assert int_weights > 0
     assert params >= int_weights, f"{name}: {params} parameters counted, {int_weights} integer weights"
+
+
+@pytest.mark.parametrize("name", ["caffe2_densenet", "qdq_resnet"])
+def test_reported_costs_after_pruning_match_the_written_model(tmp_path, name):
+    """The cost model's 'after' (estimated through chains: int8 sources, per-channel scales) equals
+    a count on the pruned file."""
+    import onnxprune
+    from onnxprune.cost import count
+    from onnxprune.graph import load_model
+
+    proto = mcm.caffe2_densenet() if name == "caffe2_densenet" else mcm.qdq_resnet(per_channel=True)
+    src = str(tmp_path / "m.onnx")
+    onnx.save(proto, src)
+    res = onnxprune.prune(src, str(tmp_path / "p.onnx"), ratio=0.5, round_to=8)
+    written = count(load_model(str(tmp_path / "p.onnx")))
+    assert res.plan.n_removed > 0
+    assert (res.after.params, res.after.macs, res.after.flops) == (written.params, written.macs, written.flops)
+    assert res.after.params < 0.8 * res.before.params
