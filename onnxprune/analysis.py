@@ -522,7 +522,11 @@ def _apply_rule(an: Analysis, ctx: NodeContext, rule) -> None:
             an.pin(np.arange(s.start, s.start + s.size, dtype=np.int64), f"{ctx.name} ({ctx.op}): rule failed")
         for k in range(ctx.n_outputs):
             an.chan.pop(ctx.output_name(k), None)
-        ctx.barrier(f"not understood ({type(e).__name__}: {one_line(e)[:160]})")
+        hint = ""
+        if ctx.model.concrete and getattr(ctx.model, "concrete_defaulted", False):
+            hint = (f"; {ctx.model.concrete_note} (default sizes for dynamic dims): if that is not a valid input "
+                    "size for this model, give --calib data or --dim NAME=N")
+        ctx.barrier(f"not understood ({type(e).__name__}: {one_line(e)[:160]}){hint}")
 
 
 def analyze(model: Model, *, protect: Iterable[str] = ()) -> Analysis:

@@ -336,4 +336,5 @@ def _remove_blocks(m: Model, n: int, metric: str, cal: _Calib, target: float | N
                             f"--block-target-flops {target} is out of reach (add channel pruning)")
     run_passes(m, [BypassBlocksPass(m, chosen)])
     finish(m)
+    m.infer(concrete=m.concrete or None)  # the channel analysis that follows needs the concrete shapes again
     return m, tuple(b.add for b in chosen)

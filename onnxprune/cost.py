@@ -55,17 +55,17 @@ def _source_axis(model: Model, tensor: str, axis: int) -> list[tuple[str, int]]:
     c = model.chain(tensor)
     if c is None or not c.ops:
         return []
+    dqs: list = []
     try:
-        src = consts._map_back(model, c, [axis])
+        src = consts._map_back(model, c, [axis], dqs=dqs)
     except Exception:
         return []
     if not src:
         return []
     out = [(c.source, src[0])]
-    ndim = len(model.const_shape(c.source))
-    for dq in (n for n in c.ops if n.op_type == "DequantizeLinear"):
+    for dq, in_axis, ndim, _ in dqs:
         for k in (1, 2):  # per-channel scales and zero-points go with their channels
-            name = consts._dq_axis_param(model, dq, k, src[0], ndim)
+            name = consts._dq_axis_param(model, dq, k, in_axis, ndim)
             if name is not None:
                 out.append((name, 0))
     return out

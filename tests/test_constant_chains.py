@@ -276,3 +276,55 @@ def test_reported_costs_after_pruning_match_the_written_model(tmp_path, name):
     assert res.plan.n_removed > 0
     assert (res.after.params, res.after.macs, res.after.flops) == (written.params, written.macs, written.flops)
     assert res.after.params < 0.8 * res.before.params
+
+
+# ---------------------------------------------------------- regressions found in review
+def _dq_after_transpose(k=8, n_out=8):
+    """int8 weight stored [N, K] → Transpose → DequantizeLinear(axis=1: per-N scale/zero-point) → MatMul."""
+    from onnxprune.testing import Net
+
+    n = Net("dq_t", opset=13, seed=3)
+    x = n.input("x", [2, 5])
+    h = n.relu(n.linear(x, 5, k))
+    w = n.rng.normal(0, .3, (k, n_out)).astype(np.float32)
+    sc = ((np.abs(w).max(axis=0) + 1e-6) / 127).astype(np.float32)
+    q = np.clip(np.round(w / sc[None, :]), -127, 127).astype(np.int8)
+    t = n.op("Transpose", [n.const(np.ascontiguousarray(q.T), "wq")], perm=[1, 0])
+    d = n.op("DequantizeLinear", [t, n.const(sc, "scale"), n.const((np.arange(n_out) % 3 - 1).astype(np.int8), "zp")],
+             axis=1, name="dq")
+    n.output(n.linear(n.relu(n.op("MatMul", [h, d], name="mm")), n_out, 3))
+    return n.build()
+
+
+@pytest.mark.parametrize("k,n_out", [(8, 8), (8, 6)])
+def test_dequantize_after_transpose_slices_scales_on_its_own_axis(k, n_out):
+    res = assert_oracle(_dq_after_transpose(k, n_out), ratio=0.5)
+    inits = {t.name.rsplit("_", 1)[0]: t for t in res.pruned.graph.initializer}
+    assert inits["wq"].data_type == onnx.TensorProto.INT8  # still int8 at the source
+    assert list(inits["scale"].dims) == [inits["wq"].dims[0]] == list(inits["zp"].dims)  # sliced with N
+
+
+def _ir3(net):
+    p = net.build()
+    p.ir_version = 3
+    for t in p.graph.initializer:
+        p.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return p
+
+
+def test_ir3_models_list_new_initializers_as_inputs(tmp_path):
+    """IR < 4: a folded chain and a bias added by recovery are graph inputs too (checker-valid)."""
+    import onnxprune
+    from onnxprune.testing import Net
+
+    n = Net("a", opset=9, seed=2)
+    y = n.relu(n.conv(n.input("x", [1, 3, 8, 8]), 3, 8, 3))
+    t = n.op("Transpose", [n.weight((8, 6, 3, 3), 72)], perm=[1, 0, 2, 3])
+    n.output(n.conv(n.relu(n.op("Conv", [y, t], kernel_shape=[3, 3], pads=[1] * 4)), 6, 4, 1))
+    assert_oracle(_ir3(n), ratio=0.5)
+    n = Net("b", opset=9, seed=3)
+    n.output(n.conv(n.cbr(n.input("x", [1, 3, 8, 8]), 3, 8), 8, 4, 1, bias=False))
+    src = str(tmp_path / "b.onnx")
+    onnx.save(_ir3(n), src)
+    onnxprune.prune(src, str(tmp_path / "b.out.onnx"), ratio=0.5, recover="bias")
+    onnx.checker.check_model(str(tmp_path / "b.out.onnx"), full_check=True)

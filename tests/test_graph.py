@@ -217,3 +217,26 @@ def test_broken_postcondition_is_a_bug_with_its_own_exit_code(tmp_path, monkeypa
 def test_oracle_on_a_dynamic_model():
     assert_oracle(cnn(), ratio=0.5, feeds={"x": np.random.default_rng(1).standard_normal((2, 3, 12, 20))
                                             .astype(np.float32)})
+
+
+def test_block_removal_on_a_dynamic_model_keeps_the_concrete_shapes(tmp_path):
+    """After bypassing blocks, the channel analysis and costs still use the calibration shape."""
+    n = Net("res", opset=13, seed=1)
+    y = n.cbr(n.input("x", ["N", 3, "H", "W"]), 3, 8)
+    for _ in range(2):
+        y = n.relu(n.add(n.bn(n.conv(n.cbr(y, 8, 8), 8, 8, bias=False), 8), y))
+    y = n.cbr(y, 8, 16, stride=2)
+    g = n.op("ReduceMean", [n.op("Reshape", [y, n.const(np.array([0, 0, -1], np.int64), "tgt")])], axes=[2],
+             keepdims=0)
+    n.output(n.gemm(g, 16, 5))
+    src = save(n.build(), tmp_path / "res.onnx")
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, x=np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32))
+    plain = onnxprune.prune(src, str(tmp_path / "a.onnx"), ratio=0.5, calib=str(calib))
+    blocks = onnxprune.prune(src, str(tmp_path / "b.onnx"), ratio=0.5, remove_blocks=1, calib=str(calib))
+    assert blocks.after.at == plain.after.at == {"x": [1, 3, 16, 16]}
+    # one residual block (two 3×3 convs at 16×16) fewer than channel pruning alone, not a collapse
+    assert 0.3 * plain.after.macs < blocks.after.macs < plain.after.macs
+    # the same groups minus the bypassed block's inner conv (8 channels, half removed): the Reshape
+    # after the blocks stays prunable
+    assert blocks.plan.n_removed == plain.plan.n_removed - 4

@@ -82,6 +82,7 @@ class Model:
         self.sym: dict[str, Shape] = {}         # as declared: dynamic dims are names or None
         self.dtypes: dict[str, int] = {}
         self.concrete: dict[str, tuple[int, ...]] = {}  # graph input -> the concrete shape used
+        self.concrete_defaulted = False  # some dynamic dim took a default size
         self.shape_notes: list[str] = []
         self._const_cache: dict[str, np.ndarray | None] = {}
         self._static: dict[str, np.ndarray | None] = {}
@@ -305,6 +306,8 @@ class Model:
         v = ir.Value(name=name, shape=ir.Shape(value.shape), type=ir.TensorType(ir.DataType.from_numpy(value.dtype)),
                      const_value=ir.tensor(np.ascontiguousarray(value), name=name))
         self.graph.register_initializer(v)
+        if self.ir.ir_version < 4:  # IR < 4: every initializer is also listed as a graph input
+            self.graph.inputs.append(v)
         if self._names is not None:
             self._names[name] = v
         return name
@@ -343,16 +346,19 @@ class Model:
             return None
         return s  # type: ignore[return-value]
 
-    def is_static_dim(self, name: str, axis: int) -> bool:
-        """Whether dim ``axis`` of ``name`` is the same for every input size (as declared)."""
+    def is_dynamic_dim(self, name: str, axis: int) -> bool:
+        """Whether dim ``axis`` of ``name`` follows a dynamic input dim (inferred as a symbol when
+        the model is analysed as declared). Index maps must not bake such a dim in."""
         s = self.sym.get(name)
-        if s is not None and axis < len(s):
-            d = s[axis]
-            if isinstance(d, int):
-                return True
-            if isinstance(d, str):
-                return False
-        return not self.concrete or not _shapes.has_dynamic_inputs(self)
+        return s is not None and axis < len(s) and isinstance(s[axis], str)
+
+    @property
+    def concrete_note(self) -> str:
+        """Where the concrete input shape came from, for messages."""
+        if not self.concrete:
+            return ""
+        shown = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in self.concrete.items())
+        return f"analysed at input {shown}"
 
     # ----------------------------------------------------------------- output
     def to_proto(self) -> onnx.ModelProto:

@@ -241,20 +241,25 @@ def _exclusive(model, c: Chain, name: str) -> bool:
     return True
 
 
-def _map_back(model, c: Chain, axes: list[int], reshapes: list | None = None) -> list[int] | None:
+def _map_back(model, c: Chain, axes: list[int], reshapes: list | None = None,
+              dqs: list | None = None) -> list[int] | None:
     """Source axes of the tensor's ``axes``, or None when some op has no axis map.
 
     ``reshapes`` collects (Reshape node, output axis) pairs whose literal target entry must
-    follow the sliced count; a target entry 0 (copy) on a moved axis has no map.
+    follow the sliced count; a target entry 0 (copy) on a moved axis has no map. ``dqs``
+    collects (DequantizeLinear node, the axis in *its input's* frame, that input's rank, index
+    into ``axes``): per-channel scales are checked against the DQ's own axis, not the source's.
     """
     ranks = [len(model.const_shape(c.source))] + [model.const(n.outputs[0].name).ndim for n in c.ops]
     out = []
-    for a in axes:
+    for i, a in enumerate(axes):
         for k in range(len(c.ops) - 1, -1, -1):
             node = c.ops[k]
             b = _back_axis(model, node, a, ranks[k])
             if b is None:
                 return None
+            if dqs is not None and node.op_type == "DequantizeLinear":
+                dqs.append((node, b, ranks[k], i))
             if node.op_type == "Reshape":
                 target = [int(x) for x in model.const(node.inputs[1].name)]
                 if a >= len(target) or (target[a] == 0 and b != a):
@@ -266,14 +271,15 @@ def _map_back(model, c: Chain, axes: list[int], reshapes: list | None = None) ->
     return out
 
 
-def _dq_axis_param(model, dq: ir.Node, k: int, src_axis: int, ndim: int) -> str | None:
-    """Name of DQ input k (scale 1 / zero-point 2) when it is per-channel along ``src_axis``."""
+def _dq_axis_param(model, dq: ir.Node, k: int, in_axis: int, ndim: int) -> str | None:
+    """Name of DQ input k (scale 1 / zero-point 2) when it is per-channel along ``in_axis`` of the
+    DQ's input (rank ``ndim``)."""
     if k >= len(dq.inputs) or dq.inputs[k] is None:
         return None
     val = model.const(dq.inputs[k].name)
     if val is None or val.size <= 1:
         return None
-    if int(_attr(dq, "axis", 1)) % ndim != src_axis:
+    if int(_attr(dq, "axis", 1)) % ndim != in_axis:
         return None
     return dq.inputs[k].name
 
@@ -318,7 +324,8 @@ def slice_through(model, name: str, masks: dict[int, np.ndarray]) -> str:
         return "plain"
     axes = sorted(masks)
     reshapes: list = []
-    src_axes = _map_back(model, c, axes, reshapes) if _exclusive(model, c, name) else None
+    dqs: list = []
+    src_axes = _map_back(model, c, axes, reshapes, dqs) if _exclusive(model, c, name) else None
     if src_axes is not None:
         # a Reshape's literal target entry on a sliced axis takes the kept count (all computed
         # before anything changes: the chain is evaluated on the original values)
@@ -329,15 +336,13 @@ def slice_through(model, name: str, masks: dict[int, np.ndarray]) -> str:
             targets[node][a] = _kept_along(model, c, node, a, masks, axes)
         dq_params = []
         src = np.asarray(_plain_tensor(model.value_of(c.source)).numpy())
-        ndim = src.ndim
-        dqs = [n for n in c.ops if n.op_type == "DequantizeLinear"]
         for a, sa in zip(axes, src_axes):
             src = np.compress(masks[a], src, axis=sa)
-            for dq in dqs:
-                for k in (1, 2):
-                    if _dq_axis_param(model, dq, k, sa, ndim) is not None:
-                        dq_params.append((dq, k, np.compress(masks[a], np.asarray(model.const(inp_name(dq, k))),
-                                                             axis=0)))
+        for dq, in_axis, ndim, i in dqs:
+            for k in (1, 2):
+                if _dq_axis_param(model, dq, k, in_axis, ndim) is not None:
+                    dq_params.append((dq, k, np.compress(masks[axes[i]], np.asarray(model.const(inp_name(dq, k))),
+                                                         axis=0)))
         for node, target in targets.items():
             set_plain(model, _own_plain(model, node, 1), target)
         for dq, k, value in dq_params:
@@ -363,19 +368,20 @@ def zero_through(model, name: str, axis: int, drop: np.ndarray) -> None:
     c = chain(model, name)
     if c is None:
         raise KeyError(name)
-    src_axes = _map_back(model, c, [axis]) if c.ops and _exclusive(model, c, name) else ([axis] if not c.ops
-                                                                                         else None)
+    dqs: list = []
+    src_axes = _map_back(model, c, [axis], dqs=dqs) if c.ops and _exclusive(model, c, name) else (
+        [axis] if not c.ops else None)
     if src_axes is not None:
         sa = src_axes[0]
         src = np.array(_plain_tensor(model.value_of(c.source)).numpy(), copy=True)
         idx = [slice(None)] * src.ndim
         idx[sa] = drop
         zero = np.zeros((), src.dtype)
-        dq = next((n for n in c.ops if n.op_type == "DequantizeLinear"), None)
+        dq, in_axis, ndim, _ = dqs[0] if dqs else (None, 0, 0, 0)
         if dq is not None and len(dq.inputs) > 2 and dq.inputs[2] is not None:
             zp = np.asarray(model.const(dq.inputs[2].name))
             if zp.size > 1:
-                if int(_attr(dq, "axis", 1)) % src.ndim == sa:
+                if _dq_axis_param(model, dq, 2, in_axis, ndim) is not None:
                     shape = [1] * src.ndim
                     shape[sa] = -1
                     zero = np.broadcast_to(zp.reshape(shape), src.shape)[tuple(idx)]

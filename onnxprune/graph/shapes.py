@@ -100,6 +100,7 @@ def concrete_input_shapes(model, given: dict[str, tuple[int, ...]] | None = None
                 if isinstance(d, str):
                     dims[d] = n
                 shape.append(n)
+                model.concrete_defaulted = True
         out[v.name] = tuple(shape)
     return out
 
@@ -198,6 +199,7 @@ def infer(model, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[
     else:
         model.concrete = {}
     if not declared_only and (has_dynamic_inputs(model) or concrete):
+        model.concrete_defaulted = False
         model.concrete = concrete_input_shapes(model, concrete, dims)
         shapes, dt2 = _run_inference(skeleton(model, model.concrete), "concrete shapes", notes)
         for k, v in dt2.items():

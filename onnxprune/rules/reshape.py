@@ -85,7 +85,9 @@ class FlattenRule(Moves):
             return
         tail = shape[x.axis + 1:]
         head = shape[a:x.axis]
-        if not all(isinstance(d, int) for d in (*tail, *head)):
+        dynamic = any(ctx.model.is_dynamic_dim(ctx.input_name(0), k) for k in (*range(a, x.axis),
+                                                                                  *range(x.axis + 1, len(shape))))
+        if dynamic or not all(isinstance(d, int) for d in (*tail, *head)):
             ctx.barrier("spatial dims after the channel axis are not static")
             return
         ctx.set_out(0, 1, block_repeat(x.labels, _prod(tail), _prod(head)))
@@ -107,7 +109,8 @@ class ReshapeRule(Moves):
         if any(not isinstance(d, int) for d in outs[ca:]) and entries is not None:
             outs = _resolve_target(ins, entries, int(ctx.attr("allowzero", 0))) or outs
         tail = ins[ca + 1:]
-        if not all(isinstance(d, int) for d in tail):
+        if not all(isinstance(d, int) for d in tail) or any(
+                ctx.model.is_dynamic_dim(ctx.input_name(0), k) for k in range(ca + 1, len(ins))):
             ctx.barrier("dims after the channel axis are not static")
             return
         s = _prod(tail)
