@@ -240,3 +240,25 @@ def test_block_removal_on_a_dynamic_model_keeps_the_concrete_shapes(tmp_path):
     # the same groups minus the bypassed block's inner conv (8 channels, half removed): the Reshape
     # after the blocks stays prunable
     assert blocks.plan.n_removed == plain.plan.n_removed - 4
+
+
+@pytest.mark.parametrize("target,prunable", [([0, -1], False), ([0, 8 * 4, -1], True)])
+def test_reshape_never_bakes_a_dynamic_dim_into_the_channel_block(target, prunable):
+    """[N, C, H=4, W] → [N, C·H·W]: W is dynamic, so the index map would hold at one size only
+    (barrier); → [N, C·H, W] keeps W outside the channel block (prunable, any W)."""
+    n = Net("rs", seed=5)
+    y = n.relu(n.conv(n.input("x", ["N", 3, 4, "W"]), 3, 8, 3))
+    r = n.op("Reshape", [y, n.const(np.array(target, np.int64), "tgt")])
+    if len(target) == 3:
+        r = n.op("Transpose", [r], perm=[0, 2, 1])
+        n.output(n.linear(r, 32, 4))
+    else:
+        n.output(r)
+    an = analyze(Model(n.build()))
+    conv = next(g for g in an.groups if an.group_name(g).startswith("conv"))
+    assert conv.prunable == prunable, an.barriers
+    merged = [r for node, r in an.barriers if node.op_type == "Reshape" and "dynamic dim" in r]
+    assert bool(merged) != prunable, an.barriers
+    if prunable:
+        feeds = {"x": np.random.default_rng(0).standard_normal((2, 3, 4, 9)).astype(np.float32)}
+        assert_oracle(n.build(), ratio=0.5, feeds=feeds)

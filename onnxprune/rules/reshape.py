@@ -109,18 +109,21 @@ class ReshapeRule(Moves):
         if any(not isinstance(d, int) for d in outs[ca:]) and entries is not None:
             outs = _resolve_target(ins, entries, int(ctx.attr("allowzero", 0))) or outs
         tail = ins[ca + 1:]
-        if not all(isinstance(d, int) for d in tail) or any(
-                ctx.model.is_dynamic_dim(ctx.input_name(0), k) for k in range(ca + 1, len(ins))):
+        if not all(isinstance(d, int) for d in tail):
             ctx.barrier("dims after the channel axis are not static")
             return
         s = _prod(tail)
         j = _merged_axis(outs, c, s)
-        if j is None:
-            h = _split_axis(outs, c, s)
-            if h is None:
-                ctx.barrier(f"reshape {list(ins)} -> {list(outs)} splits or reorders the channel axis")
-                return
-            _split_heads(ctx, x.labels, h, int(outs[h]), int(outs[h + 1]), entries)
+        split = _split_axis(outs, c, s) if j is None else None
+        if j is None and split is None:
+            ctx.barrier(f"reshape {list(ins)} -> {list(outs)} splits or reorders the channel axis")
+            return
+        if not _dynamic_dims_stay_outside(ctx, ca, split + 2 if split is not None else j + 1):
+            ctx.barrier("a dynamic dim after the channel axis would be merged into it (the index map "
+                        "would hold at the analysed input size only)")
+            return
+        if split is not None:
+            _split_heads(ctx, x.labels, split, int(outs[split]), int(outs[split + 1]), entries)
             return
         t = _prod(outs[j + 1:])
         inner = s // t
@@ -138,6 +141,22 @@ class ReshapeRule(Moves):
             ctx.barrier("the shape's channel entry is computed at run time")
             return
         ctx.set_out(0, j, block_repeat(x.labels, inner))
+
+
+def _dynamic_dims_stay_outside(ctx, ca: int, after: int) -> bool:
+    """Dims after the channel axis that are dynamic (declared) must reappear after output axis
+    ``after - 1`` (the channel block): then the block's size does not depend on them."""
+    ins_sym = ctx.model.sym_shape(ctx.input_name(0)) or ()
+    dyn = [d for d in ins_sym[ca + 1:] if isinstance(d, str)]
+    if not dyn:
+        return True
+    outs_sym = list(ctx.model.sym_shape(ctx.output_name(0)) or ())
+    rest = outs_sym[after:]
+    for d in dyn:
+        if d not in rest:
+            return False
+        rest.remove(d)
+    return True
 
 
 def _split_axis(outs, c: int, s: int) -> int | None:
