@@ -89,7 +89,7 @@ def _frac(a: int, b: int) -> str:
 def _at(cost) -> str:
     if not cost.at:
         return ""
-    return " at input " + ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in cost.at.items())
+    return " at input " + ", ".join(f"{k}={'x'.join(map(str, v)) or 'scalar'}" for k, v in cost.at.items())
 
 
 def build_parser() -> argparse.ArgumentParser:

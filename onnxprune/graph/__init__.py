@@ -83,6 +83,7 @@ class Model:
         self.dtypes: dict[str, int] = {}
         self.concrete: dict[str, tuple[int, ...]] = {}  # graph input -> the concrete shape used
         self.concrete_defaulted = False  # some dynamic dim took a default size
+        self.varying: dict[str, frozenset[int]] = {}  # tensor -> axes that change with the input size
         self.shape_notes: list[str] = []
         self._const_cache: dict[str, np.ndarray | None] = {}
         self._static: dict[str, np.ndarray | None] = {}
@@ -350,7 +351,9 @@ class Model:
         """Whether dim ``axis`` of ``name`` follows a dynamic input dim (inferred as a symbol when
         the model is analysed as declared). Index maps must not bake such a dim in."""
         s = self.sym.get(name)
-        return s is not None and axis < len(s) and isinstance(s[axis], str)
+        if s is not None and axis < len(s) and isinstance(s[axis], str):
+            return True
+        return axis in self.varying.get(name, ())
 
     @property
     def concrete_note(self) -> str:

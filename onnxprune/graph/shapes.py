@@ -201,20 +201,14 @@ def infer(model, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[
     if not declared_only and (has_dynamic_inputs(model) or concrete):
         model.concrete_defaulted = False
         model.concrete = concrete_input_shapes(model, concrete, dims)
-        shapes, dt2 = _run_inference(skeleton(model, model.concrete), "concrete shapes", notes)
-        for k, v in dt2.items():
-            dtypes.setdefault(k, v)
-        for _ in range(3):  # shape arithmetic onnx's data propagation missed: evaluate it, infer again
-            known = _known_values(model, shapes)
-            if not known:
-                break
-            shapes, dt2 = _run_inference(skeleton(model, model.concrete, known), "concrete shapes", notes)
-            for k, v in dt2.items():
-                dtypes.setdefault(k, v)
-            for k, v in known.items():
-                shapes.setdefault(k, tuple(np.shape(v)))
-            if not any(_unknown_dims(s) for s in shapes.values()):
-                break
+        shapes = _concrete_pass(model, model.concrete, dtypes, notes)
+        # a second concrete pass with every dynamic input dim doubled: dims that change with it
+        # are dynamic even where the declared pass lost their symbol (Conv over a dynamic H)
+        other = _concrete_pass(model, _doubled(model), dtypes, [])
+        model.varying = {n: frozenset(k for k, (a, b) in enumerate(zip(s, other[n])) if a != b)
+                         for n, s in shapes.items() if n in other and len(other[n]) == len(s)}
+    elif not declared_only:
+        model.varying = {}
     for name, v in model.graph.initializers.items():
         shape = tuple(int(d) for d in v.const_value.shape)
         shapes[name] = sym[name] = shape
@@ -235,6 +229,35 @@ def infer(model, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[
         shapes.update(_probe(model, unknown, shapes, dtypes, notes))
     model.sym, model.shapes, model.dtypes = sym, shapes, dtypes
     model.shape_notes = notes
+
+
+def _concrete_pass(model, input_shapes, dtypes: dict[str, int], notes: list[str]) -> dict[str, Shape]:
+    shapes, dt2 = _run_inference(skeleton(model, input_shapes), "concrete shapes", notes)
+    for k, v in dt2.items():
+        dtypes.setdefault(k, v)
+    for _ in range(3):  # shape arithmetic onnx's data propagation missed: evaluate it, infer again
+        known = _known_values(model, shapes)
+        if not known:
+            break
+        shapes, dt2 = _run_inference(skeleton(model, input_shapes, known), "concrete shapes", notes)
+        for k, v in dt2.items():
+            dtypes.setdefault(k, v)
+        for k, v in known.items():
+            shapes.setdefault(k, tuple(np.shape(v)))
+        if not any(_unknown_dims(s) for s in shapes.values()):
+            break
+    return shapes
+
+
+def _doubled(model) -> dict[str, tuple[int, ...]]:
+    """The concrete input shapes with every dynamic (declared) dim doubled."""
+    out = {}
+    for v in model.graph.inputs:
+        if v.name not in model.concrete:
+            continue
+        declared = _declared_dims(v) or [None] * len(model.concrete[v.name])
+        out[v.name] = tuple(d if isinstance(dd, int) else 2 * d for d, dd in zip(model.concrete[v.name], declared))
+    return out
 
 
 def _unknown_dims(s) -> bool:

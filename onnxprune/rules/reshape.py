@@ -146,16 +146,19 @@ class ReshapeRule(Moves):
 def _dynamic_dims_stay_outside(ctx, ca: int, after: int) -> bool:
     """Dims after the channel axis that are dynamic (declared) must reappear after output axis
     ``after - 1`` (the channel block): then the block's size does not depend on them."""
-    ins_sym = ctx.model.sym_shape(ctx.input_name(0)) or ()
-    dyn = [d for d in ins_sym[ca + 1:] if isinstance(d, str)]
+    m, x, y = ctx.model, ctx.input_name(0), ctx.output_name(0)
+    ins = ctx.in_shape(0) or ()
+    dyn = [k for k in range(ca + 1, len(ins)) if m.is_dynamic_dim(x, k)]
     if not dyn:
         return True
-    outs_sym = list(ctx.model.sym_shape(ctx.output_name(0)) or ())
-    rest = outs_sym[after:]
-    for d in dyn:
-        if d not in rest:
+    outs = ctx.out_shape(0) or ()
+    # each dynamic input dim must be matched by a dynamic output dim of the same size after the block
+    rest = [k for k in range(after, len(outs)) if m.is_dynamic_dim(y, k)]
+    for k in dyn:
+        match = next((r for r in rest if outs[r] == ins[k]), None)
+        if match is None:
             return False
-        rest.remove(d)
+        rest.remove(match)
     return True
 
 
