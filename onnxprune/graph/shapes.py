@@ -106,7 +106,7 @@ def concrete_input_shapes(model, given: dict[str, tuple[int, ...]] | None = None
 
 
 def skeleton(model, input_shapes: dict[str, tuple[int, ...]] | None = None,
-             known: dict[str, np.ndarray] | None = None) -> onnx.ModelProto:
+             known: dict[str, np.ndarray] | None = None, nodes: list | None = None) -> onnx.ModelProto:
     """The graph without its big weights (declared as typed inputs), optionally at fixed input shapes.
 
     ``known``: small tensors whose values are known (shape arithmetic at the concrete shape):
@@ -134,10 +134,12 @@ def skeleton(model, input_shapes: dict[str, tuple[int, ...]] | None = None,
             sk.input.append(onnx.helper.make_tensor_value_info(name, int(t.dtype), list(t.shape.numpy())))
     for name, value in known.items():
         sk.initializer.append(onnx.numpy_helper.from_array(np.asarray(value), name))
-    for node in g:
-        if known and node.outputs and all(o.name in known for o in node.outputs):
+    if nodes is None:
+        nodes = [ir.serde.serialize_node(node) for node in g]
+    for node in nodes:
+        if known and node.output and all(o in known for o in node.output):
             continue
-        sk.node.append(ir.serde.serialize_node(node))
+        sk.node.append(node)
     for v in g.outputs:
         vi = onnx.ValueInfoProto(name=v.name)
         if v.type is not None and isinstance(v.type, ir.TensorType):
@@ -192,7 +194,8 @@ def infer(model, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[
     skips the concrete pass and the probe.
     """
     notes: list[str] = []
-    sym, dtypes = _run_inference(skeleton(model), "declared shapes", notes)
+    nodes = [ir.serde.serialize_node(node) for node in model.graph]  # once for every pass
+    sym, dtypes = _run_inference(skeleton(model, nodes=nodes), "declared shapes", notes)
     shapes = sym
     if declared_only:
         concrete = None
@@ -201,10 +204,10 @@ def infer(model, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[
     if not declared_only and (has_dynamic_inputs(model) or concrete):
         model.concrete_defaulted = False
         model.concrete = concrete_input_shapes(model, concrete, dims)
-        shapes = _concrete_pass(model, model.concrete, dtypes, notes)
+        shapes = _concrete_pass(model, model.concrete, dtypes, notes, nodes)
         # a second concrete pass with every dynamic input dim doubled: dims that change with it
         # are dynamic even where the declared pass lost their symbol (Conv over a dynamic H)
-        other = _concrete_pass(model, _doubled(model), dtypes, [])
+        other = _concrete_pass(model, _doubled(model), dtypes, [], nodes, rounds=1)
         model.varying = {n: frozenset(k for k, (a, b) in enumerate(zip(s, other[n])) if a != b)
                          for n, s in shapes.items() if n in other and len(other[n]) == len(s)}
     elif not declared_only:
@@ -231,15 +234,16 @@ def infer(model, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[
     model.shape_notes = notes
 
 
-def _concrete_pass(model, input_shapes, dtypes: dict[str, int], notes: list[str]) -> dict[str, Shape]:
-    shapes, dt2 = _run_inference(skeleton(model, input_shapes), "concrete shapes", notes)
+def _concrete_pass(model, input_shapes, dtypes: dict[str, int], notes: list[str], nodes: list,
+                   rounds: int = 3) -> dict[str, Shape]:
+    shapes, dt2 = _run_inference(skeleton(model, input_shapes, nodes=nodes), "concrete shapes", notes)
     for k, v in dt2.items():
         dtypes.setdefault(k, v)
-    for _ in range(3):  # shape arithmetic onnx's data propagation missed: evaluate it, infer again
+    for _ in range(rounds):  # shape arithmetic onnx's data propagation missed: evaluate it, infer again
         known = _known_values(model, shapes)
         if not known:
             break
-        shapes, dt2 = _run_inference(skeleton(model, input_shapes, known), "concrete shapes", notes)
+        shapes, dt2 = _run_inference(skeleton(model, input_shapes, known, nodes), "concrete shapes", notes)
         for k, v in dt2.items():
             dtypes.setdefault(k, v)
         for k, v in known.items():
