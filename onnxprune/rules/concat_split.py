@@ -147,4 +147,29 @@ class SliceRule(Moves):
         ctx.set_out(0, x.axis, out)
 
 
-RULES = (ConcatRule(), SplitRule(), SliceRule())
+class GatherRule(Moves):
+    """``Gather`` along a non-channel axis with constant indices (``h_n[-1]``, a select of q/k/v):
+    the channel axis moves by the indices' rank minus one when the gathered axis is before it.
+    Gathering along the channel axis is a barrier; a Gather whose indices carry channels too."""
+
+    op_types = ("Gather",)
+
+    def apply(self, ctx) -> None:
+        if ctx.chan(1) is not None:
+            ctx.barrier("the indices carry channels")
+            return
+        if (xr := ctx.chan_and_rank()) is None:
+            return
+        x, rank = xr
+        axis = norm_axis(int(ctx.attr("axis", 0)), rank)
+        if axis == x.axis:
+            ctx.barrier("gathers along the channel axis")
+            return
+        idx = ctx.value(1)
+        if idx is None:
+            ctx.barrier("indices are not a constant")
+            return
+        ctx.set_out(0, x.axis + (np.ndim(idx) - 1 if axis < x.axis else 0), x.labels)
+
+
+RULES = (ConcatRule(), SplitRule(), SliceRule(), GatherRule())

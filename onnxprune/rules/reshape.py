@@ -3,8 +3,9 @@
 1. ``Transpose`` moves the channel axis to ``perm.index(axis)``.
 2. ``Squeeze``/``Unsqueeze`` shift it (squeezing the channel axis itself is a barrier).
 3. ``Flatten``/``Reshape`` that merge the channel axis with the axes after it (C·H·W into a
-   Gemm/MatMul) give the merged axis the labels ``repeat(labels, H·W)`` (tiled when axes before C
-   are merged too). A Reshape's literal target size on that axis is rewritten to the kept count
+   Gemm/MatMul) give the merged axis the labels ``repeat(labels, H·W)``, tiled when static axes
+   before C are merged too (a bidirectional RNN's ``[seq, batch, dirs, H] → [seq, batch,
+   dirs·H]``). Dynamic dims are never merged into the channel block. A Reshape's literal target size on that axis is rewritten to the kept count
    times H·W; 0 (copy) and -1 (infer) entries need no change. Reshapes that *split* the channel
    axis (attention heads) are barriers here.
 4. ``Shape`` reads channel counts: it is allowed when only dims other than the channel axis are
@@ -113,13 +114,25 @@ class ReshapeRule(Moves):
             ctx.barrier("dims after the channel axis are not static")
             return
         s = _prod(tail)
-        j = _merged_axis(outs, c, s)
+        j, outer = _merged_axis(outs, c, s), 1
+        first = ca
+        if j is None:  # axes before the channel axis merged in too ([.., dirs, H] -> [.., dirs·H])
+            for k in range(ca - 1, -1, -1):
+                if not all(isinstance(d, int) for d in ins[k:ca]):
+                    break
+                outer = _prod(ins[k:ca])
+                j = _merged_axis(outs, outer * c, s)
+                if j is not None and _prod(outs[:j]) == _prod(ins[:k]):
+                    first = k
+                    break
+                j, outer = None, 1
         split = _split_axis(outs, c, s) if j is None else None
         if j is None and split is None:
             ctx.barrier(f"reshape {list(ins)} -> {list(outs)} splits or reorders the channel axis")
             return
-        if not _dynamic_dims_stay_outside(ctx, ca, split + 2 if split is not None else j + 1):
-            ctx.barrier("a dynamic dim after the channel axis would be merged into it (the index map "
+        if not _dynamic_dims_stay_outside(ctx, ca, split + 2 if split is not None else j + 1) or any(
+                ctx.model.is_dynamic_dim(ctx.input_name(0), k) for k in range(first, ca)):
+            ctx.barrier("a dynamic dim would be merged into the channel axis (the index map "
                         "would hold at the analysed input size only)")
             return
         if split is not None:
@@ -130,17 +143,17 @@ class ReshapeRule(Moves):
         allowzero = int(ctx.attr("allowzero", 0))
         entry = entries[j] if entries is not None and j < len(entries) else None
         if _fixable(entry):
-            if not target_entry_fix(ctx, 1, j, lambda kept, inner=inner: kept * inner, x.labels):
+            if not target_entry_fix(ctx, 1, j, lambda kept, inner=inner, outer=outer: outer * kept * inner, x.labels):
                 ctx.barrier("the channel entry of the shape cannot be rewritten")
                 return
         elif entry == 0:
-            if allowzero or j != ca or inner != 1:
+            if allowzero or j != ca or inner != 1 or outer != 1:
                 ctx.barrier("shape entry 0 on the channel axis does not copy the channel count")
                 return
         elif entry != -1:
             ctx.barrier("the shape's channel entry is computed at run time")
             return
-        ctx.set_out(0, j, block_repeat(x.labels, inner))
+        ctx.set_out(0, j, block_repeat(x.labels, inner, outer))
 
 
 def _dynamic_dims_stay_outside(ctx, ca: int, after: int) -> bool:
@@ -352,16 +365,52 @@ class ShapeRule(Moves):
             return
         model = ctx.model
         name = ctx.output_name(0)
+        if model.is_graph_output(name):
+            ctx.barrier("the channel count is a graph output")
+            return
+        pos = x.axis - start
         for node, index in model.uses(name):
-            if node.op_type != "Gather" or index != 0 or int(model.attr(node, "axis", 0)) != 0:
-                break
-            idx = model.const(inp(node, 1))
-            if idx is None or (x.axis - start) in {norm_axis(int(i), end - start) for i in np.atleast_1d(idx)}:
-                break
-        else:
-            if not model.is_graph_output(name):
-                return
-        ctx.barrier("the channel count is read at run time")
+            if index == 0 and _reads_other_dims(model, node, pos, end - start):
+                continue
+            if _only_shape_targets(model, node, index):
+                continue  # the Reshape/Expand rules rewrite those entries as constants
+            ctx.barrier("the channel count is read at run time")
+            return
+
+
+_ARITH = {"Slice", "Gather", "Mul", "Add", "Sub", "Div", "Squeeze", "Unsqueeze", "Concat", "Cast", "Identity",
+          "Reshape"}
+
+
+def _reads_other_dims(model, node, pos: int, n: int) -> bool:
+    """A Gather or Slice of the shape vector that does not read position ``pos``."""
+    if node.op_type == "Gather" and int(model.attr(node, "axis", 0)) == 0:
+        idx = model.const(inp(node, 1))
+        return idx is not None and pos not in {norm_axis(int(i), n) for i in np.atleast_1d(idx)}
+    if node.op_type == "Slice" and len(node.inputs) >= 3:
+        st, en = model.const(inp(node, 1)), model.const(inp(node, 2))
+        steps = model.const(inp(node, 4)) if inp(node, 4) else None
+        if st is None or en is None or st.size != 1 or (steps is not None and int(steps.reshape(-1)[0]) != 1):
+            return False
+        s, e = (max(min(int(v) + n if int(v) < 0 else int(v), n), 0) for v in (st.reshape(-1)[0], en.reshape(-1)[0]))
+        return not (s <= pos < e)
+    return False
+
+
+def _only_shape_targets(model, node, index: int, depth: int = 0) -> bool:
+    """Whether a value read from a shape flows, through shape arithmetic, only into the shape
+    operand of Reshape/Expand nodes (whose rules replace a static channel entry by a constant)."""
+    if node.op_type in ("Reshape", "Expand") and index == 1:
+        return True
+    if node.op_type not in _ARITH or depth > 12 or (node.op_type == "Reshape" and index != 0):
+        return False
+    for out in node.outputs:
+        if model.is_graph_output(out.name):
+            return False
+        for user, k in model.uses(out.name):
+            if not _only_shape_targets(model, user, k, depth + 1):
+                return False
+    return True
 
 
 class ExpandRule(Moves):

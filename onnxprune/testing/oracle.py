@@ -20,7 +20,7 @@ def zero_consumers(original: onnx.ModelProto, an: Analysis, keep_atom: np.ndarra
     """A copy of ``original`` with the removed channels' consumer-side weights set to zero."""
     m = Model(original)
     for p in an.params:
-        if p.role != "in":
+        if p.role not in ("in", "recurrent"):  # consumer side: the next layer, and R's columns
             continue
         drop = ~an.keep_mask(p.labels, keep_atom)
         if not drop.any():

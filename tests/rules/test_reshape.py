@@ -1,5 +1,6 @@
 """Flatten/Reshape into Gemm/MatMul (C·H·W mapping), Transpose, Squeeze/Unsqueeze, Shape."""
 import numpy as np
+import onnx
 import pytest
 
 from conftest import assert_oracle, group_sizes
@@ -46,12 +47,26 @@ def test_reshape_with_runtime_shape():
     assert group_sizes(res.analysis)[0] == (8, 8)
 
 
-def test_shape_reading_channels_is_a_barrier():
+def test_channel_count_read_into_a_reshape_target_is_rewritten():
+    """TorchScript style: the target's channel entry is read at run time from Shape; it is a static
+    channel count, so it becomes the pruned constant."""
     def rs(n, x, y):
         shape = n.op("Shape", [y])
         c = n.op("Gather", [shape, n.const(np.array([1], np.int64))], axis=0)
         target = n.op("Concat", [n.const(np.array([-1], np.int64)), c, n.const(np.array([16], np.int64))], axis=0)
         return n.flatten(n.op("Reshape", [y, target]))
+
+    res = assert_oracle(head(rs))
+    assert res.analysis.groups[0].prunable
+
+
+def test_shape_reading_channels_is_a_barrier():
+    """The channel count used as data (here a scale) changes with pruning: a barrier."""
+    def rs(n, x, y):
+        shape = n.op("Shape", [y])
+        c = n.op("Gather", [shape, n.const(np.array([1], np.int64))], axis=0)
+        scale = n.op("Cast", [c], to=onnx.TensorProto.FLOAT)
+        return n.flatten(n.op("Mul", [y, scale]))
 
     an = analyze(Model(head(rs)))
     assert not an.groups[0].prunable
@@ -72,15 +87,17 @@ def test_reshape_splitting_channels_prunes_whole_groups():
     assert [0, 1, 4, 16] in shapes
 
 
-def test_channel_shuffle_is_a_barrier():
-    # split into (2, 4), swap the axes, merge: channel c lands elsewhere
+def test_channel_shuffle_prunes_whole_shuffle_consistent_sets():
+    # split into (2, 4), swap the axes, merge: channel c lands elsewhere. The split makes each
+    # group of 4 one atom; the merge tiles the group labels, so only whole groups go, and the
+    # shuffled positions of a removed group are the ones removed downstream.
     def rs(n, x, y):
         z = n.op("Reshape", [y, n.const(np.array([0, 2, 4, 16], np.int64))])
         z = n.op("Transpose", [z], perm=[0, 2, 1, 3])
         return n.op("Reshape", [z, n.const(np.array([0, -1], np.int64))])
 
-    an = analyze(Model(head(rs)))
-    assert not an.groups[0].prunable
+    res = assert_oracle(head(rs), ratio=0.5)
+    assert group_sizes(res.analysis)[0] == (2, 2)  # two atoms of 4 channels each
 
 
 def test_transpose_nhwc_into_matmul():

@@ -1,0 +1,133 @@
+"""Recurrent layers: ``LSTM``, ``GRU`` and ``RNN`` hidden units.
+
+A hidden unit ``j`` (shared by both directions: one ``hidden_size``) owns
+
+* its G rows of ``W [dirs, G·H, I]`` and ``R [dirs, G·H, H]`` (G = 4 LSTM gates ``i o f c``,
+  3 GRU gates ``z r h``, 1 RNN), rows ``g·H + j`` — producer side (role ``out``);
+* its 2·G entries of ``B [dirs, 2·G·H]`` (``Wb`` then ``Rb``) and the 3 LSTM peepholes
+  ``P [dirs, 3·H]`` (role ``bias``);
+* column ``j`` of ``R``: how ``h_j`` feeds every unit's gates (role ``recurrent``: consumer side,
+  zeroed by the oracle like the next layer's input weights);
+* entry ``j`` of constant ``initial_h``/``initial_c [dirs, batch, H]`` (role ``state``).
+
+W's input axis is the consumer side of the layer's input channels (role ``in``). Outputs carry
+the units on their last axis: ``Y [seq, dirs, batch, H]`` (layout 0) or ``[batch, seq, dirs, H]``
+(layout 1), ``Y_h``/``Y_c [dirs, batch, H]`` or ``[batch, dirs, H]``.
+
+Initial states:
+
+1. absent: nothing to do;
+2. a constant: sliced with the units;
+3. zeros made at run time (``ConstantOfShape`` or ``Expand`` of a zero constant, possibly
+   sliced — what both torch exporters emit for ``h0 = None``): the input is dropped, which ONNX
+   defines as the same zeros;
+4. a graph input, or computed otherwise: the graph input keeps its shape, so every unit stays
+   (pinned, with the reason).
+
+Removing unit ``j`` ≡ zeroing column ``j`` of R and its slice in every consumer of Y/Y_h/Y_c: the
+unit's own state then influences nothing.
+
+The rewrite sets ``hidden_size`` to the kept count.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..graph import attr_value, inp
+from .base import Rule
+
+GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
+_STATE_PASS = ("Slice", "Identity", "Cast", "Transpose", "Unsqueeze", "Squeeze", "Reshape")
+
+
+def rnn_macs(model, node, shape_of) -> int | None:
+    """Per step and direction: gates × hidden × (input + hidden)."""
+    gates = GATES[node.op_type]
+    x = shape_of(node.inputs[0].name)
+    w = shape_of(node.inputs[1].name) if len(node.inputs) > 1 and node.inputs[1] is not None else None
+    if x is None or w is None or len(x) != 3 or len(w) != 3:
+        return None
+    dirs, _, inp_size = w
+    hidden = int(attr_value(node, "hidden_size", w[1] // gates))
+    return int(x[0] * x[1] * dirs * gates * hidden * (inp_size + hidden))
+
+
+def _zero_state(model, name: str) -> bool:
+    """Zeros made at run time: ConstantOfShape(0)/Expand(0, shape), then layout ops."""
+    for _ in range(8):
+        node = model.producer(name)
+        if node is None:
+            return False
+        if node.op_type in _STATE_PASS:
+            name = inp(node, 0)
+            continue
+        if node.op_type == "ConstantOfShape":
+            value = attr_value(node, "value")
+            return value is None or not np.any(np.asarray(value))
+        if node.op_type == "Expand":
+            v = model.const(inp(node, 0))
+            return v is not None and not np.any(v)
+        return False
+    return False
+
+
+class RecurrentRule(Rule):
+    op_types = ("LSTM", "GRU", "RNN")
+    min_opset = 7
+
+    def cost(self, model, node, shape_of):
+        macs = rnn_macs(model, node, shape_of)
+        return None if macs is None else (macs, 0)
+
+    def apply(self, ctx) -> None:
+        gates = GATES[ctx.op]
+        for k, what in ((1, "W"), (2, "R"), (3, "B"), (7, "P")):
+            if ctx.has_input(k) and not ctx.is_const(k):
+                ctx.barrier(f"{what} is not a constant")
+                return
+        w_shape = ctx.model.const_shape(ctx.input_name(1))
+        hidden = int(ctx.attr("hidden_size", w_shape[1] // gates))
+        if w_shape[1] != gates * hidden:
+            ctx.barrier(f"W has {w_shape[1]} rows for {gates} gates of {hidden} units")
+            return
+        units = ctx.new_space(hidden, f"{ctx.name}:hidden")
+        rows = np.tile(units, gates)
+        ctx.param(1, 1, rows, "out")
+        ctx.param(2, 1, rows, "out")
+        ctx.param(2, 2, units, "recurrent")
+        if ctx.has_input(3):
+            ctx.param(3, 1, np.tile(units, 2 * gates), "bias")
+        if ctx.has_input(7):
+            ctx.param(7, 1, np.tile(units, 3), "bias")
+        x = ctx.chan(0)
+        if x is not None:
+            if x.axis == 2:
+                ctx.param(1, 2, x.labels, "in")
+            else:
+                ctx.pin(x.labels, "recurrent input channels are not on its last axis")
+        drop = []
+        for k in (5, 6) if ctx.op == "LSTM" else (5,):
+            if not ctx.has_input(k):
+                continue
+            name = ctx.input_name(k)
+            if ctx.is_const(k):
+                ctx.param(k, 2, units, "state")
+            elif _zero_state(ctx.model, name):
+                drop.append(k)
+            else:
+                why = "is a graph input" if name in ctx.model.graph_inputs else "is computed at run time"
+                ctx.pin(units, f"initial {'h' if k == 5 else 'c'} {why}: the units keep its shape")
+
+        def fix(rw, node=ctx.node, units=units, drop=tuple(drop)):
+            rw.set_attr(node, "hidden_size", int(rw.keep(units).sum()))
+            for k in drop:  # zeros at run time ≡ no initial state
+                node.replace_input_with(k, None)
+
+        ctx.fix(fix)
+        ctx.nonempty(units)
+        ctx.set_out(0, 3, units)
+        ctx.set_out(1, 2, units)
+        ctx.set_out(2, 2, units)
+
+
+RULES = (RecurrentRule(),)
