@@ -28,6 +28,11 @@ Removing unit ``j`` ≡ zeroing column ``j`` of R and its slice in every consume
 unit's own state then influences nothing.
 
 The rewrite sets ``hidden_size`` to the kept count.
+
+``com.microsoft.DynamicQuantizeLSTM`` (onnxruntime's dynamically quantized LSTM) stores int8
+``W [dirs, I, 4·H]`` and ``R [dirs, H, 4·H]`` transposed, with scales and zero-points per tensor
+``[dirs]`` (left as they are) or per gate row ``[dirs, 4·H]`` (sliced with the units); the same
+units are pruned, the weights staying int8.
 """
 from __future__ import annotations
 
@@ -42,13 +47,14 @@ _STATE_PASS = ("Slice", "Identity", "Cast", "Transpose", "Unsqueeze", "Squeeze",
 
 def rnn_macs(model, node, shape_of) -> int | None:
     """Per step and direction: gates × hidden × (input + hidden)."""
-    gates = GATES[node.op_type]
+    gates = GATES.get(node.op_type, 4)
     x = shape_of(node.inputs[0].name)
     w = shape_of(node.inputs[1].name) if len(node.inputs) > 1 and node.inputs[1] is not None else None
     if x is None or w is None or len(x) != 3 or len(w) != 3:
         return None
-    dirs, _, inp_size = w
-    hidden = int(attr_value(node, "hidden_size", w[1] // gates))
+    quant = node.op_type == "DynamicQuantizeLSTM"  # W [dirs, I, 4H]
+    dirs, inp_size, rows = (w[0], w[1], w[2]) if quant else (w[0], w[2], w[1])
+    hidden = int(attr_value(node, "hidden_size", rows // gates))
     return int(x[0] * x[1] * dirs * gates * hidden * (inp_size + hidden))
 
 
@@ -74,39 +80,47 @@ def _zero_state(model, name: str) -> bool:
 class RecurrentRule(Rule):
     op_types = ("LSTM", "GRU", "RNN")
     min_opset = 7
+    # axes of W and R: (gate rows, input / recurrent columns)
+    row_axis, col_axis = 1, 2
 
     def cost(self, model, node, shape_of):
         macs = rnn_macs(model, node, shape_of)
         return None if macs is None else (macs, 0)
 
     def apply(self, ctx) -> None:
-        gates = GATES[ctx.op]
-        for k, what in ((1, "W"), (2, "R"), (3, "B"), (7, "P")):
+        gates = GATES.get(ctx.op, 4)
+        for k, what in ((1, "W"), (2, "R"), (3, "B"), (7, "P"), (8, "W_scale"), (9, "W_zero_point"),
+                        (10, "R_scale"), (11, "R_zero_point")):
             if ctx.has_input(k) and not ctx.is_const(k):
                 ctx.barrier(f"{what} is not a constant")
                 return
+        ra, ca = self.row_axis, self.col_axis
         w_shape = ctx.model.const_shape(ctx.input_name(1))
-        hidden = int(ctx.attr("hidden_size", w_shape[1] // gates))
-        if w_shape[1] != gates * hidden:
-            ctx.barrier(f"W has {w_shape[1]} rows for {gates} gates of {hidden} units")
+        hidden = int(ctx.attr("hidden_size", w_shape[ra] // gates))
+        if w_shape[ra] != gates * hidden:
+            ctx.barrier(f"W has {w_shape[ra]} gate rows for {gates} gates of {hidden} units")
             return
         units = ctx.new_space(hidden, f"{ctx.name}:hidden")
         rows = np.tile(units, gates)
-        ctx.param(1, 1, rows, "out")
-        ctx.param(2, 1, rows, "out")
-        ctx.param(2, 2, units, "recurrent")
+        ctx.param(1, ra, rows, "out")
+        ctx.param(2, ra, rows, "out")
+        ctx.param(2, ca, units, "recurrent")
         if ctx.has_input(3):
             ctx.param(3, 1, np.tile(units, 2 * gates), "bias")
         if ctx.has_input(7):
             ctx.param(7, 1, np.tile(units, 3), "bias")
+        for k in (8, 9, 10, 11):  # per-gate-row quantization parameters go with their rows
+            shape = ctx.model.const_shape(ctx.input_name(k)) if ctx.has_input(k) else None
+            if shape is not None and len(shape) == 2:
+                ctx.param(k, 1, rows, "affine")
         x = ctx.chan(0)
         if x is not None:
             if x.axis == 2:
-                ctx.param(1, 2, x.labels, "in")
+                ctx.param(1, ca, x.labels, "in")
             else:
                 ctx.pin(x.labels, "recurrent input channels are not on its last axis")
         drop = []
-        for k in (5, 6) if ctx.op == "LSTM" else (5,):
+        for k in (5, 6) if ctx.op in ("LSTM", "DynamicQuantizeLSTM") else (5,):
             if not ctx.has_input(k):
                 continue
             name = ctx.input_name(k)
@@ -130,4 +144,13 @@ class RecurrentRule(Rule):
         ctx.set_out(2, 2, units)
 
 
-RULES = (RecurrentRule(),)
+class QuantizedLSTMRule(RecurrentRule):
+    """``com.microsoft.DynamicQuantizeLSTM``: W/R stored transposed ([dirs, I|H, 4·H])."""
+
+    op_types = ("DynamicQuantizeLSTM",)
+    domain = "com.microsoft"
+    min_opset = 1
+    row_axis, col_axis = 2, 1
+
+
+RULES = (RecurrentRule(), QuantizedLSTMRule())
