@@ -491,6 +491,28 @@ class NodeContext:
         for k in range(self.n_outputs):
             self.an.chan.pop(self.output_name(k), None)
 
+    def chan_or_fill(self, k: int, axis: int) -> Chan | None:
+        """Input k's channels; for a tensor filled with one value at run time (an RNN cell's zero
+        state from ``ConstantOfShape``/``Expand``) fresh labels whose count the rewrite writes into
+        the fill's shape, so a weight it shares with the other time steps can still be sliced."""
+        c = self.chan(k)
+        if c is not None or not self.has_input(k):
+            return c
+        s = self.in_shape(k)
+        if s is None or axis >= len(s) or not isinstance(s[axis], int) or s[axis] < 2:
+            return None
+        from .rules.elementwise import _uniform_fill_fix, uniform_fill
+
+        if uniform_fill(self.model, self.input_name(k)) is None:
+            return None
+        marks = len(self.an.fixes)
+        labels = self.new_space(int(s[axis]), f"{self.name}:input{k} (fill)")
+        if not _uniform_fill_fix(self, self.input_name(k), axis, labels):
+            del self.an.fixes[marks:]
+            self.pin(labels, "the fill's shape entry cannot be rewritten")
+            return None
+        return Chan(axis, labels)
+
     def chan_or_pinned(self, k: int, axis: int, why: str) -> Chan | None:
         """Input k's channels, or fresh pinned labels when it carries none (needs a static size)."""
         c = self.chan(k)

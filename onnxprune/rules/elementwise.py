@@ -67,10 +67,38 @@ class BroadcastRule(Rule):
                 continue
             if ctx.is_const(k) and dim == size:
                 ctx.param(k, local, main.labels, "affine")
+            elif dim == size and _uniform_fill_fix(ctx, ctx.input_name(k), local, main.labels):
+                continue  # zeros (or any fill) made at run time: its channel count follows the pruning
             else:
                 ctx.pin(main.labels, f"input {k} ({ctx.input_name(k)}) has {dim} entries on the channel axis "
                                      "and is not a channel-tracked tensor")
         ctx.set_out(0, axis, main.labels)
+
+
+def _uniform_fill_fix(ctx, name: str, axis: int, labels) -> bool:
+    """A tensor filled with one value at run time (``ConstantOfShape`` or ``Expand`` of a scalar
+    constant, through Identity/Cast — an RNN cell's zero state): declare the fix of its shape entry
+    on ``axis``; its values do not depend on the channel."""
+    from .reshape import target_entry_fix
+
+    fill = uniform_fill(ctx.model, name)
+    return fill is not None and target_entry_fix(ctx, fill[1], axis, lambda kept: kept, labels, node=fill[0])
+
+
+def uniform_fill(model, name: str):
+    """(node, index of its shape input) when ``name`` is one value broadcast to a run-time shape."""
+    node = model.producer(name)
+    while node is not None and node.op_type in ("Identity", "Cast"):
+        node = model.producer(inp(node, 0))
+    if node is None:
+        return None
+    if node.op_type == "ConstantOfShape":
+        return node, 0
+    if node.op_type == "Expand":
+        v = model.const(inp(node, 0))
+        if v is not None and v.size == 1:
+            return node, 1
+    return None
 
 
 class SoftmaxRule(Rule):

@@ -51,7 +51,7 @@ class GemmRule(Rule):
         trans_b = int(ctx.attr("transB", 0))
         k_axis_b, n_axis_b = (1, 0) if trans_b else (0, 1)
         n = int(ctx.model.const_shape(ctx.input_name(1))[n_axis_b])
-        a = ctx.chan(0)
+        a = ctx.chan_or_fill(0, 0 if trans_a else 1)
         if a is not None:
             if a.axis == (0 if trans_a else 1):
                 ctx.param(1, k_axis_b, a.labels, "in")
@@ -90,8 +90,8 @@ class MatMulRule(Rule):
         if len(w_shape) != 2:
             ctx.barrier(f"constant B has rank {len(w_shape)}, expected 2")
             return
-        x = ctx.chan(0)
         x_rank = ctx.rank(0)
+        x = ctx.chan_or_fill(0, x_rank - 1) if x_rank else ctx.chan(0)
         if x is not None:
             if x_rank is not None and x.axis == x_rank - 1:
                 ctx.param(1, 0, x.labels, "in")

@@ -212,8 +212,9 @@ def _fixable(entry) -> bool:
     return (isinstance(entry, int) and entry > 0) or (isinstance(entry, tuple) and isinstance(entry[1], int))
 
 
-def target_entry_fix(ctx, k: int, j: int, value, labels) -> bool:
-    """Declare a fix setting entry j of shape input k to ``value(kept count of labels)``.
+def target_entry_fix(ctx, k: int, j: int, value, labels, node=None) -> bool:
+    """Declare a fix setting entry j of shape input k (of ``node``, default the rule's) to
+    ``value(kept count of labels)``.
 
     The target may be a constant, or a ``Concat`` whose piece holding entry j is a constant or a
     one-element ``Unsqueeze(Gather(Shape(t), i))`` read of a static dim (replaced by a constant:
@@ -221,9 +222,10 @@ def target_entry_fix(ctx, k: int, j: int, value, labels) -> bool:
     located.
     """
     model = ctx.model
-    name = ctx.input_name(k)
+    owner = ctx.node if node is None else node
+    name = inp(owner, k)
     if model.value(name) is not None:
-        def fix(rw, node_index=ctx.index, k=k, j=j, labels=labels):
+        def fix(rw, node_index=owner, k=k, j=j, labels=labels):
             new = rw.const_input(node_index, k).copy()
             new[j] = value(int(rw.keep(labels).sum()))
             rw.set_input_const(node_index, k, new)
