@@ -224,7 +224,6 @@ def int_model(request, tmp_path_factory):
 def test_integer_ops_are_barriers_with_reasons(int_model):
     name, proto, _, ops = int_model
     an = analyze(Model(_copy(proto)))
-    m = an.model
     barrier_ops = {n.op_type for n, r in an.barriers if r}
     assert barrier_ops & ops, f"{name}: no barrier at {sorted(ops)}; barriers: {an.barriers}"
     for g in an.groups:

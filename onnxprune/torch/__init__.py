@@ -243,6 +243,10 @@ def record_gradients(module, calib_loader: Iterable, *, onnx_path: str, loss: st
     record = GradientRecord()
     health = _health(norms, batches)
     for x in mapped:
+        if x.transform.startswith("rnn_"):
+            record.stats[x.onnx] = {k: v.astype(np.float32) for k, v in
+                                    _assemble_rnn(acc, x, model.const(x.onnx)).items()}
+            continue
         a = {k: v.cpu().numpy() for k, v in acc[x.param].items()}
         a = _transform(a, x, model.const(x.onnx))
         owner = x.param.rsplit(".", 1)[0]
@@ -265,6 +269,32 @@ def record_gradients(module, calib_loader: Iterable, *, onnx_path: str, loss: st
         "health": health,
     }
     return GradientRecording(record, mapped, unmapped, onnx_path, health)
+
+
+def _assemble_rnn(acc, x: Mapped, onnx_value: np.ndarray) -> dict[str, np.ndarray]:
+    """Torch LSTM/GRU/RNN statistics in ONNX's layout: gate blocks reordered, directions stacked
+    (``B``: input and hidden biases concatenated per direction).
+
+    ``taylor_sq_ax1`` (per gate row of W/R) sums the per-direction squared row sums: the products
+    across directions inside the square are not recorded, an approximation for bidirectional
+    layers (exact with one direction).
+    """
+    from ._mapping import rnn_rows
+
+    stats = {n: {k: v.cpu().numpy().astype(np.float64) for k, v in acc[n].items()} for n in x.parts}
+    perm = x.gate_perm
+    out = {}
+    for k in ("sum_g", "sum_g2", "sum_abs_g"):
+        if x.transform == "rnn_B":
+            out[k] = np.stack([np.concatenate([rnn_rows(stats[x.parts[2 * d]][k], perm),
+                                               rnn_rows(stats[x.parts[2 * d + 1]][k], perm)])
+                               for d in range(len(x.parts) // 2)])
+        else:
+            out[k] = np.stack([rnn_rows(stats[n][k], perm) for n in x.parts])
+    if x.transform != "rnn_B":
+        out["taylor_sq_ax1"] = sum(rnn_rows(stats[n]["taylor_sq_ax0"], perm) for n in x.parts)
+    out["sum_gw"] = onnx_value.astype(np.float64) * out["sum_g"]
+    return out
 
 
 def _transform(a: dict[str, np.ndarray], x: Mapped, onnx_value: np.ndarray) -> dict[str, np.ndarray]:

@@ -31,9 +31,46 @@ class Mapped:
 
     param: str
     onnx: str
-    transform: str  # identity | transpose | bn_fold | bn_bias
+    transform: str  # identity | transpose | bn_fold | bn_bias | rnn_W | rnn_R | rnn_B
     scale: np.ndarray | None = None  # per output channel, for bn_fold
     bn: str | None = None  # the BatchNorm module folded in
+    parts: tuple[str, ...] = ()  # rnn_*: the torch parameters stacked (per direction; B: ih, hh pairs)
+    gate_perm: tuple[int, ...] = ()  # rnn_*: torch gate block order -> ONNX (LSTM ifgo -> iofc)
+
+
+# torch gate order -> ONNX gate order: LSTM (i, f, g, o) -> (i, o, f, c), GRU (r, z, n) -> (z, r, h)
+RNN_GATE_PERM = {"LSTM": (0, 3, 1, 2), "GRU": (1, 0, 2), "RNN": (0,)}
+
+
+def rnn_rows(v: np.ndarray, perm: tuple[int, ...]) -> np.ndarray:
+    """Torch's gate blocks along axis 0 in ONNX's order."""
+    h = v.shape[0] // len(perm)
+    return np.concatenate([v[g * h:(g + 1) * h] for g in perm], axis=0)
+
+
+def _rnn_layouts(module, params: dict[str, np.ndarray]):
+    """(transform, torch names, ONNX value, gate order) for each nn.LSTM/GRU/RNN layer's W, R, B."""
+    import torch.nn as nn
+
+    kinds = {nn.LSTM: "LSTM", nn.GRU: "GRU", nn.RNN: "RNN"}
+    for mname, mod in module.named_modules():
+        kind = kinds.get(type(mod))
+        if kind is None or getattr(mod, "proj_size", 0):
+            continue
+        perm = RNN_GATE_PERM[kind]
+        prefix = f"{mname}." if mname else ""
+        for layer in range(mod.num_layers):
+            sfx = [f"_l{layer}", f"_l{layer}_reverse"][:2 if mod.bidirectional else 1]
+            w = [f"{prefix}weight_ih{s}" for s in sfx]
+            r = [f"{prefix}weight_hh{s}" for s in sfx]
+            if all(n in params for n in w + r):
+                yield "rnn_W", w, np.stack([rnn_rows(params[n], perm) for n in w]), perm
+                yield "rnn_R", r, np.stack([rnn_rows(params[n], perm) for n in r]), perm
+            b = [n for s in sfx for n in (f"{prefix}bias_ih{s}", f"{prefix}bias_hh{s}")]
+            if all(n in params for n in b):
+                value = np.stack([np.concatenate([rnn_rows(params[b[2 * d]], perm), rnn_rows(params[b[2 * d + 1]], perm)])
+                                  for d in range(len(sfx))])
+                yield "rnn_B", b, value, perm
 
 
 def _float_consts(model) -> dict[str, np.ndarray]:
@@ -86,8 +123,19 @@ def map_parameters(module, model) -> tuple[list[Mapped], list[str]]:
             return None
         return prefer if prefer in free else free[0]
 
+    rnn_params: set[str] = set()
+    for transform, names, value, perm in _rnn_layouts(module, params):
+        hit = pick(by_print.get(fingerprint(value.astype(np.float32)), []), names[0])
+        rnn_params.update(names)
+        if hit is None:
+            unmapped.append(f"{', '.join(names)}: no initializer holds them stacked in ONNX's recurrent layout")
+            continue
+        mapped.append(Mapped(names[0], hit, transform, parts=tuple(names), gate_perm=perm))
+        taken.add(hit)
     folded_bn: set[str] = set()
     for pname, w in params.items():
+        if pname in rnn_params:
+            continue
         owner = pname.rsplit(".", 1)[0] if "." in pname else ""
         leaf = pname.rsplit(".", 1)[-1]
         hit = pick(by_print.get(fingerprint(w), []), pname)
