@@ -27,10 +27,13 @@ UNARY = (
     "Clip",
 )
 MOVES = ("Identity", "Cast")  # no arithmetic: 0 ops
+PREDICATES = ("IsNaN", "IsInf", "Not")
 
 
 class BroadcastRule(Rule):
-    op_types = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where")
+    op_types = ("Add", "Sub", "Mul", "Div", "Pow", "Max", "Min", "Sum", "Mean", "PRelu", "Where",
+                # predicates and selects of masks (SDPA exports: Softmax → IsNaN → Where)
+                "Equal", "Less", "Greater", "LessOrEqual", "GreaterOrEqual", "And", "Or", "Xor", "Mod")
 
     cost = per_element(1)
 
@@ -161,6 +164,7 @@ def activation_fn(model, node):
 RULES = (
     Passthrough(*(op for op in UNARY if op not in MOVES)),
     Passthrough(*MOVES, ops_per_element=0),
+    Passthrough(*PREDICATES),
     Passthrough("Dropout", used_outputs=1, ops_per_element=0),
     BroadcastRule(),
     SoftmaxRule(),

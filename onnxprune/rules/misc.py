@@ -7,9 +7,8 @@ from __future__ import annotations
 from .base import Opaque
 
 INDEX_OPS = ("GatherElements", "GatherND", "ScatterND", "ScatterElements", "Range", "ConstantOfShape",
-             "Tile", "NonZero", "TopK", "ArgMax", "ArgMin", "Equal", "Less", "Greater", "LessOrEqual",
-             "GreaterOrEqual", "Not", "And", "Or", "Xor", "Size", "EyeLike", "OneHot", "CumSum", "Trilu",
-             "SpaceToDepth", "DepthToSpace", "IsNaN", "IsInf", "NonMaxSuppression", "ReverseSequence",
+             "Tile", "NonZero", "TopK", "ArgMax", "ArgMin", "Size", "EyeLike", "OneHot", "CumSum", "Trilu",
+             "SpaceToDepth", "DepthToSpace", "NonMaxSuppression", "ReverseSequence",
              "SequenceAt", "SplitToSequence", "ConcatFromSequence", "SequenceConstruct",
              "RandomNormalLike", "RandomUniformLike", "Compress")
 

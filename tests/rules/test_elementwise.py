@@ -159,3 +159,17 @@ def test_tensor_read_inside_an_if_branch_is_pinned():
     an = analyze(Model(proto))
     assert not an.groups[0].prunable
     assert any("read inside a subgraph" in r for r in an.groups[0].reasons)
+
+
+def test_nan_guard_and_mask_predicates_pass_channels():
+    """SDPA exports guard the attention with ``Where(IsNaN(p), 0, p)``; masks compare and combine
+    (``Equal``/``Not``/``And``): element-wise on the channel axis, so channels pass through."""
+    n = Net("pred", seed=9)
+    x = n.input("x", ["N", 6])
+    y = n.relu(n.gemm(x, 6, 8))
+    keep = n.op("Not", [n.op("IsNaN", [y])])
+    big = n.op("Greater", [y, n.const(np.full(8, 0.1, np.float32))])  # per-channel threshold: sliced
+    y = n.op("Where", [n.op("And", [keep, big]), y, n.const(np.zeros((), np.float32))])
+    n.output(n.gemm(y, 8, 2))
+    res = assert_oracle(n.build(), ratio=0.5)
+    assert group_sizes(res.analysis)[0] == (8, 8)
