@@ -140,7 +140,7 @@ def load_ir(path: str | os.PathLike) -> tuple[ir.Model, bool]:
     base_dir = os.path.dirname(os.path.abspath(path))
     external = check_external_data(proto, base_dir, path)
     try:  # the parsed proto when it holds everything (no second parse); the path for external data
-        onnx.checker.check_model(path if external or proto.ByteSize() > _TWO_GB - (64 << 20) else proto)
+        onnx.checker.check_model(path if external or os.path.getsize(path) > _TWO_GB - (64 << 20) else proto)
     except Exception as e:
         raise UnsupportedModelError(f"{path}: fails the ONNX checker: {one_line(e)}; fix or re-export the "
                                     "model") from None
