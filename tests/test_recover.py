@@ -170,3 +170,31 @@ def test_data_free_means_match_gaussian_relu():
     safe = np.maximum(g, 1e-12)
     want = np.where(g > 0, b * norm.cdf(b / safe) + g * norm.pdf(b / safe), np.maximum(b, 0))
     np.testing.assert_allclose(means, want, rtol=1e-6, atol=1e-6)
+
+
+def test_bias_behind_an_identity_alias_is_compensated(tmp_path):
+    """TorchScript dedupes weights into Identity aliases: a consumer's bias read through one gets
+    the same compensation as a plain one."""
+    import onnxprune
+    from onnxprune.testing import Net
+
+    def build(alias):
+        n = Net("alias", seed=11)
+        y = n.cbr(n.input("x", [1, 3, 6, 6]), 3, 8)
+        n.output(n.conv(y, 8, 4, 1))
+        proto = n.build()
+        if alias:
+            conv = [node for node in proto.graph.node if node.op_type == "Conv"][-1]
+            proto.graph.node.insert(0, onnx.helper.make_node("Identity", [conv.input[2]], ["bias_alias"]))
+            conv.input[2] = "bias_alias"
+        return proto
+
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 6, 6)).astype(np.float32)}
+    outs = []
+    for alias in (False, True):
+        src = str(tmp_path / f"a{alias}.onnx")
+        onnx.save(build(alias), src)
+        res = onnxprune.prune(src, str(tmp_path / f"p{alias}.onnx"), ratio=0.5, recover="bias")
+        assert any("bias compensation" in r for r in res.recovery), res.recovery
+        outs.append(run(onnx.load(str(tmp_path / f"p{alias}.onnx")), feeds)[0])
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-6, atol=1e-6)

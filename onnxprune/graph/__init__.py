@@ -204,8 +204,8 @@ class Model:
         return bool(name) and self.chain(name) is not None
 
     def is_plain_const(self, name: str) -> bool:
-        """An initializer or Constant node output (no ops in between)."""
-        c = self.chain(name)
+        """An initializer or Constant node output (no ops in between; Identity aliases resolved)."""
+        c = self.chain(self.resolve(name))
         return c is not None and not c.ops
 
     def resolve(self, name: str) -> str:

@@ -187,6 +187,8 @@ def set_plain(model, name: str, value: np.ndarray) -> None:
         node.attributes.clear()
         node.attributes["value"] = ir.AttrTensor("value", t)
     v.shape = ir.Shape(value.shape)
+    if v.type is None:  # a Constant node's output: give it its type so its value_info serialises
+        v.type = ir.TensorType(old.dtype)
 
 
 # ----------------------------------------------------------------- slicing through chains
