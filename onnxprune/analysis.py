@@ -365,7 +365,6 @@ class NodeContext:
         self.an = an
         self.model = an.model
         self.node = node
-        self.index = node  # what fixes and params point at
         self.op = node.op_type
         self.name = an.model.node_name(node)
         self.n_inputs = len(node.inputs)
@@ -447,7 +446,7 @@ class NodeContext:
 
     # reporting
     def new_space(self, n: int, what: str = "") -> np.ndarray:
-        return self.an.new_space(n, self.index, what or self.name)
+        return self.an.new_space(n, self.node, what or self.name)
 
     def set_out(self, k: int, axis: int, labels: np.ndarray) -> None:
         name = self.output_name(k)
@@ -465,13 +464,13 @@ class NodeContext:
         shape = self.model.const_shape(name)
         if shape is None or shape[axis] != labels.size:
             raise ValueError(f"{self.name}: param {name} axis {axis} has {shape}, labels {labels.size}")
-        self.an.params.append(ParamAxis(name, axis, labels, self.index, role))
+        self.an.params.append(ParamAxis(name, axis, labels, self.node, role))
 
     def nonempty(self, labels: np.ndarray) -> None:
         self.an._nonempty.append(labels)
 
     def fix(self, fn: Callable[..., None]) -> None:
-        self.an.fixes.append(Fix(self.index, fn))
+        self.an.fixes.append(Fix(self.node, fn))
 
     def barrier(self, reason: str) -> None:
         """Pin every channel-carrying input; outputs carry no channel information."""
@@ -479,7 +478,7 @@ class NodeContext:
             why = [n for n in self.model.shape_notes if "failed" in n]
             if why:
                 reason = f"{reason}; {why[0][:220]}"
-        self.an.barriers.append((self.index, reason))
+        self.an.barriers.append((self.node, reason))
         for k in range(self.n_inputs):
             c = self.chan(k)
             if c is not None:
@@ -490,28 +489,6 @@ class NodeContext:
                 self.pin(c.labels, f"{reason} (read inside a subgraph)")
         for k in range(self.n_outputs):
             self.an.chan.pop(self.output_name(k), None)
-
-    def chan_or_fill(self, k: int, axis: int) -> Chan | None:
-        """Input k's channels; for a tensor filled with one value at run time (an RNN cell's zero
-        state from ``ConstantOfShape``/``Expand``) fresh labels whose count the rewrite writes into
-        the fill's shape, so a weight it shares with the other time steps can still be sliced."""
-        c = self.chan(k)
-        if c is not None or not self.has_input(k):
-            return c
-        s = self.in_shape(k)
-        if s is None or axis >= len(s) or not isinstance(s[axis], int) or s[axis] < 2:
-            return None
-        from .rules.elementwise import _uniform_fill_fix, uniform_fill
-
-        if uniform_fill(self.model, self.input_name(k)) is None:
-            return None
-        marks = len(self.an.fixes)
-        labels = self.new_space(int(s[axis]), f"{self.name}:input{k} (fill)")
-        if not _uniform_fill_fix(self, self.input_name(k), axis, labels):
-            del self.an.fixes[marks:]
-            self.pin(labels, "the fill's shape entry cannot be rewritten")
-            return None
-        return Chan(axis, labels)
 
     def chan_or_pinned(self, k: int, axis: int, why: str) -> Chan | None:
         """Input k's channels, or fresh pinned labels when it carries none (needs a static size)."""
@@ -545,7 +522,7 @@ def _apply_rule(an: Analysis, ctx: NodeContext, rule) -> None:
         for k in range(ctx.n_outputs):
             an.chan.pop(ctx.output_name(k), None)
         hint = ""
-        if ctx.model.concrete and getattr(ctx.model, "concrete_defaulted", False):
+        if ctx.model.concrete and ctx.model.concrete_defaulted:
             hint = (f"; {ctx.model.concrete_note} (default sizes for dynamic dims): if that is not a valid input "
                     "size for this model, give --calib data or --dim NAME=N")
         ctx.barrier(f"not understood ({type(e).__name__}: {one_line(e)[:160]}){hint}")

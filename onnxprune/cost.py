@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx_ir as ir
 
-from .graph import Model
+from .graph import Model, consts
 from .rules import rule_for
 from .rules.base import ShapeOf, numel
 
@@ -28,7 +28,6 @@ __all__ = ["Cost", "CostModel", "count", "node_cost"]
 _PARAM_TYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16,
                 ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.UINT16, ir.DataType.INT32,
                 ir.DataType.INT4, ir.DataType.UINT4}
-_PARAM_KINDS = {np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.uint16), np.dtype(np.int32)}
 
 
 @dataclass(frozen=True)
@@ -47,28 +46,6 @@ class Cost:
         """``other.what / self.what``; None when this cost is 0 (nothing countable)."""
         base = getattr(self, what)
         return None if not base else getattr(other, what) / base
-
-
-def _source_axis(model: Model, tensor: str, axis: int) -> list[tuple[str, int]]:
-    from .graph import consts
-
-    c = model.chain(tensor)
-    if c is None or not c.ops:
-        return []
-    dqs: list = []
-    try:
-        src = consts._map_back(model, c, [axis], dqs=dqs)
-    except Exception:
-        return []
-    if not src:
-        return []
-    out = [(c.source, src[0])]
-    for dq, in_axis, ndim, _ in dqs:
-        for k in (1, 2):  # per-channel scales and zero-points go with their channels
-            name = consts._dq_axis_param(model, dq, k, in_axis, ndim)
-            if name is not None:
-                out.append((name, 0))
-    return out
 
 
 def node_cost(model: Model, node: ir.Node, shape_of: ShapeOf) -> tuple[int, int] | None:
@@ -101,7 +78,7 @@ class CostModel:
         for node in model.constant_nodes():
             name = node.outputs[0].name
             arr = model.const(name)
-            if arr is not None and (arr.dtype.kind == "f" or arr.dtype in _PARAM_KINDS) and arr.size > 1:
+            if arr is not None and arr.size > 1 and ir.DataType.from_numpy(arr.dtype) in _PARAM_TYPES:
                 self._params.append(name)
                 self._base.setdefault(name, tuple(arr.shape))
         self._param_axes: dict[str, list[tuple[int, np.ndarray]]] = {}
@@ -110,7 +87,7 @@ class CostModel:
             for p in analysis.params:
                 # a weight behind a constant chain (DequantizeLinear of int8, Unsqueeze...): its
                 # source initializer is what gets sliced and counted
-                for tensor, axis in [(p.tensor, p.axis), *_source_axis(model, p.tensor, p.axis)]:
+                for tensor, axis in [(p.tensor, p.axis), *consts.source_axes(model, p.tensor, p.axis)]:
                     if (tensor, axis) not in seen:
                         seen.add((tensor, axis))
                         self._param_axes.setdefault(tensor, []).append((axis, p.labels))

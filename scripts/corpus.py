@@ -518,14 +518,21 @@ def worker(job: dict) -> None:
         pass
     save(step="inspect")
 
+    def cli_step(step: str, argv: list[str]):
+        """Run one CLI step; None (after saving a crash or barrier row) unless it exited 0."""
+        r = _cli(argv, left())
+        res["steps"][step] = {"rc": r["rc"], "s": r["s"], "stderr": _one_line(r["stderr"])}
+        if _is_crash(r["rc"], r["stderr"]):
+            save(status="crash", error=f"{step}: {_one_line(r['stderr'])}", traceback=_tail(r["stderr"], 8))
+            return None
+        if r["rc"] != 0:
+            save(status="barrier", error=f"{step}: {_one_line(r['stderr'])}")
+            return None
+        return r
+
     # -- 1. inspect
-    r = _cli(["inspect", model, "--json"], left())
-    res["steps"]["inspect"] = {"rc": r["rc"], "s": r["s"]}
-    if _is_crash(r["rc"], r["stderr"]):
-        save(status="crash", error=f"inspect: {_one_line(r['stderr'])}", traceback=_tail(r["stderr"], 8))
-        return
-    if r["rc"] != 0:
-        save(status="barrier", error=f"inspect: {_one_line(r['stderr'])}")
+    r = cli_step("inspect", ["inspect", model, "--json"])
+    if r is None:
         return
     try:
         ins = json.loads(r["stdout"])
@@ -552,13 +559,8 @@ def worker(job: dict) -> None:
 
     # -- 2. prune
     out = os.path.join(job["out_dir"], "pruned", f"{job['slug']}.onnx")
-    r = _cli(["prune", model, "-o", out, "--ratio", str(RATIO), "--round-to", str(ROUND_TO), "--json"], left())
-    res["steps"]["prune"] = {"rc": r["rc"], "s": r["s"], "stderr": _one_line(r["stderr"])}
-    if _is_crash(r["rc"], r["stderr"]):
-        save(status="crash", error=f"prune: {_one_line(r['stderr'])}", traceback=_tail(r["stderr"], 8))
-        return
-    if r["rc"] != 0:
-        save(status="barrier", error=f"prune: {_one_line(r['stderr'])}")
+    r = cli_step("prune", ["prune", model, "-o", out, "--ratio", str(RATIO), "--round-to", str(ROUND_TO), "--json"])
+    if r is None:
         return
     try:
         summ = json.loads(r["stdout"])

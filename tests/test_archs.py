@@ -49,7 +49,7 @@ def test_ratio_zero_is_exact(arch):
     result = rewrite.apply(m, an, keep)
     assert not result.modified
     feeds = random_feeds(proto)
-    for a, b in zip(run(proto, feeds), run(m.proto, feeds)):
+    for a, b in zip(run(proto, feeds), run(m.to_proto(), feeds)):
         np.testing.assert_array_equal(a, b)
 
 

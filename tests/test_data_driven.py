@@ -114,9 +114,9 @@ def test_block_bypass_oracle(r18):
     run_passes(m, [BypassBlocksPass(m, chosen)])
     removed = finish(m)
     assert removed >= 2 * 5  # two blocks' convs, BNs, ReLUs are gone
-    onnx.checker.check_model(m.proto, full_check=True)
+    onnx.checker.check_model(m.to_proto(), full_check=True)
     feeds = random_feeds(proto)
-    np.testing.assert_allclose(run(m.proto, feeds)[0], run(ref_m.proto, feeds)[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(run(m.to_proto(), feeds)[0], run(ref_m.to_proto(), feeds)[0], rtol=1e-5, atol=1e-5)
 
 
 def test_cli_recovery_improves_accuracy_on_digits(tmp_path, capsys):

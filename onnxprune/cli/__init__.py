@@ -89,7 +89,9 @@ def _frac(a: int, b: int) -> str:
 def _at(cost) -> str:
     if not cost.at:
         return ""
-    return " at input " + ", ".join(f"{k}={'x'.join(map(str, v)) or 'scalar'}" for k, v in cost.at.items())
+    from ..graph.shapes import format_shapes
+
+    return " at input " + format_shapes(cost.at)
 
 
 def build_parser() -> argparse.ArgumentParser:

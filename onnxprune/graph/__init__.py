@@ -20,45 +20,22 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 import numpy as np
 import onnx
 import onnx_ir as ir
+import onnx_ir.analysis
 
 from . import consts as _consts
 from . import shapes as _shapes
 from .io import MIN_OPSET, load_ir, one_line, save_ir
+from .nodes import attr_value, inp, out
 from .shapes import Dim, Shape
 
 __all__ = ["Model", "load_model", "save_model", "Dim", "Shape", "MIN_OPSET", "one_line", "attr_value", "inp", "out"]
 
 log = logging.getLogger("onnxprune.graph")
-
-
-def attr_value(node: ir.Node, name: str, default=None):
-    """A node attribute as a plain Python value (lists for INTS/FLOATS, numpy for tensors)."""
-    a = node.attributes.get(name)
-    if a is None or a.is_ref():
-        return default
-    v = a.value
-    if isinstance(v, tuple):
-        return list(v)
-    if isinstance(v, ir.TensorProtocol):
-        return v.numpy()
-    return v
-
-
-def inp(node: ir.Node, k: int) -> str:
-    """Name of input k of ``node`` ("" when absent)."""
-    if k >= len(node.inputs) or node.inputs[k] is None:
-        return ""
-    return node.inputs[k].name or ""
-
-
-def out(node: ir.Node, k: int = 0) -> str:
-    """Name of output k of ``node`` ("" when absent)."""
-    return (node.outputs[k].name or "") if k < len(node.outputs) else ""
 
 
 class Model:
@@ -88,7 +65,7 @@ class Model:
         self._const_cache: dict[str, np.ndarray | None] = {}
         self._static: dict[str, np.ndarray | None] = {}
         self._names: dict[str, ir.Value] | None = None
-        self._owners: dict[int, ir.Node] | None = None
+        self._captures: dict[str, list[ir.Node]] | None = None  # top-level value -> nodes whose subgraphs read it
         self._unnamed: dict[int, str] = {}
         for i, node in enumerate(self.graph):
             if not node.name:
@@ -121,9 +98,14 @@ class Model:
         return self._names
 
     def changed(self) -> None:
-        """Forget lookups and cached values after the graph changed (the rewrite calls this)."""
+        """Forget lookups and cached values after nodes were added, removed or rewired."""
         self._names = None
-        self._owners = None
+        self._captures = None
+        self.values_changed()
+
+    def values_changed(self) -> None:
+        """Forget cached constant and shape values after constants were edited or added (names stay:
+        ``add_initializer`` registers its own)."""
         self._const_cache.clear()
         self._static.clear()
         self.__dict__.pop("_chains", None)
@@ -135,53 +117,33 @@ class Model:
         v = self.value_of(name)
         return None if v is None else v.producer()
 
-    def _owner(self, node: ir.Node) -> ir.Node | None:
-        """The top-level node whose subgraph holds ``node`` (None for top-level nodes)."""
-        if node.graph is self.graph:
-            return None
-        if self._owners is None:
-            owners: dict[int, ir.Node] = {}
-
-            def walk(top: ir.Node, n: ir.Node) -> None:
-                for a in n.attributes.values():
-                    if a.is_ref():
-                        continue
-                    subs = [a.value] if a.type == ir.AttributeType.GRAPH else (
-                        list(a.value) if a.type == ir.AttributeType.GRAPHS else [])
-                    for g in subs:
-                        owners[id(g)] = top
-                        for inner in g:
-                            walk(top, inner)
-
-            for top in self.graph:
-                walk(top, top)
-            self._owners = owners
-        return self._owners.get(id(node.graph))
+    def _captured_by(self) -> dict[str, list[ir.Node]]:
+        """Top-level value name -> the top-level nodes whose subgraphs read it (onnx-ir's
+        implicit-usage analysis, nested subgraphs included)."""
+        if self._captures is None:
+            implicit = ir.analysis.analyze_implicit_usage(self.graph)
+            table: dict[str, list[ir.Node]] = {}
+            for node in self.graph:
+                for g in _subgraphs(node):
+                    for v in implicit.get(g, ()):
+                        if v.graph is self.graph and v.name and node not in table.setdefault(v.name, []):
+                            table[v.name].append(node)
+            self._captures = table
+        return self._captures
 
     def uses(self, name: str) -> list[tuple[ir.Node, int]]:
         """(node, input index) of each top-level use; a read inside a subgraph is (owner, -1)."""
         v = self.value_of(name)
         if v is None:
             return []
-        out: list[tuple[ir.Node, int]] = []
-        for u in v.uses():
-            owner = self._owner(u.node)
-            if owner is None:
-                out.append((u.node, u.idx))
-            elif (owner, -1) not in out:
-                out.append((owner, -1))
-        return out
+        out = [(u.node, u.idx) for u in v.uses() if u.node.graph is self.graph]
+        return out + [(owner, -1) for owner in self._captured_by().get(name, ())]
 
     def captured(self, node: ir.Node) -> set[str]:
-        """Names of outer values that ``node``'s subgraphs read."""
-        out: set[str] = set()
-        for g in _subgraphs(node):
-            local = {v.name for v in g.inputs} | set(g.initializers)
-            for inner in ir.traversal.RecursiveGraphIterator(g):
-                for x in inner.inputs:
-                    if x is not None and x.name and x.name not in local and self.value_of(x.name) is x:
-                        out.add(x.name)
-        return out
+        """Names of top-level values that ``node``'s subgraphs read."""
+        if not _subgraphs(node):
+            return set()
+        return {name for name, owners in self._captured_by().items() if node in owners}
 
     @property
     def graph_inputs(self) -> list[str]:
@@ -282,7 +244,6 @@ class Model:
     def set_const(self, name: str, value: np.ndarray) -> None:
         """Replace a plain constant's value (initializer or Constant node), keeping its dtype."""
         _consts.set_plain(self, self.resolve(name), value)
-        self._const_cache.pop(self.resolve(name), None)
 
     def slice_const(self, name: str, masks: dict[int, np.ndarray]) -> str:
         """Keep ``mask`` positions of each axis of a constant-valued tensor.
@@ -292,14 +253,11 @@ class Model:
         reads the chain; otherwise the chain is folded into one new initializer for the readers
         of ``name``. Returns how it was done ("plain", "through", "folded").
         """
-        how = _consts.slice_through(self, self.resolve(name), masks)
-        self.changed()
-        return how
+        return _consts.slice_through(self, self.resolve(name), masks)
 
     def zero_const(self, name: str, axis: int, drop: np.ndarray) -> None:
         """Make the ``drop`` positions of ``axis`` read as 0 (for the oracle's reference)."""
         _consts.zero_through(self, self.resolve(name), axis, drop)
-        self.changed()
 
     def add_initializer(self, base: str, value: np.ndarray) -> str:
         """Add an initializer with a unique name derived from ``base``; return the name."""
@@ -326,9 +284,6 @@ class Model:
     def set_attr(self, node: ir.Node, name: str, value) -> None:
         node.attributes[name] = ir.convenience.convert_attribute(name, value)
 
-    def replace_input(self, node: ir.Node, k: int, name: str) -> None:
-        node.replace_input_with(k, self.value_of(name))
-
     # ------------------------------------------------------------------ shapes
     def infer(self, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[str, int] | None = None,
               declared_only: bool = False) -> None:
@@ -341,12 +296,6 @@ class Model:
     def sym_shape(self, name: str) -> Shape | None:
         return self.sym.get(name)
 
-    def static_shape(self, name: str) -> tuple[int, ...] | None:
-        s = self.shapes.get(name)
-        if s is None or any(not isinstance(d, int) for d in s):
-            return None
-        return s  # type: ignore[return-value]
-
     def is_dynamic_dim(self, name: str, axis: int) -> bool:
         """Whether dim ``axis`` of ``name`` follows a dynamic input dim (inferred as a symbol when
         the model is analysed as declared). Index maps must not bake such a dim in."""
@@ -358,10 +307,7 @@ class Model:
     @property
     def concrete_note(self) -> str:
         """Where the concrete input shape came from, for messages."""
-        if not self.concrete:
-            return ""
-        shown = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in self.concrete.items())
-        return f"analysed at input {shown}"
+        return f"analysed at input {_shapes.format_shapes(self.concrete)}" if self.concrete else ""
 
     # ----------------------------------------------------------------- output
     def to_proto(self) -> onnx.ModelProto:
@@ -383,14 +329,6 @@ class Model:
                     n, self.dtypes.get(n, onnx.TensorProto.FLOAT), None))
                 have.add(n)
         return proto.SerializeToString()
-
-    @property
-    def proto(self) -> onnx.ModelProto:
-        """The model serialised (a copy: edits to it do not reach this model)."""
-        return self.to_proto()
-
-    def initializer_items(self) -> Iterator[tuple[str, ir.Value]]:
-        yield from self.graph.initializers.items()
 
     def constant_nodes(self) -> Iterable[ir.Node]:
         return (n for n in self.graph if n.op_type == "Constant" and n.domain == "")

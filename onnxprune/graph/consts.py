@@ -32,8 +32,10 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
+from .nodes import attr_value, inp
+
 __all__ = ["Chain", "chain", "evaluate", "strip_identity", "is_identity", "set_plain", "slice_through",
-           "zero_through", "partial", "CHAIN_OPS"]
+           "zero_through", "source_axes", "partial", "CHAIN_OPS"]
 
 log = logging.getLogger("onnxprune.graph")
 
@@ -83,7 +85,7 @@ def chain(model, name: str) -> Chain | None:
                 head = chain(model, p.inputs[0].name)
                 rest_const = all(x is None or model.const(x.name) is not None for x in p.inputs[1:])
                 if head is not None and rest_const and not (p.op_type == "DequantizeLinear" and
-                                                            int(_attr(p, "block_size", 0) or 0) > 0):
+                                                            int(attr_value(p, "block_size", 0) or 0) > 0):
                     result = Chain(head.source, head.ops + (p,))
     memo[name] = result
     return result
@@ -100,17 +102,9 @@ def strip_identity(model, name: str) -> str:
     return name
 
 
-def _attr(node: ir.Node, name: str, default=None):
-    a = node.attributes.get(name)
-    if a is None or a.is_ref():
-        return default
-    v = a.value
-    return list(v) if isinstance(v, tuple) else v
-
-
 def _operand(model, node: ir.Node, k: int, attr: str, since: int):
     if model.opset < since:
-        return _attr(node, attr)
+        return attr_value(node, attr)
     if k < len(node.inputs) and node.inputs[k] is not None:
         return [int(x) for x in np.atleast_1d(model.const(node.inputs[k].name))]
     return None
@@ -121,7 +115,7 @@ def _apply(model, node: ir.Node, x: np.ndarray) -> np.ndarray:
     if op == "Identity":
         return x
     if op == "Cast":
-        return x.astype(onnx.helper.tensor_dtype_to_np_dtype(int(_attr(node, "to"))))
+        return x.astype(onnx.helper.tensor_dtype_to_np_dtype(int(attr_value(node, "to"))))
     if op == "Unsqueeze":
         axes = _operand(model, node, 1, "axes", 13)
         out_rank = x.ndim + len(axes)
@@ -132,14 +126,14 @@ def _apply(model, node: ir.Node, x: np.ndarray) -> np.ndarray:
         axes = _operand(model, node, 1, "axes", 13)
         return np.squeeze(x) if axes is None else np.squeeze(x, axis=tuple(int(a) % x.ndim for a in axes))
     if op == "Transpose":
-        perm = _attr(node, "perm")
+        perm = attr_value(node, "perm")
         return np.transpose(x, perm)
     if op == "Flatten":
-        a = int(_attr(node, "axis", 1)) % max(x.ndim, 1) if x.ndim else 0
+        a = int(attr_value(node, "axis", 1)) % max(x.ndim, 1) if x.ndim else 0
         return x.reshape(int(np.prod(x.shape[:a], dtype=np.int64)), -1)
     if op == "Reshape":
         shape = [int(s) for s in model.const(node.inputs[1].name)]
-        if not int(_attr(node, "allowzero", 0)):
+        if not int(attr_value(node, "allowzero", 0)):
             shape = [x.shape[i] if s == 0 else s for i, s in enumerate(shape)]
         return x.reshape(shape)
     if op == "Expand":
@@ -152,7 +146,7 @@ def _apply(model, node: ir.Node, x: np.ndarray) -> np.ndarray:
         if zp is not None:
             zpi = np.asarray(zp).astype(np.int64)
         if scale.size > 1 or (zp is not None and np.asarray(zp).size > 1):
-            axis = int(_attr(node, "axis", 1)) % x.ndim
+            axis = int(attr_value(node, "axis", 1)) % x.ndim
             shape = [1] * x.ndim
             shape[axis] = -1
             scale = scale.reshape(shape)
@@ -189,6 +183,7 @@ def set_plain(model, name: str, value: np.ndarray) -> None:
     v.shape = ir.Shape(value.shape)
     if v.type is None:  # a Constant node's output: give it its type so its value_info serialises
         v.type = ir.TensorType(old.dtype)
+    model.values_changed()  # the one writer of constants: cached values and chains are stale now
 
 
 # ----------------------------------------------------------------- slicing through chains
@@ -214,7 +209,7 @@ def _back_axis(model, node: ir.Node, a: int, in_rank: int) -> int | None:
             kept = [i for i in range(in_rank) if i not in sq]
         return kept[a] if a < len(kept) else None
     if op == "Transpose":
-        perm = _attr(node, "perm") or list(reversed(range(in_rank)))
+        perm = attr_value(node, "perm") or list(reversed(range(in_rank)))
         return int(perm[a])
     if op in ("Reshape", "Flatten"):
         # row-major: output axis a is input axis b when the elements before them and the axes
@@ -247,8 +242,8 @@ def _map_back(model, c: Chain, axes: list[int], reshapes: list | None = None,
               dqs: list | None = None) -> list[int] | None:
     """Source axes of the tensor's ``axes``, or None when some op has no axis map.
 
-    ``reshapes`` collects (Reshape node, output axis) pairs whose literal target entry must
-    follow the sliced count; a target entry 0 (copy) on a moved axis has no map. ``dqs``
+    ``reshapes`` collects (Reshape node, output axis, index into ``axes``) for literal target
+    entries that must follow the sliced count; a target entry 0 (copy) on a moved axis has no map. ``dqs``
     collects (DequantizeLinear node, the axis in *its input's* frame, that input's rank, index
     into ``axes``): per-channel scales are checked against the DQ's own axis, not the source's.
     """
@@ -267,10 +262,34 @@ def _map_back(model, c: Chain, axes: list[int], reshapes: list | None = None,
                 if a >= len(target) or (target[a] == 0 and b != a):
                     return None
                 if reshapes is not None and target[a] > 0:
-                    reshapes.append((node, a))
+                    reshapes.append((node, a, i))
             a = b
         out.append(a)
     return out
+
+
+def source_axes(model, tensor: str, axis: int) -> list[tuple[str, int]]:
+    """The constants that hold ``axis`` of a chain's tensor: its source's axis, and per-channel
+    DequantizeLinear scales/zero-points along it (what slicing through the chain changes); [] for
+    a plain constant or a chain without an axis map."""
+    c = chain(model, tensor)
+    if c is None or not c.ops:
+        return []
+    dqs: list = []
+    try:
+        src = _map_back(model, c, [axis], dqs=dqs)
+    except (TypeError, ValueError, AttributeError) as e:  # an intermediate that does not evaluate
+        log.info("no axis map through the chain to '%s': %s", tensor, e)
+        return []
+    if not src:
+        return []
+    found = [(c.source, src[0])]
+    for dq, in_axis, ndim, _ in dqs:
+        for k in (1, 2):
+            name = _dq_axis_param(model, dq, k, in_axis, ndim)
+            if name is not None:
+                found.append((name, 0))
+    return found
 
 
 def _dq_axis_param(model, dq: ir.Node, k: int, in_axis: int, ndim: int) -> str | None:
@@ -281,13 +300,9 @@ def _dq_axis_param(model, dq: ir.Node, k: int, in_axis: int, ndim: int) -> str |
     val = model.const(dq.inputs[k].name)
     if val is None or val.size <= 1:
         return None
-    if int(_attr(dq, "axis", 1)) % ndim != in_axis:
+    if int(attr_value(dq, "axis", 1)) % ndim != in_axis:
         return None
     return dq.inputs[k].name
-
-
-def inp_name(node: ir.Node, k: int) -> str:
-    return node.inputs[k].name
 
 
 def _own_plain(model, node: ir.Node, k: int) -> str:
@@ -299,19 +314,6 @@ def _own_plain(model, node: ir.Node, k: int) -> str:
     new = model.add_initializer(name, np.asarray(model.const(name)))
     node.replace_input_with(k, model.value_of(new))
     return new
-
-
-def _kept_along(model, c: Chain, node: ir.Node, axis: int, masks: dict[int, np.ndarray], axes: list[int]) -> int:
-    """Kept count on ``axis`` of ``node``'s output: the tensor axis that maps back through it."""
-    k_node = c.ops.index(node)
-    ranks = [len(model.const_shape(c.source))] + [model.const(n.outputs[0].name).ndim for n in c.ops]
-    for a0 in axes:
-        a = a0
-        for k in range(len(c.ops) - 1, k_node, -1):
-            a = _back_axis(model, c.ops[k], a, ranks[k])
-        if a == axis:
-            return int(masks[a0].sum())
-    raise ValueError("no sliced axis maps to this Reshape axis")
 
 
 def slice_through(model, name: str, masks: dict[int, np.ndarray]) -> str:
@@ -332,10 +334,10 @@ def slice_through(model, name: str, masks: dict[int, np.ndarray]) -> str:
         # a Reshape's literal target entry on a sliced axis takes the kept count (all computed
         # before anything changes: the chain is evaluated on the original values)
         targets: dict[ir.Node, np.ndarray] = {}
-        for node, a in reshapes:
+        for node, a, i in reshapes:
             if node not in targets:
                 targets[node] = np.array(model.const(node.inputs[1].name), copy=True)
-            targets[node][a] = _kept_along(model, c, node, a, masks, axes)
+            targets[node][a] = int(masks[axes[i]].sum())
         dq_params = []
         src = np.asarray(_plain_tensor(model.value_of(c.source)).numpy())
         for a, sa in zip(axes, src_axes):
@@ -343,26 +345,29 @@ def slice_through(model, name: str, masks: dict[int, np.ndarray]) -> str:
         for dq, in_axis, ndim, i in dqs:
             for k in (1, 2):
                 if _dq_axis_param(model, dq, k, in_axis, ndim) is not None:
-                    dq_params.append((dq, k, np.compress(masks[axes[i]], np.asarray(model.const(inp_name(dq, k))),
+                    dq_params.append((dq, k, np.compress(masks[axes[i]], np.asarray(model.const(inp(dq, k))),
                                                          axis=0)))
         for node, target in targets.items():
             set_plain(model, _own_plain(model, node, 1), target)
         for dq, k, value in dq_params:
             set_plain(model, _own_plain(model, dq, k), value)
         set_plain(model, c.source, src)
-        model.changed()
         return "through"
     arr = model.const(name)
     for axis, mask in sorted(masks.items()):
         arr = np.compress(mask, arr, axis=axis)
-    old = model.value_of(name)
-    new = model.add_initializer(name.replace("/", "_") + "_folded", arr)
-    ir.convenience.replace_all_uses_with(old, model.value_of(new))
+    _fold(model, name, arr, "folded")
     if any(n.op_type == "DequantizeLinear" for n in c.ops):
         log.warning("weight '%s' is stored de-quantized (float): its constant chain (%s) cannot be sliced at "
                     "the int8 source", name, " → ".join(n.op_type for n in c.ops))
-    model.changed()
     return "folded"
+
+
+def _fold(model, name: str, value: np.ndarray, suffix: str) -> None:
+    """Every reader of ``name`` reads a new initializer holding ``value`` (the chain then dies)."""
+    new = model.add_initializer(name.replace("/", "_") + "_" + suffix, value)
+    ir.convenience.replace_all_uses_with(model.value_of(name), model.value_of(new))
+    model.values_changed()
 
 
 def zero_through(model, name: str, axis: int, drop: np.ndarray) -> None:
@@ -394,16 +399,12 @@ def zero_through(model, name: str, axis: int, drop: np.ndarray) -> None:
         if c is not None:
             src[tuple(idx)] = zero
             set_plain(model, c.source, src)
-            model.changed()
             return
     arr = np.array(model.const(name), copy=True)
     idx = [slice(None)] * arr.ndim
     idx[axis] = drop
     arr[tuple(idx)] = 0
-    old = model.value_of(name)
-    new = model.add_initializer(name.replace("/", "_") + "_zeroed", arr)
-    ir.convenience.replace_all_uses_with(old, model.value_of(new))
-    model.changed()
+    _fold(model, name, arr, "zeroed")
 
 
 # ------------------------------------------------------------- static shape values
@@ -446,8 +447,8 @@ def _static_eval(model, name: str, shape_of, memo: dict) -> np.ndarray | None:
         shape = shape_of(node.inputs[0].name)  # declared: static dims only, never the concrete guess
         if shape is None:
             return None
-        start = int(_attr(node, "start", 0))
-        end = _attr(node, "end")
+        start = int(attr_value(node, "start", 0))
+        end = attr_value(node, "end")
         dims = list(shape)[start:None if end is None else int(end)]
         if all(isinstance(d, int) for d in dims):
             return np.array(dims, dtype=np.int64)
@@ -460,24 +461,24 @@ def _static_eval(model, name: str, shape_of, memo: dict) -> np.ndarray | None:
         return None
     if op in ("Identity", "Cast"):
         v = ins[0]
-        return v.astype(onnx.helper.tensor_dtype_to_np_dtype(int(_attr(node, "to")))) if op == "Cast" and \
+        return v.astype(onnx.helper.tensor_dtype_to_np_dtype(int(attr_value(node, "to")))) if op == "Cast" and \
             v.dtype != object else v
     if op == "Gather":
-        return np.take(ins[0], ins[1], axis=int(_attr(node, "axis", 0)))
+        return np.take(ins[0], ins[1], axis=int(attr_value(node, "axis", 0)))
     if op == "Unsqueeze":
-        axes = ins[1] if len(ins) > 1 and ins[1] is not None else _attr(node, "axes")
+        axes = ins[1] if len(ins) > 1 and ins[1] is not None else attr_value(node, "axes")
         v = ins[0]
         for a in sorted(int(x) % (v.ndim + len(axes)) for x in np.atleast_1d(axes)):
             v = np.expand_dims(v, a)
         return v
     if op == "Squeeze":
-        axes = ins[1] if len(ins) > 1 and ins[1] is not None else _attr(node, "axes")
+        axes = ins[1] if len(ins) > 1 and ins[1] is not None else attr_value(node, "axes")
         return np.squeeze(ins[0], axis=None if axes is None else tuple(int(a) for a in np.atleast_1d(axes)))
     if op == "Concat":
         parts = [np.atleast_1d(v) for v in ins]
         if any(p.dtype == object for p in parts):
             parts = [p.astype(object) for p in parts]
-        return np.concatenate(parts, axis=int(_attr(node, "axis", 0)))
+        return np.concatenate(parts, axis=int(attr_value(node, "axis", 0)))
     if op in _ARITH:
         a, b = ins
         if a.dtype == object or b.dtype == object:
@@ -492,8 +493,8 @@ def _static_eval(model, name: str, shape_of, memo: dict) -> np.ndarray | None:
     if op == "ConstantOfShape":
         if ins[0].dtype == object:
             return None
-        t = _attr(node, "value")
-        fill = np.asarray(t.numpy()).reshape(-1)[0] if t is not None else np.float32(0)
+        t = attr_value(node, "value")
+        fill = np.asarray(t).reshape(-1)[0] if t is not None else np.float32(0)
         return np.full(tuple(int(x) for x in ins[0]), fill)
     if op == "Reshape":
         if ins[1].dtype == object:

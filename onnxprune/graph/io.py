@@ -187,7 +187,7 @@ def save_ir(model: ir.Model, path: str | os.PathLike, *, external_data: bool | N
     """Write a model atomically: to a temporary folder, check it, then rename into place.
 
     Args:
-        model: the model (not changed).
+        model: the model (its IR version is lowered to one onnxruntime reads, if newer).
         path: destination; its ``.data`` companion is ``<name>.data``.
         external_data: weights in ``<name>.data``; by default when the model read external data
             or would pass the 2 GB protobuf limit.

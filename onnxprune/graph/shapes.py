@@ -26,7 +26,7 @@ import onnx_ir as ir
 
 from .io import one_line
 
-__all__ = ["Dim", "Shape", "infer", "concrete_input_shapes", "has_dynamic_inputs", "skeleton"]
+__all__ = ["Dim", "Shape", "infer", "concrete_input_shapes", "has_dynamic_inputs", "skeleton", "format_shapes"]
 
 log = logging.getLogger("onnxprune.graph")
 
@@ -36,6 +36,11 @@ Shape = tuple[Dim, ...]
 # Initializers at most this big are kept in the skeleton (shape constants, split sizes...);
 # bigger ones become typed inputs so inference never copies a weight.
 _SKELETON_MAX_ELEMS = 4096
+
+
+def format_shapes(shapes: dict[str, tuple[int, ...]]) -> str:
+    """``x=1x3x224x224, mask=1x32`` (a scalar input as ``scalar``)."""
+    return ", ".join(f"{k}={'x'.join(map(str, v)) or 'scalar'}" for k, v in shapes.items())
 
 
 def _declared_dims(v: ir.Value) -> list | None:
@@ -300,31 +305,21 @@ def _known_values(model, shapes: dict[str, Shape]) -> dict[str, np.ndarray]:
 def _probe(model, names: list[str], shapes: dict[str, Shape], dtypes: dict[str, int],
            notes: list[str]) -> dict[str, Shape]:
     """Run the model once at the concrete input shape to read dims inference left unknown."""
-    try:
-        from ..validate.runtime import make_session
-    except ImportError:  # pragma: no cover
-        return {}
+    from ..validate.inputs import InputSpec, random_dataset
+    from ..validate.runtime import make_session
+
     feeds_shapes = model.concrete or concrete_input_shapes(model)
-    inputs = [v for v in model.graph.inputs if v.const_value is None]
-    if any(v.name not in feeds_shapes for v in inputs):
+    if any(v.name not in feeds_shapes for v in model.graph.inputs if v.const_value is None):
         notes.append("shape probe skipped: an input has no declared rank")
         return {}
     blob = model.serialized_with_outputs(names, only=True)
-    rng = np.random.default_rng(0)
-    feeds = {}
-    for v in inputs:
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(int(v.type.dtype)) if isinstance(v.type, ir.TensorType) \
-            else np.float32
-        shape = feeds_shapes[v.name]
-        feeds[v.name] = (rng.integers(0, 2, shape) if np.dtype(dtype).kind in "iub" else
-                         rng.standard_normal(shape)).astype(dtype)
     try:
         sess = make_session(blob, "cpu", quiet=True, optimize=False)
-        outs = sess.run(names, feeds)
+        specs = [InputSpec(s.name, feeds_shapes[s.name], s.dtype) for s in InputSpec.from_session(sess)]
+        outs = sess.run(names, random_dataset(specs).batches[0])
     except Exception as e:
-        shown = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in feeds_shapes.items())
-        msg = (f"shape probe at {shown} failed: give --calib data or --dim NAME=N with the model's real input "
-               f"size (onnxruntime: {one_line(e)[:160]})")
+        msg = (f"shape probe at {format_shapes(feeds_shapes)} failed: give --calib data or --dim NAME=N with the "
+               f"model's real input size (onnxruntime: {one_line(e)[:160]})")
         log.info(msg)
         notes.append(msg)
         return {}
@@ -333,5 +328,5 @@ def _probe(model, names: list[str], shapes: dict[str, Shape], dtypes: dict[str, 
         old = shapes.get(n, (None,) * len(o.shape))
         if len(o.shape) == len(old):
             result[n] = tuple(d if isinstance(d, int) else int(x) for d, x in zip(old, o.shape))
-    notes.append(f"{len(result)} tensor shape(s) read from a probe run at {dict(feeds_shapes)}")
+    notes.append(f"{len(result)} tensor shape(s) read from a probe run at {format_shapes(feeds_shapes)}")
     return result

@@ -110,16 +110,15 @@ class RecoverPass(ModelPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         self.report = recover(self.m, self.an, self.keep_atom, self.recovery)
-        self.m.changed()
         return ir.passes.PassResult(model, modified=True)
 
     def ensures(self, model: ir.Model) -> None:
+        # only tensors written in this process are ir.Tensor (loaded ones are TensorProtoTensor or
+        # memory-mapped ExternalTensor): no pass over the untouched weights
         for name, v in model.graph.initializers.items():
             t = v.const_value
-            if t is not None and not isinstance(t, ir.ExternalTensor) and t.dtype.is_floating_point():
-                arr = t.numpy()
-                if not np.all(np.isfinite(arr)):
-                    raise BugError(f"recovery wrote non-finite values into '{name}'")
+            if type(t) is ir.Tensor and t.dtype.is_floating_point() and not np.all(np.isfinite(t.numpy())):
+                raise BugError(f"recovery wrote non-finite values into '{name}'")
 
 
 class SliceParamsPass(ModelPass):
@@ -145,7 +144,6 @@ class SliceParamsPass(ModelPass):
             if masks:
                 m.slice_const(tensor, masks)
                 self.sliced += 1
-        m.changed()
         return ir.passes.PassResult(model, modified=self.sliced > 0)
 
     def ensures(self, model: ir.Model) -> None:
@@ -168,7 +166,7 @@ class RunFixesPass(ModelPass):
         rw = RewriteContext(self.m, self.an, self.keep_atom)
         for fix in self.an.fixes:
             fix.fn(rw)
-            self.m.changed()
+            self.m.values_changed()  # fixes edit or add constants; no value is renamed or removed
         return ir.passes.PassResult(model, modified=bool(self.an.fixes))
 
 
@@ -181,7 +179,6 @@ class DropUnusedInputInitializersPass(ModelPass):
         for v in dead:
             g.inputs.remove(v)
             g.initializers.pop(v.name, None)
-        self.m.changed()
         return ir.passes.PassResult(model, modified=bool(dead))
 
 
@@ -200,7 +197,7 @@ class _Counted(ir.passes.InPlacePass):
 
 
 class RefreshShapesPass(ModelPass):
-    """Clear stale shapes, infer again (declared and concrete), store the declared ones on values."""
+    """Clear stale shapes, infer the declared ones again and store them on the values (value_info)."""
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         m = self.m

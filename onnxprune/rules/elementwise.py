@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import inp
+from ..graph import attr_value, inp
 from .base import Passthrough, Rule, norm_axis, per_element
 
 UNARY = (
@@ -88,19 +88,43 @@ def _uniform_fill_fix(ctx, name: str, axis: int, labels) -> bool:
     return fill is not None and target_entry_fix(ctx, fill[1], axis, lambda kept: kept, labels, node=fill[0])
 
 
-def uniform_fill(model, name: str):
-    """(node, index of its shape input) when ``name`` is one value broadcast to a run-time shape."""
+def chan_or_fill(ctx, k: int, axis: int):
+    """Input k's channels; for a tensor filled with one value at run time (an RNN cell's zero state
+    from ``ConstantOfShape``/``Expand``) fresh labels whose count the rewrite writes into the
+    fill's shape, so a weight it shares with the other time steps can still be sliced."""
+    from ..analysis import Chan
+
+    c = ctx.chan(k)
+    if c is not None or not ctx.has_input(k) or uniform_fill(ctx.model, ctx.input_name(k)) is None:
+        return c
+    s = ctx.in_shape(k)
+    if s is None or axis >= len(s) or not isinstance(s[axis], int) or s[axis] < 2:
+        return None
+    marks = len(ctx.an.fixes)
+    labels = ctx.new_space(int(s[axis]), f"{ctx.name}:input{k} (fill)")
+    if not _uniform_fill_fix(ctx, ctx.input_name(k), axis, labels):
+        del ctx.an.fixes[marks:]
+        ctx.pin(labels, "the fill's shape entry cannot be rewritten")
+        return None
+    return Chan(axis, labels)
+
+
+def uniform_fill(model, name: str, through=("Identity", "Cast")):
+    """(node, index of its shape input, the fill value) when ``name`` is one value broadcast to a
+    run-time shape (``ConstantOfShape``, ``Expand`` of a scalar constant), reached through the
+    ops ``through``; else None."""
     node = model.producer(name)
-    while node is not None and node.op_type in ("Identity", "Cast"):
+    while node is not None and node.op_type in through:
         node = model.producer(inp(node, 0))
     if node is None:
         return None
     if node.op_type == "ConstantOfShape":
-        return node, 0
+        value = attr_value(node, "value")
+        return node, 0, np.asarray(value).reshape(-1)[0] if value is not None else np.float32(0)
     if node.op_type == "Expand":
         v = model.const(inp(node, 0))
         if v is not None and v.size == 1:
-            return node, 1
+            return node, 1, v.reshape(-1)[0]
     return None
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from ..graph import attr_value
 from .base import Layout, Rule, numel
+from .elementwise import chan_or_fill
 
 
 def matmul_macs(model, node, shape_of) -> int | None:
@@ -51,7 +52,7 @@ class GemmRule(Rule):
         trans_b = int(ctx.attr("transB", 0))
         k_axis_b, n_axis_b = (1, 0) if trans_b else (0, 1)
         n = int(ctx.model.const_shape(ctx.input_name(1))[n_axis_b])
-        a = ctx.chan_or_fill(0, 0 if trans_a else 1)
+        a = chan_or_fill(ctx, 0, 0 if trans_a else 1)
         if a is not None:
             if a.axis == (0 if trans_a else 1):
                 ctx.param(1, k_axis_b, a.labels, "in")
@@ -91,7 +92,7 @@ class MatMulRule(Rule):
             ctx.barrier(f"constant B has rank {len(w_shape)}, expected 2")
             return
         x_rank = ctx.rank(0)
-        x = ctx.chan_or_fill(0, x_rank - 1) if x_rank else ctx.chan(0)
+        x = chan_or_fill(ctx, 0, x_rank - 1) if x_rank else ctx.chan(0)
         if x is not None:
             if x_rank is not None and x.axis == x_rank - 1:
                 ctx.param(1, 0, x.labels, "in")

@@ -38,11 +38,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..graph import attr_value, inp
 from .base import Rule
+from .elementwise import uniform_fill
 
 GATES = {"LSTM": 4, "GRU": 3, "RNN": 1}
-_STATE_PASS = ("Slice", "Identity", "Cast", "Transpose", "Unsqueeze", "Squeeze", "Reshape")
+_STATE_PASS = ("Slice", "Identity", "Cast", "Transpose", "Unsqueeze", "Squeeze", "Reshape")  # keep a fill a fill
 
 
 def rnn_macs(model, node, shape_of) -> int | None:
@@ -59,22 +59,9 @@ def rnn_macs(model, node, shape_of) -> int | None:
 
 
 def _zero_state(model, name: str) -> bool:
-    """Zeros made at run time: ConstantOfShape(0)/Expand(0, shape), then layout ops."""
-    for _ in range(8):
-        node = model.producer(name)
-        if node is None:
-            return False
-        if node.op_type in _STATE_PASS:
-            name = inp(node, 0)
-            continue
-        if node.op_type == "ConstantOfShape":
-            value = attr_value(node, "value")
-            return value is None or not np.any(np.asarray(value))
-        if node.op_type == "Expand":
-            v = model.const(inp(node, 0))
-            return v is not None and not np.any(v)
-        return False
-    return False
+    """Zeros made at run time (a fill of 0, then layout ops): the same as no initial state."""
+    fill = uniform_fill(model, name, through=_STATE_PASS)
+    return fill is not None and not fill[2]
 
 
 class RecurrentRule(Rule):

@@ -103,7 +103,7 @@ class ResizeRule(_Moves):
                 ctx.barrier("sizes is not a constant")
                 return
 
-            def fix_sizes(rw, node_index=ctx.index, pos=pos, labels=x.labels):
+            def fix_sizes(rw, node_index=ctx.node, pos=pos, labels=x.labels):
                 new = rw.const_input(node_index, 3).copy()
                 new[pos] = int(rw.keep(labels).sum())
                 rw.set_input_const(node_index, 3, new)
