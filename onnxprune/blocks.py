@@ -52,6 +52,7 @@ def find_blocks(model: Model) -> list[Block]:
     if not model.shapes:
         model.infer()
     blocks = []
+    order = {n: k for k, n in enumerate(model.graph)}  # graph position: a block lists F's nodes in order
     for node in model.graph:
         ins = [inp(node, 0), inp(node, 1)] if len(node.inputs) == 2 else []
         if node.op_type != "Add" or not all(ins) or any(model.is_const(t) for t in ins):
@@ -88,7 +89,6 @@ def find_blocks(model: Model) -> list[Block]:
             if not any(any(v is not None and v.name == x for v in p.inputs) for p in body):
                 continue  # F must read x
             if [u for u, _ in model.uses(f)] == [node]:
-                order = {n: k for k, n in enumerate(model.graph)}
                 blocks.append(Block(model.node_name(node), x, f, out(node),
                                     tuple(model.node_name(p) for p in sorted(body, key=order.__getitem__))))
                 break

@@ -80,12 +80,12 @@ class SplitRule(Moves):
             bounds = np.concatenate([[0], np.cumsum(np.asarray(sizes, dtype=np.int64))])
             segments = [x.labels[bounds[k]:bounds[k + 1]] for k in range(len(sizes))]
 
-            def fix_split(rw, node=ctx.node, node_index=ctx.node, segments=segments, in_attr=in_attr):
+            def fix_split(rw, node=ctx.node, segments=segments, in_attr=in_attr):
                 new = np.array([int(rw.keep(s).sum()) for s in segments], dtype=np.int64)
                 if in_attr:
                     rw.set_attr(node, "split", new.tolist())
                 else:
-                    rw.set_input_const(node_index, 1, new)
+                    rw.set_input_const(node, 1, new)
 
             ctx.fix(fix_split)
         for k, seg in enumerate(segments):
@@ -127,7 +127,7 @@ class SliceRule(Moves):
         e = min(max(e + c if e < 0 else e, 0), c)
         out = x.labels[s:max(s, e)]
 
-        def fix_slice(rw, node=ctx.node, node_index=ctx.node, i=i, s=s, e=e, labels=x.labels, in_attr=in_attr):
+        def fix_slice(rw, node=ctx.node, i=i, s=s, e=e, labels=x.labels, in_attr=in_attr):
             keep = rw.keep(labels)
             new_s = int(keep[:s].sum())
             new_e = new_s + int(keep[s:e].sum())
@@ -138,9 +138,9 @@ class SliceRule(Moves):
                 rw.set_attr(node, "ends", en)
             else:
                 for k, v in ((1, new_s), (2, new_e)):
-                    arr = rw.const_input(node_index, k).copy()
+                    arr = rw.const_input(node, k).copy()
                     arr[i] = v
-                    rw.set_input_const(node_index, k, arr)
+                    rw.set_input_const(node, k, arr)
 
         ctx.fix(fix_slice)
         ctx.nonempty(out)

@@ -225,10 +225,10 @@ def target_entry_fix(ctx, k: int, j: int, value, labels, node=None) -> bool:
     owner = ctx.node if node is None else node
     name = inp(owner, k)
     if model.value(name) is not None:
-        def fix(rw, node_index=owner, k=k, j=j, labels=labels):
-            new = rw.const_input(node_index, k).copy()
+        def fix(rw, node=owner, k=k, j=j, labels=labels):
+            new = rw.const_input(node, k).copy()
             new[j] = value(int(rw.keep(labels).sum()))
-            rw.set_input_const(node_index, k, new)
+            rw.set_input_const(node, k, new)
 
         ctx.fix(fix)
         return True
@@ -245,12 +245,10 @@ def target_entry_fix(ctx, k: int, j: int, value, labels, node=None) -> bool:
         if pos <= j < pos + size:
             if v is None and not (size == 1 and _fixable(_shape_read(model, name_k))):
                 return False
-            concat_index = node
-
-            def fix(rw, node_index=concat_index, piece=piece, off=j - pos, labels=labels, is_const=v is not None):
-                new = np.atleast_1d(rw.const_input(node_index, piece)).copy() if is_const else np.zeros(1, np.int64)
+            def fix(rw, node=node, piece=piece, off=j - pos, labels=labels, is_const=v is not None):
+                new = np.atleast_1d(rw.const_input(node, piece)).copy() if is_const else np.zeros(1, np.int64)
                 new[off] = value(int(rw.keep(labels).sum()))
-                rw.set_input_const(node_index, piece, new)
+                rw.set_input_const(node, piece, new)
 
             ctx.fix(fix)
             return True

@@ -103,10 +103,10 @@ class ResizeRule(_Moves):
                 ctx.barrier("sizes is not a constant")
                 return
 
-            def fix_sizes(rw, node_index=ctx.node, pos=pos, labels=x.labels):
-                new = rw.const_input(node_index, 3).copy()
+            def fix_sizes(rw, node=ctx.node, pos=pos, labels=x.labels):
+                new = rw.const_input(node, 3).copy()
                 new[pos] = int(rw.keep(labels).sum())
-                rw.set_input_const(node_index, 3, new)
+                rw.set_input_const(node, 3, new)
 
             ctx.fix(fix_sizes)
         else:
