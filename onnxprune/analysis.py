@@ -32,7 +32,7 @@ from .graph import Model, Shape, inp, one_line, out
 from .errors import PlanError
 from .rules import registry
 
-__all__ = ["Analysis", "Chan", "Group", "ParamAxis", "analyze"]
+__all__ = ["group_kind", "Analysis", "Chan", "Group", "ParamAxis", "analyze"]
 
 log = logging.getLogger("onnxprune.analysis")
 
@@ -526,6 +526,25 @@ def _apply_rule(an: Analysis, ctx: NodeContext, rule) -> None:
             hint = (f"; {ctx.model.concrete_note} (default sizes for dynamic dims): if that is not a valid input "
                     "size for this model, give --calib data or --dim NAME=N")
         ctx.barrier(f"not understood ({type(e).__name__}: {one_line(e)[:160]}){hint}")
+
+
+_RECURRENT = {"LSTM", "GRU", "RNN", "DynamicQuantizeLSTM"}
+_DENSE = {"MatMul", "Gemm", "MatMulInteger", "QLinearMatMul"}
+
+
+def group_kind(an: Analysis, g: Group) -> str:
+    """What a group is, for reports: ``heads`` (attention heads), ``recurrent`` (hidden units of
+    LSTM/GRU/RNN), ``ffn`` (hidden units between dense layers: a transformer's FFN, an MLP) or
+    ``channels`` (anything else, e.g. Conv channels)."""
+    if g.kind == "heads":
+        return "heads"
+    ops = {s.node.op_type for s in g.spaces if s.node is not None}
+    if ops & _RECURRENT:
+        return "recurrent"
+    consumers = {an.params[k].node.op_type for k in g.params if an.params[k].role == "in"}
+    if ops and ops <= _DENSE and consumers and consumers <= _DENSE:
+        return "ffn"
+    return "channels"
 
 
 def analyze(model: Model, *, protect: Iterable[str] = ()) -> Analysis:

@@ -18,7 +18,7 @@ import numpy as np
 
 from . import rewrite
 from .graph import Model, load_model, save_model
-from .analysis import Analysis, analyze
+from .analysis import Analysis, analyze, group_kind
 from .cost import Cost, CostModel
 from .errors import OnnxPruneError, PlanError
 from .importance import NEEDS, ScoreData, score_groups
@@ -41,8 +41,8 @@ class Inspection:
         an = self.analysis
         groups = []
         for g in an.groups:
-            groups.append({"group": g.id, "name": an.group_name(g), "channels": g.size, "prunable": g.n_prunable,
-                           "reasons": g.reasons, "members": an.group_members(g)})
+            groups.append({"group": g.id, "name": an.group_name(g), "kind": group_kind(an, g), "channels": g.size,
+                           "prunable": g.n_prunable, "reasons": g.reasons, "members": an.group_members(g)})
         barriers = [{"node": an.model.node_name(n), "op": n.op_type, "reason": r} for n, r in an.barriers]
         return {"path": self.path, "opset": self.opset, "ir_version": self.ir_version, "nodes": self.nodes,
                 "cost": self.cost.as_dict(), "groups": groups, "barriers": barriers,
@@ -59,6 +59,7 @@ class PruneResult:
     after: Cost
     recovery: tuple[str, ...] = ()
     removed_blocks: tuple[str, ...] = ()
+    groups: tuple[dict, ...] = ()  # per group: name, kind, width before/after, FLOPs share (provenance.group_table)
 
 
 @dataclass
@@ -215,6 +216,8 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
     Raises:
         OnnxPruneError: bad input, impossible target, stale plan, or a result failing the checker.
     """
+    options = {k: v for k, v in locals().items() if k not in ("path", "output")}  # recorded in the model
+    from .provenance import group_table, provenance_props
     from .rewrite.recover import MODES, Recovery, data_free_means
 
     if os.path.exists(output) and os.path.exists(path) and os.path.samefile(path, output):
@@ -266,9 +269,11 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
         recovery = Recovery(recover, means, grams, fold_atoms=folds)
     if external_data is None and m.external_data:
         external_data = True
+    table = tuple(group_table(an, keep, cm))
     result = rewrite.apply(m, an, keep, recovery=recovery)
+    m.ir.metadata_props.update(provenance_props(p, options, path))
     save_model(m, output, external_data=external_data)
-    return PruneResult(output, p, first_cost, after, result.recovery, removed_blocks)
+    return PruneResult(output, p, first_cost, after, result.recovery, removed_blocks, table)
 
 
 def sensitivity(path: str, *, calib: str, rank_by: str = "l2", ratios: Sequence[float] | None = None,
@@ -291,6 +296,9 @@ def sensitivity(path: str, *, calib: str, rank_by: str = "l2", ratios: Sequence[
 
 def _inferred(m: Model, cal: _Calib | None = None, dims: dict[str, int] | None = None) -> Model:
     """Infer shapes at the concrete input shape: the calibration data's, else ``dims``/defaults."""
+    from .graph.shapes import check_dim_names
+
+    check_dim_names(m, dims)
     if m.shapes:
         return m
     concrete = None

@@ -13,7 +13,6 @@ Calibration data is for scoring and recovery only; judge the result on a separat
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -138,19 +137,18 @@ class Calibration:
         return (self.n_samples + self.batch_size - 1) // self.batch_size
 
     def batches(self, progress: str | None = None) -> Iterator[dict[str, np.ndarray]]:
-        show = progress is not None and sys.stderr.isatty()
-        for k, start in enumerate(range(0, self.n_samples, self.batch_size)):
+        """Batches of feeds; ``progress`` names the phase for :func:`onnxprune.progress.progress`."""
+        starts = range(0, self.n_samples, self.batch_size)
+        if progress is not None:
+            from .progress import progress as bar
+
+            starts = bar(starts, progress, total=len(starts), unit="batches")
+        for start in starts:
             stop = min(start + self.batch_size, self.n_samples)
-            if show:
-                done = int(30 * stop / self.n_samples)
-                print(f"\r{progress} [{'#' * done}{'.' * (30 - done)}] {stop}/{self.n_samples}", end="",
-                      file=sys.stderr, flush=True)
             if self.arrays is not None:
                 yield {n: np.ascontiguousarray(a[start:stop]) for n, a in self.arrays.items()}
             else:
                 yield {self.input_names[0]: np.stack([self.spec.load(f) for f in self.files[start:stop]])}
-        if show:
-            print(file=sys.stderr)
 
 
 def load_calibration(source: str, model, *, batch_size: int = 32, image_spec: str | ImageSpec | None = None,

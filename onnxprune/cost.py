@@ -13,6 +13,7 @@ weights of quantized models, int32 biases), but not int64 shape constants.
 """
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -24,6 +25,8 @@ from .rules import rule_for
 from .rules.base import ShapeOf, numel
 
 __all__ = ["Cost", "CostModel", "count", "node_cost"]
+
+log = logging.getLogger("onnxprune.cost")
 
 _PARAM_TYPES = {ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16,
                 ir.DataType.INT8, ir.DataType.UINT8, ir.DataType.INT16, ir.DataType.UINT16, ir.DataType.INT32,
@@ -55,7 +58,8 @@ def node_cost(model: Model, node: ir.Node, shape_of: ShapeOf) -> tuple[int, int]
         return None
     try:
         return rule.cost(model, node, shape_of)
-    except Exception:  # a malformed node: unknown, reported
+    except Exception as e:  # a malformed node: unknown, reported in Cost.unknown
+        log.debug("cost of %s (%s) unknown: %s: %s", model.node_name(node), node.op_type, type(e).__name__, e)
         return None
 
 
@@ -119,6 +123,16 @@ class CostModel:
             return s
 
         return shape_of
+
+    def node_flops(self, keep_atom: np.ndarray | None = None) -> dict:
+        """FLOPs of each node whose cost is known (node -> 2·MACs + element ops)."""
+        shape_of = self.shape_fn(keep_atom)
+        out = {}
+        for node in self._nodes:
+            c = node_cost(self.model, node, shape_of)
+            if c is not None:
+                out[node] = 2 * c[0] + c[1]
+        return out
 
     def count(self, keep_atom: np.ndarray | None = None) -> Cost:
         shape_of = self.shape_fn(keep_atom)

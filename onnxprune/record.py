@@ -174,6 +174,8 @@ def record(model: Model, calibration, tensors: dict[str, int], *, grams: dict[st
     from .validate.runtime import make_session
 
     sess = make_session(blob, "cpu")
+    if progress == "recording":  # say what is recorded: statistics and Grams are separate passes
+        progress = "recording " + " and ".join(w for w, on in (("statistics", tensors), ("Gram matrices", grams)) if on)
     out_names = [o.name for o in sess.get_outputs()]
     rec = Recording()
     for feeds in calibration.batches(progress):

@@ -84,8 +84,7 @@ def _overridable(model: Model, names: set[str]) -> bytes:
     return proto.SerializeToString()
 
 
-def measure(an: Analysis, calibration, scores: dict[int, np.ndarray], *, ratios=DEFAULT_RATIOS,
-            progress: bool = False) -> SensitivityTable:
+def measure(an: Analysis, calibration, scores: dict[int, np.ndarray], *, ratios=DEFAULT_RATIOS) -> SensitivityTable:
     """Measure every prunable group's error at each ratio (see the module docstring)."""
     from .validate.runtime import make_session
 
@@ -112,7 +111,9 @@ def measure(an: Analysis, calibration, scores: dict[int, np.ndarray], *, ratios=
     cm = CostModel(model, an)
     full = cm.count()
     table = SensitivityTable(list(ratios), metric, baseline, signature=an.signature())
-    for gid, params in consumer.items():
+    from .progress import progress as bar
+
+    for gid, params in bar(consumer.items(), "sensitivity", total=len(consumer), unit="groups"):
         g = an.groups[gid]
         errors, flops_saved, params_saved = [], [], []
         for r in ratios:

@@ -128,11 +128,12 @@ def test_cli_recovery_improves_accuracy_on_digits(tmp_path, capsys):
     acc = {}
     for rec in ("none", "lsq"):
         out = str(tmp_path / f"{rec}.onnx")
-        assert main(["prune", model, "-o", out, "--ratio", "0.5", "--round-to", "8", "--criterion", "wanda",
-                     "--calib", calib, "--recover", rec, "--validate", "--data", test, "--no-latency", "--json"]) == 0
+        code = main(["prune", model, "-o", out, "--ratio", "0.5", "--round-to", "8", "--criterion", "wanda",
+                     "--calib", calib, "--recover", rec, "--validate", "--data", test, "--no-latency", "--json"])
         import json
 
         d = json.loads(capsys.readouterr().out)
+        assert code == (0 if d["validation"]["passed"] else 2) and d["kept"] == (code == 0)
         acc[rec] = d["validation"]["providers"][0]["accuracy_pruned"]
     assert acc["lsq"] > acc["none"] + 0.1 and acc["lsq"] >= 0.95
 

@@ -13,11 +13,13 @@ DATA = os.path.join(ROOT, "models", "digits_test.npz")
 
 
 def test_half_the_channels_gives_a_valid_smaller_model(tmp_path, capsys):
+    """l2 at half width without recovery loses accuracy (1.00 -> 0.34): validation says so (exit 2);
+    the model is still a valid, smaller one (kept with --keep-failed)."""
     out = str(tmp_path / "digits.pruned.onnx")
     code = main(["prune", MODEL, "-o", out, "--ratio", "0.5", "--round-to", "8", "--validate", "--data", DATA,
-                 "--repeats", "5", "--warmup", "1"])
+                 "--repeats", "5", "--warmup", "1", "--keep-failed"])
     text = capsys.readouterr().out
-    assert code == 0
+    assert code == 2 and "validation: FAILED" in text and "accuracy drop" in text
     onnx.checker.check_model(out, full_check=True)
     assert "accuracy: original 1.0000  pruned" in text
     from onnxprune.graph import load_model
@@ -32,3 +34,35 @@ def test_oracle_on_the_trained_model():
     x = np.load(DATA)["input"][:32]
     res = check_oracle(onnx.load(MODEL), ratio=0.5, round_to=8, feeds={"input": x})
     assert res.removed > 0 and res.max_err < 1e-4 * max(1, res.scale)
+
+
+def test_false_green_random_95_percent_fails_by_default(tmp_path, capsys):
+    """The issue's false green: 95% of the channels removed at random (accuracy 1.00 -> 0.10) used
+    to pass. With the default limits it exits 2, names what failed, and leaves nothing at -o."""
+    out = str(tmp_path / "r95.onnx")
+    code = main(["prune", MODEL, "-o", out, "--ratio", "0.95", "--criterion", "random", "--validate",
+                 "--data", DATA, "--no-latency"])
+    text = capsys.readouterr().out
+    assert code == 2
+    assert "cosine" in text and "below 0.99" in text and "top-1 agreement" in text and "accuracy drop" in text
+    assert "criteria: cosine >= 0.99" in text  # the defaults are stated
+    assert not os.path.exists(out) and not os.path.exists(out + ".data")
+    assert "tightest passing: --atol logits:" in text
+
+
+def test_readme_main_job_meets_the_stated_limits(tmp_path, capsys):
+    """The README/CI job (wanda + least squares at half width) passes with the defaults for decisions and
+    accuracy; its logits' cosine (0.989) is just under the 0.99 default, so the job states --min-cosine 0.985."""
+    import json
+
+    out = str(tmp_path / "ci.onnx")
+    calib = os.path.join(ROOT, "models", "digits_calib.npz")
+    argv = ["prune", MODEL, "-o", out, "--ratio", "0.5", "--round-to", "8", "--criterion", "wanda", "--calib", calib,
+            "--recover", "lsq", "--validate", "--data", DATA, "--no-latency", "--json", "--keep-failed"]
+    assert main(argv) == 2  # the defaults alone: the cosine limit fails
+    d = json.loads(capsys.readouterr().out)
+    fails = [f["check"] for o in d["validation"]["providers"][0]["outputs"] for f in o["failures"]]
+    assert fails == ["min_cosine"] and d["kept"] and d["schema_version"] == 1
+    t = d["validation"]["tightest_passing"]
+    assert 0.985 < t["min_cosine"] < 0.99 and t["min_agreement"] >= 0.99 and t["max_accuracy_drop"] <= 0.01
+    assert main(["validate", MODEL, out, "--data", DATA, "--no-latency", "--min-cosine", "0.985"]) == 0

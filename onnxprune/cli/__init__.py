@@ -11,6 +11,7 @@ import sys
 from .. import __version__, api
 from ..errors import OnnxPruneError
 from ..importance import CRITERIA, NORMALIZE, REDUCE
+from ..provenance import SCHEMA_VERSION
 
 __all__ = ["main"]
 
@@ -66,20 +67,41 @@ def _validation(p: argparse.ArgumentParser, *, with_flag: bool) -> None:
     g = p.add_argument_group("validation")
     if with_flag:
         g.add_argument("--validate", action="store_true", help="compare the result with the input model")
-    g.add_argument("--providers", default="cpu", help="comma list of cpu,cuda (default cpu)")
+        g.add_argument("--keep-failed", action="store_true", help="keep the output when validation fails "
+                       "(by default it is removed)")
+    g.add_argument("--providers", default="cpu", help="comma list of onnxruntime execution providers, short or "
+                   "full names: cpu, cuda, tensorrt, openvino, CUDAExecutionProvider... (default cpu)")
     g.add_argument("--data", help=".npz of inputs (first axis = samples) and optional 'labels'")
     g.add_argument("--labels-key", default="labels", help="name of the labels array in --data")
     g.add_argument("--batch", type=int, default=1, help="batch size of random inputs")
     g.add_argument("--dim", action="append", default=[], metavar="NAME=N", help="value of a named dynamic dim")
     g.add_argument("--atol", action="append", metavar="[OUTPUT:]X", help="fail above this absolute error")
     g.add_argument("--rtol", action="append", metavar="[OUTPUT:]X", help="relative tolerance with --atol")
-    g.add_argument("--min-cosine", type=float, help="fail when an output's cosine similarity is lower")
-    g.add_argument("--max-accuracy-drop", type=float, help="fail when accuracy drops more than this")
+    from ..validate import DEFAULTS
+
+    g.add_argument("--min-cosine", type=_limit, default=DEFAULTS.min_cosine, metavar="X|off",
+                   help=f"fail when an output's cosine similarity is lower (default {DEFAULTS.min_cosine})")
+    g.add_argument("--min-agreement", type=_limit, default=DEFAULTS.min_agreement, metavar="X|off",
+                   help=f"fail when the top-1/decision agreement is lower (default {DEFAULTS.min_agreement})")
+    g.add_argument("--max-accuracy-drop", type=_limit, default=DEFAULTS.max_accuracy_drop, metavar="X|off",
+                   help=f"fail when accuracy (with labels) drops more than this (default {DEFAULTS.max_accuracy_drop})")
+    g.add_argument("--latency-batch", type=int, metavar="N", help="samples per timed run, random or --data alike "
+                   "(default --batch, or the model's fixed batch)")
+    g.add_argument("--threads", type=int, metavar="N", help="onnxruntime intra-op threads (default one per CPU)")
     g.add_argument("--repeats", type=int, default=30, help="timed runs per model (interleaved)")
     g.add_argument("--warmup", type=int, default=5, help="untimed runs per model first")
     g.add_argument("--no-latency", action="store_true", help="skip timing")
     g.add_argument("--strict-providers", action="store_true", help="an unavailable provider fails validation")
     g.add_argument("--validate-seed", type=int, default=0, help="seed of random inputs")
+
+
+def _limit(text: str) -> float | None:
+    if text.lower() in ("off", "none"):
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'off', got '{text}'") from None
 
 
 def _frac(a: int, b: int) -> str:
@@ -98,6 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="onnxprune", description="Structural pruning of ONNX models, validated with onnxruntime.")
     p.add_argument("--version", action="version", version=f"onnxprune {__version__}")
     p.add_argument("--debug", action="store_true", help="show the traceback of an internal error")
+    v = p.add_mutually_exclusive_group()
+    v.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on stderr; no progress bars")
+    v.add_argument("-v", "--verbose", action="store_true", help="debug log lines on stderr")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     s = sub.add_parser("inspect", help="channel groups, barriers and cost of a model")
@@ -113,6 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--dim", action="append", default=[], metavar="NAME=N",
                    help="value of a named dynamic input dim for the concrete shapes costs are counted at")
     s.add_argument("-o", "--output", required=True, help="plan file to write")
+    s.add_argument("--json", action="store_true", help="machine-readable summary")
     _planning(s)
 
     s = sub.add_parser("prune", help="prune a model (from options or an edited plan)")
@@ -120,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="pruned model to write")
     s.add_argument("--plan", help="apply this plan instead of planning")
     s.add_argument("--save-plan", help="also write the plan used")
+    s.add_argument("--report", metavar="PATH", help="also write a before/after report (.html, or .md for CI logs)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     _planning(s)
     r = s.add_argument_group("recovery and layer removal")
@@ -141,6 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--threshold", type=float, help="zero weights scoring at most this")
     s.add_argument("--by", default="gw", choices=("g", "gw"), help="score: |g| or |w|·|g| (default)")
     s.add_argument("--per-layer", action="store_true", help="the ratio applies per tensor, not globally")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
 
     s = sub.add_parser("sensitivity", help="measure each group's error at several removal ratios")
     s.add_argument("model")
@@ -157,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("original")
     s.add_argument("pruned")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    _validation(s, with_flag=False)
+
+    s = sub.add_parser("report", help="a before/after report with figures (self-contained HTML, or Markdown)")
+    s.add_argument("original")
+    s.add_argument("pruned")
+    s.add_argument("-o", "--output", required=True, help="report file: .html (figures embedded) or .md")
+    s.add_argument("--profile-runs", type=int, default=20, help="profiled runs per model for per-op latency")
+    s.add_argument("--json", action="store_true", help="also print the report's data as JSON")
     _validation(s, with_flag=False)
     return p
 
@@ -192,23 +228,24 @@ def _dims(specs: list[str]) -> dict[str, int]:
     return out
 
 
-def _validate(a, original: str, pruned: str):
+def _validate(a, original: str, pruned: str, keep_errors: bool = False):
     from ..validate import Tolerances, compare_models, parse_tolerances
     from ..validate.runtime import parse_providers
 
     tol = Tolerances(parse_tolerances(a.atol, "--atol"), parse_tolerances(a.rtol, "--rtol"), a.min_cosine,
-                     a.max_accuracy_drop)
+                     a.min_agreement, a.max_accuracy_drop)
     return compare_models(original, pruned, providers=parse_providers(a.providers), data=a.data,
                           seed=a.validate_seed, batch=a.batch, dims=_dims(a.dim), tol=tol, latency=not a.no_latency,
                           warmup=a.warmup, repeats=a.repeats, strict_providers=a.strict_providers,
-                          labels_key=a.labels_key)
+                          labels_key=a.labels_key, latency_batch=a.latency_batch, threads=a.threads,
+                          keep_errors=keep_errors)
 
 
 def _cmd_inspect(a) -> int:
     ins = api.inspect(a.model, protect=a.protect, dims=_dims(a.dim))
     d = ins.to_dict()
     if a.json:
-        print(json.dumps(d, indent=1))
+        print(json.dumps({"schema_version": SCHEMA_VERSION, **d}, indent=1))
         return EXIT_OK
     c = ins.cost
     print(f"{a.model}: opset {ins.opset}, IR {ins.ir_version}, {ins.nodes} nodes, {c.params:,} parameters, "
@@ -216,10 +253,10 @@ def _cmd_inspect(a) -> int:
     if c.unknown:
         print("cost not counted for: " + ", ".join(f"{op}×{n}" for op, n in sorted(c.unknown.items())))
     print(f"{len(d['groups'])} channel groups, {d['prunable_channels']} of {d['channels']} channels prunable\n")
-    print(f"{'group':>5}  {'channels':>8}  {'prunable':>8}  name / reason")
+    print(f"{'group':>5}  {'kind':<9}  {'channels':>8}  {'prunable':>8}  name / reason")
     for g in d["groups"]:
         why = "" if g["prunable"] == g["channels"] else "  <- " + "; ".join(g["reasons"][:2])
-        print(f"{g['group']:>5}  {g['channels']:>8}  {g['prunable']:>8}  {g['name']}{why}")
+        print(f"{g['group']:>5}  {g['kind']:<9}  {g['channels']:>8}  {g['prunable']:>8}  {g['name']}{why}")
         if a.members:
             for mem in g["members"]:
                 print(f"{'':>27}{mem}")
@@ -243,7 +280,16 @@ def _plan_summary(plan) -> str:
 def _cmd_plan(a) -> int:
     plan = api.plan(a.model, **_planning_kwargs(a))
     plan.save(a.output)
-    print(f"plan written to {a.output}: {_plan_summary(plan)}")
+    if a.json:
+        from ..provenance import plan_digest
+
+        print(json.dumps({"schema_version": SCHEMA_VERSION, "output": a.output, "plan_digest": plan_digest(plan),
+                          "criterion": plan.criterion, "removed_channels": plan.n_removed,
+                          "groups": [{"group": g.group, "name": g.name, "before": g.size, "after": g.kept,
+                                      "pinned": g.pinned} for g in plan.groups],
+                          "before": plan.estimate.get("before"), "after": plan.estimate.get("after")}, indent=1))
+    else:
+        print(f"plan written to {a.output}: {_plan_summary(plan)}")
     return EXIT_OK
 
 
@@ -261,9 +307,9 @@ def _cmd_prune(a) -> int:
         res.plan.save(a.save_plan)
     b, f = res.before, res.after
     dead = sum(len(g.dead) for g in res.plan.groups)
-    summary = {"output": res.output, "removed_channels": res.plan.n_removed, "dead_channels": dead,
-               "removed_blocks": list(res.removed_blocks), "recovery": list(res.recovery),
-               "before": b.as_dict(), "after": f.as_dict()}
+    summary = {"schema_version": SCHEMA_VERSION, "output": res.output, "removed_channels": res.plan.n_removed,
+               "dead_channels": dead, "removed_blocks": list(res.removed_blocks), "recovery": list(res.recovery),
+               "before": b.as_dict(), "after": f.as_dict(), "groups": list(res.groups), "kept": True}
     if not a.json:
         extra = f" ({dead} dead)" if dead else ""
         blocks = f", {len(res.removed_blocks)} residual blocks bypassed" if res.removed_blocks else ""
@@ -274,16 +320,29 @@ def _cmd_prune(a) -> int:
             print("cost not counted for: " + ", ".join(f"{op}×{n}" for op, n in sorted(b.unknown.items())))
         if res.recovery:
             print(f"recovery ({a.recover}): {len(res.recovery)} consumer(s) updated")
+        from ..validate.report import format_groups
+
+        print(format_groups(res.groups))
     code = EXIT_OK
+    report = None
     if a.validate:
         from ..validate import format_report
 
-        report = _validate(a, a.model, a.output)
+        report = _validate(a, a.model, a.output, keep_errors=bool(a.report))
         summary["validation"] = report.to_dict()
         if not a.json:
             print()
             print(format_report(report))
         code = EXIT_OK if report.passed else EXIT_VALIDATION
+    if a.report:
+        _write_report(a, a.model, a.output, a.report, report)
+    if code == EXIT_VALIDATION and not a.keep_failed:
+        from ..graph.io import remove_saved
+
+        remove_saved(a.output)
+        summary["kept"] = False
+        if not a.json:
+            print(f"removed {a.output} (validation failed; --keep-failed keeps it)")
     if a.json:
         print(json.dumps(summary, indent=1))
     return code
@@ -297,12 +356,37 @@ def _cmd_validate(a) -> int:
     return EXIT_OK if report.passed else EXIT_VALIDATION
 
 
+def _write_report(a, original: str, pruned: str, output: str, validation=None) -> dict:
+    from ..validate.visual import build_report, write_report
+
+    data = build_report(original, pruned, validation=validation or _validate(a, original, pruned, keep_errors=True),
+                        profile_runs=getattr(a, "profile_runs", 20), threads=a.threads)
+    write_report(data, output)
+    if not getattr(a, "json", False):
+        print(f"report written to {output}")
+    return data
+
+
+def _cmd_report(a) -> int:
+    report = _validate(a, a.original, a.pruned, keep_errors=True)
+    data = _write_report(a, a.original, a.pruned, a.output, report)
+    if a.json:
+        print(json.dumps({"schema_version": SCHEMA_VERSION, "output": a.output, **data["summary"]}, indent=1))
+    return EXIT_OK if report.passed else EXIT_VALIDATION
+
+
 def _cmd_sparsify(a) -> int:
     from ..unstructured import sparsify
 
     res = sparsify(a.model, a.output, gradients=a.gradients, ratio=a.ratio, threshold=a.threshold, by=a.by,
                    per_layer=a.per_layer)
-    print(f"wrote {res.output}: {res.summary()}")
+    if a.json:
+        print(json.dumps({"schema_version": SCHEMA_VERSION, "output": res.output, "zeroed": res.zeroed,
+                          "total": res.total, "per_tensor": res.per_tensor,
+                          "file_bytes": {"before": res.file_bytes[0], "after": res.file_bytes[1]},
+                          "gzip_bytes": {"before": res.gzip_bytes[0], "after": res.gzip_bytes[1]}}, indent=1))
+    else:
+        print(f"wrote {res.output}: {res.summary()}")
     return EXIT_OK
 
 
@@ -311,20 +395,23 @@ def _cmd_sensitivity(a) -> int:
                             image_spec=a.image_spec, calib_limit=a.calib_limit)
     if a.output:
         table.save(a.output)
-    print(json.dumps(table.to_dict(), indent=1) if a.json else table.format())
+    print(json.dumps({"schema_version": SCHEMA_VERSION, **table.to_dict()}, indent=1) if a.json else table.format())
     return EXIT_OK
 
 
 COMMANDS = {"inspect": _cmd_inspect, "plan": _cmd_plan, "prune": _cmd_prune, "validate": _cmd_validate,
-            "sensitivity": _cmd_sensitivity, "sparsify": _cmd_sparsify}
+            "sensitivity": _cmd_sensitivity, "sparsify": _cmd_sparsify, "report": _cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from ..logs import configure
+
+    configure(quiet=args.quiet, verbose=args.verbose)
     if argv is None:  # a process of our own: share one ORT thread pool between timed sessions
         from ..validate.runtime import use_global_thread_pool
 
-        use_global_thread_pool()
+        use_global_thread_pool(getattr(args, "threads", None))
     try:
         return COMMANDS[args.command](args)
     except OnnxPruneError as e:  # user error: one line, no traceback

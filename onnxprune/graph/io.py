@@ -182,6 +182,16 @@ def _check(model: str | onnx.ModelProto, path: str) -> None:
                               f"nothing was written to {path}") from None
 
 
+def remove_saved(path: str | os.PathLike) -> list[str]:
+    """Delete a model written by :func:`save_ir` and its ``<name>.data`` companion; returns what went."""
+    gone = []
+    for p in (os.fspath(path), os.fspath(path) + ".data"):
+        if os.path.isfile(p):
+            os.remove(p)
+            gone.append(p)
+    return gone
+
+
 def save_ir(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
             check: bool = True) -> None:
     """Write a model atomically: to a temporary folder, check it, then rename into place.

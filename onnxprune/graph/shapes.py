@@ -26,7 +26,7 @@ import onnx_ir as ir
 
 from .io import one_line
 
-__all__ = ["Dim", "Shape", "infer", "concrete_input_shapes", "has_dynamic_inputs", "skeleton", "format_shapes"]
+__all__ = ["Dim", "Shape", "infer", "check_dim_names", "concrete_input_shapes", "has_dynamic_inputs", "skeleton", "format_shapes"]
 
 log = logging.getLogger("onnxprune.graph")
 
@@ -55,6 +55,20 @@ def _declared_dims(v: ir.Value) -> list | None:
         else:
             out.append(None)
     return out
+
+
+def check_dim_names(model, dims: dict[str, int] | None) -> None:
+    """Refuse a named dim that no graph input declares (a typo would silently change nothing)."""
+    if not dims:
+        return
+    names = {d for v in model.graph.inputs if v.const_value is None for d in (_declared_dims(v) or [])
+             if isinstance(d, str)}
+    bad = [k for k in dims if k not in names]
+    if bad:
+        from ..errors import OnnxPruneError
+
+        raise OnnxPruneError(f"dim(s) {', '.join(repr(b) for b in bad)} name no dynamic dim of the model's inputs; "
+                             f"its dynamic dims are {', '.join(sorted(names)) or 'none'}")
 
 
 def has_dynamic_inputs(model) -> bool:

@@ -61,9 +61,12 @@ def recover(model: Model, an: Analysis, keep_atom: np.ndarray, rec: Recovery) ->
     """Update consumer weights/biases (full size) for the channels about to be removed."""
     if rec.mode == "none" and (rec.fold_atoms is None or not rec.fold_atoms.any()):
         return []
+    from ..progress import progress
+
     done = set()
-    for p in an.params:
-        if p.role != "in" or p.node in done:
+    consumers = [p for p in an.params if p.role == "in"]
+    for p in progress(consumers, f"reconstruction ({rec.mode})", unit="weights"):
+        if p.node in done:
             continue
         node = p.node
         x = inp(node, 0)

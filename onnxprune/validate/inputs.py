@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import OnnxPruneError
 
-__all__ = ["InputSpec", "Dataset", "random_dataset", "npz_dataset"]
+__all__ = ["InputSpec", "Dataset", "random_dataset", "npz_dataset", "take_samples"]
 
 _TYPES = {
     "tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
@@ -49,6 +49,16 @@ class Dataset:
     batches: list[dict[str, np.ndarray]]
     labels: np.ndarray | None
     source: str
+    kind: str = "random"  # or "file"
+    path: str | None = None
+    seed: int | None = None
+
+    def describe(self) -> dict:
+        """Data fields: kind, path, seed, samples, and the shape of each input's first batch."""
+        first = self.batches[0] if self.batches else {}
+        return {"kind": self.kind, "path": self.path, "seed": self.seed, "samples": self.n_samples,
+                "batches": len(self.batches), "labels": self.labels is not None,
+                "shapes": {k: list(np.shape(v)) for k, v in first.items()}}
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         return iter(self.batches)
@@ -85,7 +95,8 @@ def random_dataset(specs: list[InputSpec], *, seed: int = 0, batch: int = 1, dim
             else:
                 feeds[s.name] = rng.integers(0, 10, size=shape).astype(s.dtype)
         batches.append(feeds)
-    return Dataset(batches, None, f"random (seed {seed}, batch {batch})")
+    shapes = ", ".join(f"{k}={'x'.join(map(str, np.shape(v)))}" for k, v in batches[0].items()) if batches else ""
+    return Dataset(batches, None, f"random (seed {seed}): {shapes}", "random", None, seed)
 
 
 def npz_dataset(path: str, specs: list[InputSpec], *, batch_size: int = 64, labels_key: str = "labels") -> Dataset:
@@ -124,4 +135,28 @@ def npz_dataset(path: str, specs: list[InputSpec], *, batch_size: int = 64, labe
         batches.append(feeds)
     if labels is not None:
         labels = labels[:n_use]
-    return Dataset(batches, labels, f"{path} ({n_samples} samples)")
+    return Dataset(batches, labels, f"{path} ({n_use} samples)", "file", path)
+
+
+def take_samples(data: Dataset, specs: list[InputSpec], n: int, dims: dict[str, int]) -> dict[str, np.ndarray]:
+    """The first ``n`` samples of ``data`` as one feed (the model's fixed batch, if it has one).
+
+    Random and file inputs are timed alike: ``n`` samples, where a named batch dim in ``dims``
+    (``--dim N=4``) counts as the batch.
+    """
+    sizes = {_concrete(s, n, dims)[0] for s in specs if s.shape}
+    want = max(sizes) if sizes else n
+    out = {}
+    for s in specs:
+        parts, have = [], 0
+        for b in data.batches:
+            if have >= want:
+                break
+            a = b[s.name]
+            if a.ndim == 0:
+                parts = [a]
+                break
+            parts.append(a[: want - have])
+            have += parts[-1].shape[0]
+        out[s.name] = parts[0] if len(parts) == 1 else np.concatenate(parts)
+    return out

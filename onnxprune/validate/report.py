@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .compare import Report
 
-__all__ = ["format_report"]
+__all__ = ["format_report", "format_tightest", "format_groups"]
 
 
 def _human(n: float) -> str:
@@ -24,39 +24,86 @@ def _table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _inputs(d: dict) -> str:
+    if not d:
+        return "-"
+    shapes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in d.get("shapes", {}).items())
+    if d.get("kind") == "file":
+        return f"{d['path']} ({d['samples']} samples, {d['batches']} batch(es) of {shapes})"
+    return f"random (seed {d.get('seed')}): {shapes}"
+
+
+def format_tightest(t: dict) -> str:
+    """The tightest passing limits as command-line options."""
+    parts = [f"--atol {k}:{v:g}" for k, v in t.get("atol", {}).items()]
+    for key, flag in (("min_cosine", "--min-cosine"), ("min_agreement", "--min-agreement"),
+                      ("max_accuracy_drop", "--max-accuracy-drop")):
+        if key in t:
+            parts.append(f"{flag} {t[key]:g}")
+    return " ".join(parts) or "-"
+
+
 def format_report(r: Report) -> str:
     o, p = r.original, r.pruned
     rows = [["", "original", "pruned", "ratio"]]
     for key, label in (("params", "parameters"), ("macs", "MACs"), ("flops", "FLOPs"), ("file_bytes", "file size (B)")):
         a, b = getattr(o, key), getattr(p, key)
         rows.append([label, _human(a), _human(b), f"{b / a:.3f}" if a else "-"])
-    out = [f"original: {o.path}", f"pruned:   {p.path}", f"inputs:   {r.inputs or '-'}", "", _table(rows)]
+    out = [f"original: {o.path}", f"pruned:   {p.path}", f"inputs:   {_inputs(r.inputs)}",
+           f"criteria: {r.tolerances.describe()}", "", _table(rows)]
     for pr in r.providers:
         out.append("")
         if not pr.available:
-            out.append(f"[{pr.provider}] UNAVAILABLE: {pr.reason}")
+            out.append(f"[{pr.provider}] not tested: {pr.reason}")
+            for f in pr.failures:
+                out.append(f"FAIL: {f}")
             continue
         out.append(f"[{pr.provider}]")
         if pr.outputs:
             rows = [["output", "shape", "max abs", "mean abs", "cosine", "top-1 agree", "status"]]
             for c in pr.outputs:
                 rows.append([c.name, "x".join(map(str, c.shape_pruned)), f"{c.max_abs:.3g}", f"{c.mean_abs:.3g}",
-                             f"{c.cosine:.6f}", "-" if c.top1_agreement is None else f"{c.top1_agreement:.3f}",
-                             "ok" if c else "FAIL: " + "; ".join(c.failures)])
+                             "-" if c.cosine is None else f"{c.cosine:.6f}",
+                             "-" if c.top1_agreement is None else f"{c.top1_agreement:.3f}",
+                             "ok" if c else "FAIL: " + "; ".join(map(str, c.failures))])
             out.append(_table(rows))
         if pr.accuracy_original is not None:
             out.append(f"accuracy: original {pr.accuracy_original:.4f}  pruned {pr.accuracy_pruned:.4f}  "
                        f"(change {pr.accuracy_pruned - pr.accuracy_original:+.4f})")
         if pr.latency is not None:
             la = pr.latency
-            out.append(f"latency (ms, {la.repeats} interleaved runs after {la.warmup} warm-ups): "
-                       f"original median {la.original_ms['median']:.3f} p90 {la.original_ms['p90']:.3f} | "
-                       f"pruned median {la.pruned_ms['median']:.3f} p90 {la.pruned_ms['p90']:.3f} | "
-                       f"ratio {la.ratio:.3f}")
+            shapes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in la.input_shapes.items())
+            out.append(f"latency (ms; batch {la.batch}, {la.threads} threads, {shapes}; {la.repeats} interleaved "
+                       f"runs after {la.warmup} warm-ups): original median {la.original_ms['median']:.3f} "
+                       f"p90 {la.original_ms['p90']:.3f} | pruned median {la.pruned_ms['median']:.3f} "
+                       f"p90 {la.pruned_ms['p90']:.3f} | ratio {la.ratio:.3f}")
         for f in pr.failures:
             out.append(f"FAIL: {f}")
     for f in r.failures:
         out.append(f"FAIL: {f}")
     out.append("")
+    out.append("tightest passing: " + format_tightest(r.tightest()))
     out.append("validation: " + ("PASSED" if r.passed else "FAILED"))
     return "\n".join(out)
+
+
+def format_groups(groups, *, limit: int = 40) -> str:
+    """The per-group table printed after ``prune``: width before -> after and FLOPs share.
+
+    Groups whose width did not change are counted, not listed; at most ``limit`` rows.
+    """
+    changed = [g for g in groups if g["after"] != g["before"]]
+    if not changed:
+        return "no group changed width"
+    rows = [["group", "kind", "width", "FLOPs share (of the original)"]]
+    for g in changed[:limit]:
+        rows.append([g["name"], g["kind"], f"{g['before']} -> {g['after']}",
+                     f"{g['flops_share_before']:.1%} -> {g['flops_share_after']:.1%}"])
+    out = _table(rows)
+    rest = len(changed) - min(len(changed), limit)
+    notes = []
+    if rest:
+        notes.append(f"{rest} more changed group(s) in --json")
+    if len(groups) > len(changed):
+        notes.append(f"{len(groups) - len(changed)} group(s) unchanged")
+    return out + ("\n(" + "; ".join(notes) + ")" if notes else "")
