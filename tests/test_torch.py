@@ -177,7 +177,7 @@ def test_clipping_and_health(tmp_path):
     assert "unused" not in rec.health or rec.health["unused"]["flag"] in ("zero gradient", "")
 
 
-def test_sparsify_by_gradients(tmp_path):
+def test_sparsify_by_gradients(tmp_path, capsys):
     from onnxprune.unstructured import sparsify
 
     m = randomize_bn(ConvNet(bn=True))
@@ -193,3 +193,13 @@ def test_sparsify_by_gradients(tmp_path):
     assert (pruned.const(w) == 0).mean() > 0.2
     with pytest.raises(OnnxPruneError, match="exactly one"):
         sparsify(path, out, gradients=rec.record, ratio=0.5, threshold=1.0)
+    import json
+
+    from onnxprune.cli import main
+
+    grads = str(tmp_path / "m.grads.npz")
+    rec.record.save(grads)
+    assert main(["sparsify", path, "-o", out, "--gradients", grads, "--ratio", "0.5", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert d["schema_version"] == 1 and abs(d["zeroed"] / d["total"] - 0.5) < 0.02
+    assert d["gzip_bytes"]["after"] < d["gzip_bytes"]["before"]

@@ -49,6 +49,10 @@ def test_decoder_heads_and_ffn(decoders, variant, exporter):
     res = assert_oracle(proto, ratio=0.5, heads=2 if variant != "gqa" else 1, feeds=tokens(proto))
     kinds = [g.kind for g in res.analysis.groups if g.prunable]
     assert kinds.count("heads") == 2 and kinds.count("channels") == 2  # per layer: heads + FFN
+    from onnxprune.analysis import group_kind
+
+    marked = [group_kind(res.analysis, g) for g in res.analysis.groups if g.prunable]
+    assert sorted(marked) == ["ffn", "ffn", "heads", "heads"]  # what inspect prints in its kind column
     heads = [g for g in res.analysis.groups if g.kind == "heads"]
     for g in heads:  # whole heads (or KV groups) go: every remaining head keeps head_dim channels
         assert int((~res.keep_atom[g.atoms]).sum()) == (2 if variant != "gqa" else 1)

@@ -423,7 +423,8 @@ def partial(model, name: str, shape_of=None, memo: dict | None = None) -> np.nda
         memo[name] = None  # cycles/unknowns stay None
         try:
             r = _static_eval(model, name, shape_of or model.sym_shape, memo)
-        except Exception:  # malformed arithmetic: unknown, the rules stay conservative
+        except Exception as e:  # malformed arithmetic: unknown, the rules stay conservative
+            log.debug("'%s' not evaluated statically (%s: %s); treated as unknown", name, type(e).__name__, e)
             r = None
         if r is not None:
             r = np.asarray(r)

@@ -309,7 +309,8 @@ def _known_values(model, shapes: dict[str, Shape]) -> dict[str, np.ndarray]:
             continue  # known shape, and its readers are known too
         try:
             v = partial(model, name, shape_of, memo)
-        except Exception:
+        except Exception as e:  # best effort: an unknown value leaves inference where it was
+            log.debug("value of '%s' not evaluated for shape inference (%s: %s)", name, type(e).__name__, e)
             v = None
         if v is not None and v.dtype != object and v.dtype.kind in "iu" and v.size <= 64:
             out[name] = v

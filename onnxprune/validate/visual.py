@@ -152,7 +152,11 @@ def build_report(original: str, pruned: str, *, validation: Report, profile_runs
 
 # ----------------------------------------------------------------------------- figures
 def _plt():
-    import matplotlib
+    try:
+        import matplotlib
+    except ImportError:
+        raise OnnxPruneError("the HTML report's figures need matplotlib: pip install 'onnxprune[report]' "
+                             "(or write a Markdown report, report.md)") from None
 
     matplotlib.use("Agg")  # no display, no window: files only
     import matplotlib.pyplot as plt

@@ -160,3 +160,12 @@ def test_dynamically_quantized_lstm_prunes_and_stays_int8(tmp_path, per_channel)
     inits = {t.name: t for t in res.pruned.graph.initializer}
     # [dirs, I, 4·H]: the input channels (6 → 3) and the units (8 → 4, ×4 gates) both went
     assert inits[node.input[1]].data_type == TensorProto.INT8 and list(inits[node.input[1]].dims) == [2, 3, 16]
+
+
+@pytest.mark.parametrize("op", ["LSTM", "GRU", "RNN"])
+def test_inspect_marks_recurrent_groups(op):
+    from onnxprune.analysis import group_kind
+
+    an = analyze(Model(recurrent(op, seed=5)))
+    kinds = {group_kind(an, g) for g in an.groups if any(s.node is not None and s.node.op_type == op for s in g.spaces)}
+    assert kinds == {"recurrent"}
