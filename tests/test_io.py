@@ -89,7 +89,9 @@ def test_metadata_ir_and_opset_kept(tmp_path):
     p = onnx.load(out)
     assert (p.ir_version, p.opset_import[0].version, p.producer_name, p.producer_version, p.doc_string) == \
         (8, 17, "exporter", "1.2", "doc")
-    assert {m.key: m.value for m in p.metadata_props} == {"license": "MIT"}
+    props = {m.key: m.value for m in p.metadata_props}
+    assert props.pop("license") == "MIT"  # the user's metadata is kept; onnxprune adds its provenance
+    assert sorted(props) == ["onnxprune.options", "onnxprune.plan_digest", "onnxprune.source", "onnxprune.version"]
 
 
 def test_stale_value_info_is_refreshed(tmp_path):
