@@ -157,3 +157,16 @@ def test_quiet_and_verbose(mlp, capsys):
     assert main(["-v", "validate", mlp, mlp, "--repeats", "2", "--warmup", "0"]) == 0
     assert "onnxprune: INFO: latency" in capsys.readouterr().err
     main(["validate", mlp, mlp, "--no-latency"])  # back to the default level for later tests
+
+
+def test_agreement_is_not_asked_of_normalised_embeddings():
+    from onnxprune.validate.compare import DEFAULTS, _compare_output
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal((50, 64))
+    b = a + 0.02 * rng.standard_normal(a.shape)
+    a, b = [x / np.linalg.norm(x, axis=1, keepdims=True) for x in (a, b)]
+    c = _compare_output("emb", a.astype(np.float32), b.astype(np.float32), [], DEFAULTS)
+    assert c.top1_agreement is None and c.passed and c.cosine > 0.99
+    c = _compare_output("logits", 5 * a.astype(np.float32), 5 * b.astype(np.float32), [], DEFAULTS)
+    assert c.top1_agreement is not None  # scores, not an embedding: the decision is checked

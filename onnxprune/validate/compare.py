@@ -9,7 +9,8 @@ Validation **fails by default** when the outputs stop meaning the same (:data:`D
 
 1. every floating output's cosine similarity to the original's is at least 0.99;
 2. the top-1 decision agrees on at least 99% of the samples — argmax over the last axis of a
-   2-D output with more than one column, equality of an integer or boolean output;
+   2-D output with more than one column (not of a normalised embedding: rows of unit L2 norm),
+   equality of an integer or boolean output;
 3. with labels, the top-1 accuracy drops by at most 0.01 (one point).
 
 Each limit can be changed or switched off (``None``); ``atol``/``rtol`` per output
@@ -282,6 +283,12 @@ def _run_all(sess, data: Dataset) -> list[np.ndarray]:
     return [np.concatenate(c, axis=0) if c[0].ndim else c[0] for c in chunks]
 
 
+def _unit_rows(a: np.ndarray) -> bool:
+    """Every row has unit L2 norm: a normalised embedding, whose argmax decides nothing."""
+    n = np.linalg.norm(a.astype(np.float64), axis=1)
+    return bool(n.size) and bool(np.all(np.abs(n - 1.0) < 1e-3))
+
+
 def _compare_output(name: str, a: np.ndarray, b: np.ndarray, declared: list, tol: Tolerances) -> OutputComparison:
     fails = []
     if a.shape != b.shape:
@@ -301,7 +308,7 @@ def _compare_output(name: str, a: np.ndarray, b: np.ndarray, declared: list, tol
     if floating:
         denom = np.linalg.norm(af) * np.linalg.norm(bf)
         cosine = float(af @ bf / denom) if denom > 0 else float(np.array_equal(af, bf))
-        if a.ndim == 2 and a.shape[1] > 1:
+        if a.ndim == 2 and a.shape[1] > 1 and not _unit_rows(a):
             top1 = float(np.mean(a.argmax(1) == b.argmax(1)))
     elif a.size:  # labels, token ids, masks: the decision is the value itself
         top1 = float(np.mean(a.reshape(a.shape[0], -1) == b.reshape(b.shape[0], -1))) if a.ndim else float(a == b)
