@@ -82,8 +82,8 @@ def import_torchvision():
     for name in ("nms", "qnms"):
         try:
             torch.library.define(f"torchvision::{name}", "(Tensor dets, Tensor scores, float iou_threshold) -> Tensor")
-        except Exception:  # noqa: BLE001, S110 - already defined (the real extension loaded, or a second call)
-            pass
+        except Exception as e:  # noqa: BLE001 - already defined (the real extension loaded, or a second call)
+            print(f"corpus: torchvision::{name} not defined here ({type(e).__name__}: {e})", file=sys.stderr)
     import torchvision
 
     return torchvision
@@ -491,14 +491,14 @@ def worker(job: dict) -> None:
         if available("torchvision"):  # before transformers, which imports torchvision when it can
             try:
                 import_torchvision()
-            except Exception:  # noqa: BLE001, S110
-                pass
+            except Exception as e:  # noqa: BLE001 - the row runs without torchvision; say why
+                print(f"corpus: torchvision not imported ({type(e).__name__}: {e})", file=sys.stderr)
         try:
             import torch
 
             torch.set_num_threads(max(1, job.get("threads", 1)))
-        except Exception:  # noqa: BLE001, S110
-            pass
+        except Exception as e:  # noqa: BLE001 - torch is optional for a row
+            print(f"corpus: torch threads not set ({type(e).__name__}: {e})", file=sys.stderr)
         model = os.path.join(job["out_dir"], "models", f"{job['slug']}.onnx")
         t = time.time()
         save(step="export")
