@@ -12,7 +12,7 @@ Sections (``build_report`` collects the data, ``write_report`` renders it by fil
    validation's timing feeds: kernel time per op type and run (median of the runs), before and after. Profile
    files go to a temporary folder that is removed afterwards, never to the working directory.
 5. **Output errors** — the distribution of |original - pruned| per output (histograms).
-6. **Accuracy and latency** — from the validation run.
+6. **Accuracy and latency** — from the validation run (shown right after the summary).
 
 Figures are drawn by matplotlib with the Agg backend and embedded as base64 PNG, so the HTML
 file needs nothing else. The Markdown variant (``.md``) has the same tables and no figures, for
@@ -275,9 +275,9 @@ def _tables(s: dict) -> dict[str, tuple[list[str], list[list[str]]]]:
     return t
 
 
-SECTIONS = [("summary", "Summary"), ("groups", "Channel groups: width before and after"),
-            ("layers", "FLOPs per layer"), ("ops", "Latency per op type (onnxruntime profiler)"),
-            ("outputs", "Output errors"), ("accuracy", "Accuracy and latency")]
+SECTIONS = [("summary", "Summary"), ("accuracy", "Accuracy and latency"),
+            ("groups", "Channel groups: width before and after"), ("layers", "FLOPs per layer"),
+            ("ops", "Latency per op type (onnxruntime profiler)"), ("outputs", "Output errors")]
 
 _CSS = """body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#1d2530}
 h1{font-size:1.6em}h2{border-bottom:1px solid #ccd;padding-bottom:.2em;margin-top:1.6em}
