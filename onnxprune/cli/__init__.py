@@ -259,7 +259,7 @@ def _cmd_inspect(a) -> int:
         print(f"{g['group']:>5}  {g['kind']:<9}  {g['channels']:>8}  {g['prunable']:>8}  {g['name']}{why}")
         if a.members:
             for mem in g["members"]:
-                print(f"{'':>27}{mem}")
+                print(f"{'':>38}{mem}")
     if d["barriers"]:
         print("\nbarriers (channels through these nodes are kept):")
         for b in d["barriers"]:
