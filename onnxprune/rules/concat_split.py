@@ -158,6 +158,9 @@ class GatherRule(Moves):
         if ctx.chan(1) is not None:
             ctx.barrier("the indices carry channels")
             return
+        if ctx.chan(0) is None and ctx.an.hidden:
+            self._embedding(ctx)
+            return
         if (xr := ctx.chan_and_rank()) is None:
             return
         x, rank = xr
@@ -170,6 +173,22 @@ class GatherRule(Moves):
             ctx.barrier("indices are not a constant")
             return
         ctx.set_out(0, x.axis + (np.ndim(idx) - 1 if axis < x.axis else 0), x.labels)
+
+
+    @staticmethod
+    def _embedding(ctx) -> None:
+        """Hidden-size mode: rows of a constant [V, C] table picked by run-time ids (token, position,
+        token-type embeddings) produce C channels on the output's last axis."""
+        if not ctx.is_const(0) or ctx.is_const(1) or int(ctx.attr("axis", 0)) != 0:
+            return
+        shape = ctx.model.const_shape(ctx.input_name(0))
+        rank = ctx.rank(1)
+        if shape is None or len(shape) != 2 or rank is None:
+            return
+        labels = ctx.new_space(int(shape[1]), f"{ctx.name} (embedding)")
+        ctx.param(0, 1, labels, "out")
+        ctx.nonempty(labels)
+        ctx.set_out(0, rank, labels)
 
 
 RULES = (ConcatRule(), SplitRule(), SliceRule(), GatherRule())

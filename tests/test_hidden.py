@@ -1,0 +1,115 @@
+"""Hidden-size (residual stream) pruning: analysis, the hidden-size oracle, planning, CLI."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+from conftest import assert_oracle
+from onnxprune.analysis import analyze
+from onnxprune.graph import Model
+from onnxprune.testing import Net
+
+
+def transformer(c: int = 16, t: int = 5, vocab: int = 11, layers: int = 2, stream_output: bool = True,
+                rms: str = "div", seed: int = 0) -> onnx.ModelProto:
+    """Embeddings (token + position) → [LayerNorm → attention → +, RMSNorm → FFN → +] × layers →
+    LayerNorm → head; the stream itself is also an output (re-expanded after pruning)."""
+    n = Net("tiny_transformer", seed=seed, opset=18)
+    rng = np.random.default_rng(seed)
+    ids = n.input("ids", ["N", t], onnx.TensorProto.INT64)
+    x = n.op("Gather", [n.const(rng.normal(0, 1, (vocab, c)).astype(np.float32), "tok_emb"), ids], axis=0)
+    x = n.op("Add", [x, n.const(rng.normal(0, 1, (t, c)).astype(np.float32), "pos_emb")])
+
+    def layernorm(y):
+        g = n.const(rng.uniform(0.5, 1.5, c).astype(np.float32), "ln_g")
+        b = n.const(rng.normal(0, 0.2, c).astype(np.float32), "ln_b")
+        return n.op("LayerNormalization", [y, g, b], axis=-1)
+
+    def rmsnorm(y):
+        if rms == "mul":
+            sq = n.op("Mul", [y, y])
+        else:
+            sq = n.op("Pow", [y, n.const(np.array(2.0, np.float32))])
+        ms = n.op("ReduceMean", [sq, n.const(np.array([-1], np.int64))], keepdims=1)
+        ms = n.op("Add", [ms, n.const(np.array(1e-6, np.float32))])
+        if rms == "rsqrt":
+            y = n.op("Mul", [y, n.op("Reciprocal", [n.op("Sqrt", [ms])])])
+        else:
+            y = n.op("Div", [y, n.op("Sqrt", [ms])])
+        return n.op("Mul", [y, n.const(rng.uniform(0.5, 1.5, c).astype(np.float32), "rms_g")])
+
+    for _ in range(layers):
+        h = layernorm(x)
+        q, k, v = (n.linear(h, c, c) for _ in range(3))
+        s = n.op("Softmax", [n.op("MatMul", [q, n.op("Transpose", [k], perm=[0, 2, 1])])], axis=-1)
+        x = n.add(x, n.linear(n.op("MatMul", [s, v]), c, c))
+        h = rmsnorm(x)
+        x = n.add(x, n.linear(n.relu(n.linear(h, c, 2 * c)), 2 * c, c))
+    x = layernorm(x)
+    n.output(n.linear(x, c, 3))
+    if stream_output:
+        n.output(x)
+    return n.build()
+
+
+def test_without_hidden_mode_the_stream_is_pinned():
+    an = analyze(Model(transformer()))
+    assert not [g for g in an.groups if g.kind == "hidden"]
+    assert any("LayerNormalization normalises over the hidden axis" in r for _, r in an.barriers)
+
+
+def test_hidden_mode_couples_the_stream():
+    an = analyze(Model(transformer()), hidden=True)
+    hidden = [g for g in an.groups if g.kind == "hidden"]
+    assert len(hidden) == 1 and hidden[0].size == 16 and hidden[0].prunable
+    members = an.group_members(hidden[0])
+    assert any("tok_emb" in s and s.endswith(" out") for s in members)  # embedding table columns
+    assert any("pos_emb" in s for s in members)
+    assert sum("ln_g" in s for s in members) == 3 and sum("rms_g" in s for s in members) == 2
+    assert len(an.hidden_sites) == 5  # 3 LayerNorms + 2 RMSNorm ReduceMeans
+
+
+@pytest.mark.parametrize("rms", ["div", "mul", "rsqrt"])
+@pytest.mark.parametrize("stream_output", [True, False])
+def test_hidden_oracle_generated_transformer(rms, stream_output):
+    proto = transformer(rms=rms, stream_output=stream_output)
+    feeds = {"ids": np.random.default_rng(1).integers(0, 11, (3, 5)).astype(np.int64)}
+    res = assert_oracle(proto, ratio=0.0, hidden_ratio=0.25, feeds=feeds)
+    assert res.removed == 4
+    outs = [o.name for o in res.pruned.graph.output]
+    assert [o.name for o in proto.graph.output] == outs
+    # plain zeroing of consumers is NOT what removal does: the norms re-normalise
+    from onnxprune.testing.oracle import run, zero_consumers
+
+    plain = run(zero_consumers(proto, res.analysis, res.keep_atom), feeds)
+    assert max(float(np.abs(a - b).max()) for a, b in zip(plain, res.reference_out)) > 1e-3
+
+
+def test_hidden_and_ratio_together():
+    proto = transformer()
+    feeds = {"ids": np.random.default_rng(1).integers(0, 11, (3, 5)).astype(np.int64)}
+    res = assert_oracle(proto, ratio=0.5, hidden=8, feeds=feeds)
+    kinds = {(g.kind, int((~res.keep_atom[g.atoms]).sum())) for g in res.analysis.groups if g.prunable}
+    assert ("hidden", 8) in kinds and ("channels", 16) in kinds
+
+
+def test_unknown_consumer_pins_the_hidden_group():
+    proto = transformer(stream_output=False)
+    # an op without a rule reading the stream
+    g = proto.graph
+    ln_out = [nd for nd in g.node if nd.op_type == "LayerNormalization"][-1].output[0]
+    g.node.append(onnx.helper.make_node("Hardmax", [ln_out], ["hm"], axis=-1))
+    g.node.append(onnx.helper.make_node("LpNormalization", ["hm"], ["odd"], axis=-1))
+    g.output.append(onnx.helper.make_tensor_value_info("odd", onnx.TensorProto.FLOAT, None))
+    an = analyze(Model(proto), hidden=True)
+    (h,) = [g for g in an.groups if g.kind == "hidden"]
+    assert not h.prunable and any("Hardmax" in r or "LpNormalization" in r for r in h.reasons)
+    from onnxprune.errors import PlanError
+    from onnxprune.importance import score_groups
+    from onnxprune.planner import make_plan
+
+    with pytest.raises(PlanError, match="no prunable hidden-size group"):
+        make_plan(an, score_groups(an), criterion="l2", hidden_ratio=0.25)
