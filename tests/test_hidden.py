@@ -113,3 +113,85 @@ def test_unknown_consumer_pins_the_hidden_group():
 
     with pytest.raises(PlanError, match="no prunable hidden-size group"):
         make_plan(an, score_groups(an), criterion="l2", hidden_ratio=0.25)
+
+
+# ------------------------------------------------------------------ real exports (HF, small configs)
+@pytest.fixture(scope="module")
+def hf_exports(tmp_path_factory):
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
+    import corpus
+
+    out = tmp_path_factory.mktemp("hidden_hf")
+    paths = {}
+    for kind in ("llama", "vit"):
+        for exporter in ("dynamo", "torchscript"):
+            path = str(out / f"{kind}_{exporter}.onnx")
+            corpus.export(corpus.Spec(kind, "hf", corpus.hf(kind)), exporter, path)
+            paths[kind, exporter] = path
+    return paths, corpus.make_feeds
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_hidden_oracle_small_llama(hf_exports, exporter):
+    """LlamaConfig (2 layers, hidden 64, GQA 4/2): RMSNorm written as Pow → ReduceMean → Add → Sqrt."""
+    paths, make_feeds = hf_exports
+    proto = onnx.load(paths["llama", exporter])
+    res = assert_oracle(proto, ratio=0.0, hidden_ratio=0.25, feeds=make_feeds(proto))
+    (h,) = [g for g in res.analysis.groups if g.kind == "hidden"]
+    assert h.size == 64 and res.removed == 16
+    assert len(res.analysis.hidden_sites) == 5  # 2 layers × 2 RMSNorms + the final one
+    assert res.analysis.expanded_outputs  # last_hidden_state keeps its width
+
+
+def test_hidden_oracle_small_vit(hf_exports):
+    """ViTConfig (2 layers, hidden 64), dynamo: patch-embedding Conv, class token (Expand of a
+    constant, Concat), position embedding, LayerNorms."""
+    paths, make_feeds = hf_exports
+    proto = onnx.load(paths["vit", "dynamo"])
+    res = assert_oracle(proto, ratio=0.0, hidden_ratio=0.25, feeds=make_feeds(proto))
+    (h,) = [g for g in res.analysis.groups if g.kind == "hidden"]
+    assert h.size == 64 and res.removed == 16 and len(res.analysis.hidden_sites) == 5
+    members = " ".join(res.analysis.group_members(h))
+    assert "cls_token" in members and "position_embeddings" in members
+
+
+def test_vit_torchscript_hidden_group_says_why(hf_exports):
+    """TorchScript reads the patch count at run time (Shape → Slice → Concat → Reshape): the hidden
+    group stays pinned with that reason (issue 14 item 3 lifts it), never a wrong graph."""
+    paths, _ = hf_exports
+    an = analyze(Model(onnx.load(paths["vit", "torchscript"])), hidden=True)
+    hidden = [g for g in an.groups if g.kind == "hidden"]
+    assert hidden and not any(g.prunable for g in hidden)
+    assert any("computed at run time" in r or "not a channel-tracked tensor" in r for g in hidden for r in g.reasons)
+
+
+def test_cli_hidden_ratio_end_to_end(hf_exports, tmp_path):
+    """plan → JSON (hidden group reported apart) → prune --plan → validate; prune --hidden-ratio --validate."""
+    from onnxprune.cli import main
+
+    paths, make_feeds = hf_exports
+    src = paths["llama", "torchscript"]
+    plan = tmp_path / "plan.json"
+    assert main(["plan", src, "-o", str(plan), "--hidden-ratio", "0.25", "--round-to", "8"]) == 0
+    d = json.loads(plan.read_text())
+    assert d["settings"]["hidden_mode"] and d["settings"]["hidden_ratio"] == 0.25
+    hidden = [g for g in d["groups"] if g["kind"] == "hidden"]
+    assert len(hidden) == 1 and len(hidden[0]["remove"]) == 16
+    assert not any(g["remove"] for g in d["groups"] if g["kind"] != "hidden")
+    out = tmp_path / "p.onnx"
+    assert main(["prune", src, "-o", str(out), "--plan", str(plan)]) == 0
+    np.savez(tmp_path / "data.npz", **make_feeds(onnx.load(src), batch=4))
+    out2 = tmp_path / "p2.onnx"
+    rc = main(["prune", src, "-o", str(out2), "--hidden-ratio", "0.25", "--ratio", "0.25", "--validate",
+               "--no-latency", "--data", str(tmp_path / "data.npz"), "--min-cosine", "0.5", "--json"])
+    assert rc == 0
+    pruned = onnx.load(str(out2))
+    # the stream is 48 wide inside, 64 at the output (re-expanded)
+    emb = [i for i in pruned.graph.initializer if i.dims[:1] == [1000]]
+    assert emb and emb[0].dims[1] == 48
+    assert [d.dim_value for d in pruned.graph.output[0].type.tensor_type.shape.dim][-1] == 64
