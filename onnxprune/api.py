@@ -132,7 +132,7 @@ def _plan(m: Model, an: Analysis, *, criterion: str, ratio, target_flops, target
     scores = score_groups(an, base, reduce=reduce, normalize=normalize, seed=seed,
                           data=ScoreData(activations=recording, gradients=grads,
                                          hybrid_weights=tuple(calib.hybrid_weights)))
-    if an.hidden and cal is not None:  # the stream's channels by its activation statistics
+    if an.hidden and cal is not None and base in ("l1", "l2", "bn"):  # the stream by its activation statistics
         from .record import record_for
 
         recording = recording if recording is not None else record_for(an, cal)
@@ -161,7 +161,8 @@ def _plan(m: Model, an: Analysis, *, criterion: str, ratio, target_flops, target
 
 
 def _hidden_scores(an: Analysis, scores, recording) -> None:
-    """Hidden-size groups scored by the mean |activation| of the stream (magnitude without data)."""
+    """Hidden-size groups scored by the mean |activation| of the stream (magnitude without data;
+    a data-driven --criterion given by the user is kept)."""
     from .importance.activation import activation
 
     for g in an.groups:
