@@ -195,3 +195,70 @@ def test_cli_hidden_ratio_end_to_end(hf_exports, tmp_path):
     emb = [i for i in pruned.graph.initializer if i.dims[:1] == [1000]]
     assert emb and emb[0].dims[1] == 48
     assert [d.dim_value for d in pruned.graph.output[0].type.tensor_type.shape.dim][-1] == 64
+
+
+def test_layernorm_compensation_with_calibration_reduces_the_error(tmp_path):
+    """Least-squares γ/β refits on calibration data bring the pruned model's outputs closer to the
+    original's than no compensation."""
+    import onnxprune
+    from onnxprune.testing.oracle import run
+
+    proto = transformer(c=32, t=6, layers=2, stream_output=False, seed=3)
+    src = str(tmp_path / "t.onnx")
+    onnx.save(proto, src)
+    ids = np.random.default_rng(5).integers(0, 11, (64, 6)).astype(np.int64)
+    np.savez(tmp_path / "c.npz", ids=ids)
+    y0 = run(proto, {"ids": ids})[0]
+    err = {}
+    for comp in (True, False):
+        out = str(tmp_path / f"p{comp}.onnx")
+        res = onnxprune.prune(src, out, hidden_ratio=0.25, hidden_compensate=comp, remove_dead=False,
+                              calib=str(tmp_path / "c.npz"))
+        err[comp] = float(np.abs(run(onnx.load(out), {"ids": ids})[0] - y0).mean())
+        notes = [r for r in res.recovery if "refitted (lsq)" in r]
+        assert len(notes) == (3 if comp else 0)
+    assert err[True] < err[False], err
+
+
+def test_layernorm_rescale_keeps_mean_and_variance():
+    """Without data the refit is a rescale: on the inputs it saw, every kept channel of the
+    LayerNorm (normalised over the kept channels) has the original output's mean and variance."""
+    from onnxprune.hidden import compensate
+    from onnxprune.testing.oracle import run
+
+    n = Net("ln", seed=2, opset=18)
+    x = n.input("x", ["N", 8])
+    h = n.linear(x, 8, 12)
+    g = n.const(np.random.default_rng(1).uniform(0.5, 2, 12).astype(np.float32))
+    b = n.const(np.random.default_rng(2).normal(0, 1, 12).astype(np.float32))
+    y = n.op("LayerNormalization", [h, g, b], axis=-1, epsilon=1e-5)
+    n.output(n.linear(y, 12, 3))
+    proto = n.build()
+    m = Model(proto)
+    an = analyze(m, hidden=True)
+    (grp,) = [gr for gr in an.groups if gr.kind == "hidden"]
+    keep = np.ones(an.n_atoms, bool)
+    keep[grp.atoms[[1, 4, 7]]] = False
+    feeds = [{"x": np.random.default_rng(k).normal(0, 1, (50, 8)).astype(np.float32)} for k in range(3)]
+    notes = compensate(m, an, keep, feeds, how="rescale")
+    assert len(notes) == 1 and "rescale" in notes[0]
+    kept = an.keep_mask(an.hidden_sites[0].labels, keep)
+    ln = [nd for nd in proto.graph.node if nd.op_type == "LayerNormalization"][0]
+    h_all = np.concatenate([run(_with_output(proto, ln.input[0]), f)[-1] for f in feeds]).astype(np.float64)
+    g0, b0 = (onnx.numpy_helper.to_array(t) for t in proto.graph.initializer if t.name in ln.input[1:3])
+    z = (h_all - h_all.mean(1, keepdims=True)) / np.sqrt(h_all.var(1, keepdims=True) + 1e-5)
+    y_orig = (z * g0 + b0)[:, kept]
+    hk = h_all[:, kept]
+    zk = (hk - hk.mean(1, keepdims=True)) / np.sqrt(hk.var(1, keepdims=True) + 1e-5)
+    g1, b1 = (np.asarray(m.const(ln.input[k])) for k in (1, 2))
+    y_new = zk * g1[kept] + b1[kept]
+    assert np.allclose(y_new.mean(0), y_orig.mean(0), atol=1e-4)
+    assert np.allclose(y_new.var(0), y_orig.var(0), rtol=1e-3)
+    assert not np.allclose(g1[kept], g0[kept])  # it did change something
+
+
+def _with_output(proto, name):
+    p = onnx.ModelProto()
+    p.CopyFrom(proto)
+    p.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+    return p

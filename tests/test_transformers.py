@@ -135,8 +135,8 @@ def test_minilm_hidden_size_oracle(minilm, exporter):
 
 
 def test_minilm_hidden_ratio_with_calibration(minilm, tmp_path):
-    """Held-out sentence embeddings after --hidden-ratio 0.25 (activation ranking on the calibration
-    half): the least-squares LayerNorm refit does better than none."""
+    """Held-out sentence embeddings after --hidden-ratio 0.25 (activation ranking and least-squares
+    LayerNorm refits on the calibration half; measured 0.748 mean cosine, see bench_hidden.py)."""
     import onnxprune
     from onnxprune.validate.runtime import make_session
 
@@ -147,11 +147,10 @@ def test_minilm_hidden_ratio_with_calibration(minilm, tmp_path):
     np.savez(calib, **{k: sentences[k][:half] for k in ("input_ids", "attention_mask")})
     ev = {k: sentences[k][half:] for k in ("input_ids", "attention_mask")}
     y0 = make_session(src, "cpu").run(None, ev)[0]
-    cos = {}
-    for comp in (True, False):
-        out = str(tmp_path / f"h{comp}.onnx")
-        res = onnxprune.prune(src, out, hidden_ratio=0.25, calib=str(calib), remove_dead=False, hidden_compensate=comp)
-        y = make_session(out, "cpu").run(None, ev)[0]
-        cos[comp] = float(np.mean(np.sum(y0 * y, 1) / np.linalg.norm(y0, axis=1) / np.linalg.norm(y, axis=1)))
-        assert res.hidden[0]["kept"] == 288 and res.after.macs < 0.78 * res.before.macs
-    assert cos[True] > cos[False] > 0.5, cos
+    out = str(tmp_path / "h.onnx")
+    res = onnxprune.prune(src, out, hidden_ratio=0.25, calib=str(calib), remove_dead=False)
+    y = make_session(out, "cpu").run(None, ev)[0]
+    cos = float(np.mean(np.sum(y0 * y, 1) / np.linalg.norm(y0, axis=1) / np.linalg.norm(y, axis=1)))
+    assert res.hidden[0]["kept"] == 288 and res.after.macs < 0.78 * res.before.macs
+    assert sum("refitted (lsq)" in r for r in res.recovery) == 13
+    assert cos > 0.7, cos
