@@ -61,6 +61,7 @@ class PruneResult:
     recovery: tuple[str, ...] = ()
     removed_blocks: tuple[str, ...] = ()
     hidden: tuple = ()  # per hidden-size group: width before/after (hidden.summary)
+    norm_refits: tuple[str, ...] = ()  # hidden size: one note per norm compensated or not
 
 
 @dataclass
@@ -322,8 +323,8 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
         hidden_rows = tuple(_hidden_summary(an, p))
     result = rewrite.apply(m, an, keep, recovery=recovery)
     save_model(m, output, external_data=external_data)
-    return PruneResult(output, p, first_cost, after, result.recovery + tuple(hidden_notes), removed_blocks,
-                       hidden_rows)
+    return PruneResult(output, p, first_cost, after, result.recovery, removed_blocks, hidden_rows,
+                       tuple(hidden_notes))
 
 
 def sensitivity(path: str, *, calib: str, rank_by: str = "l2", ratios: Sequence[float] | None = None,

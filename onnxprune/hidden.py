@@ -16,7 +16,7 @@ Semantics (the hidden-size oracle): removing hidden channels ≡ the original mo
   output is zero on the removed ones), a reduction over the channel axis reduces the kept ones
   (a ReduceMean divides by the kept count: the statistics are re-normalised);
 * a graph output carrying the stream keeps its width: the pruned model scatters the kept
-  channels back (``MatMul`` with a 0/1 matrix), the removed ones read 0.
+  channels back (``Pad`` + ``Gather``, no arithmetic), the removed ones read 0.
 
 :func:`reference` builds that model; ``testing.oracle.check_oracle`` compares against it.
 
@@ -98,24 +98,30 @@ def expand_output(an, name: str, c) -> None:
     an.expanded_outputs.append(name)
     size = int(c.labels.size)
 
-    def fix(rw, name=name, labels=c.labels):
+    rank = len(an.model.shape(name))
+
+    def fix(rw, name=name, labels=c.labels, rank=rank):
         keep = rw.keep(labels)
-        if keep.all():
-            return
-        m = rw.model
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(m.dtypes.get(name, onnx.TensorProto.FLOAT))
-        _append(m, name, "MatMul", [_scatter_matrix(keep, dtype)], moves="outputs", suffix="_kept")
+        if not keep.all():
+            scatter_back(rw.model, name, keep, rank, moves="outputs")
 
     node = an.model.producer(name)
     an.fixes.append(Fix(node, fix))
     log.info("graph output '%s' (%d hidden channels) is re-expanded with zeros after hidden pruning", name, size)
 
 
-def _scatter_matrix(keep: np.ndarray, dtype) -> np.ndarray:
-    idx = np.flatnonzero(keep)
-    e = np.zeros((idx.size, keep.size), dtype=dtype)
-    e[np.arange(idx.size), idx] = 1
-    return e
+def scatter_back(m: Model, name: str, keep: np.ndarray, rank: int, *, moves: str) -> None:
+    """Give tensor ``name`` (kept channels on its last axis) its full width again, zeros at the
+    removed positions: ``Pad`` one zero channel, then ``Gather`` (no arithmetic)."""
+    pads = np.zeros(2 * rank, np.int64)
+    pads[-1] = 1
+    if m.opset >= 11:
+        _append(m, name, "Pad", [pads], moves=moves, suffix="_kept")
+    else:
+        _append(m, name, "Pad", [], moves=moves, suffix="_kept", pads=[int(p) for p in pads])
+    idx = np.full(keep.size, int(keep.sum()), np.int64)
+    idx[keep] = np.arange(int(keep.sum()))
+    _append(m, name, "Gather", [idx], moves=moves, suffix="_padded", axis=-1)
 
 
 def _append(m: Model, name: str, op: str, consts: list[np.ndarray], *, moves: str, suffix: str, **attrs) -> None:
@@ -174,8 +180,7 @@ def reference(proto: onnx.ModelProto, an, keep_atom: np.ndarray) -> onnx.ModelPr
                     v = np.asarray(m.const(inp(node, k)))
                     node.replace_input_with(k, m.value_of(m.add_initializer(inp(node, k) + "_kept", v[..., idx])))
             m.changed()
-            dtype = onnx.helper.tensor_dtype_to_np_dtype(m.dtypes.get(site.output, onnx.TensorProto.FLOAT))
-            _append(m, site.output, "MatMul", [_scatter_matrix(keep, dtype)], moves="all", suffix="_kept")
+            scatter_back(m, site.output, keep, len(an.model.shape(site.input)), moves="all")
         m.changed()
     for name in an.expanded_outputs:
         c = an.chan[name]

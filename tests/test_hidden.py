@@ -215,7 +215,7 @@ def test_layernorm_compensation_with_calibration_reduces_the_error(tmp_path):
         res = onnxprune.prune(src, out, hidden_ratio=0.25, hidden_compensate=comp, remove_dead=False,
                               calib=str(tmp_path / "c.npz"))
         err[comp] = float(np.abs(run(onnx.load(out), {"ids": ids})[0] - y0).mean())
-        notes = [r for r in res.recovery if "refitted (lsq)" in r]
+        notes = [r for r in res.norm_refits if "refitted (lsq)" in r]
         assert len(notes) == (3 if comp else 0)
     assert err[True] < err[False], err
 

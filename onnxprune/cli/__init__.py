@@ -260,6 +260,9 @@ def _cmd_plan(a) -> int:
     plan = api.plan(a.model, **_planning_kwargs(a))
     plan.save(a.output)
     print(f"plan written to {a.output}: {_plan_summary(plan)}")
+    for g in plan.groups:
+        if g.kind == "hidden" and g.remove:
+            print(f"hidden size: {g.size} -> {g.kept} (group {g.group}; not exact: norms re-normalise over the kept channels)")
     return EXIT_OK
 
 
@@ -280,7 +283,8 @@ def _cmd_prune(a) -> int:
     dead = sum(len(g.dead) for g in res.plan.groups)
     summary = {"output": res.output, "removed_channels": res.plan.n_removed, "dead_channels": dead,
                "removed_blocks": list(res.removed_blocks), "recovery": list(res.recovery),
-               "before": b.as_dict(), "after": f.as_dict(), "hidden": list(res.hidden)}
+               "before": b.as_dict(), "after": f.as_dict(), "hidden": list(res.hidden),
+               "norm_refits": list(res.norm_refits)}
     if not a.json:
         extra = f" ({dead} dead)" if dead else ""
         blocks = f", {len(res.removed_blocks)} residual blocks bypassed" if res.removed_blocks else ""
@@ -293,8 +297,10 @@ def _cmd_prune(a) -> int:
             print(f"hidden size: {h['channels']} -> {h['kept']} (group {h['group']}, {h['norm_sites']} norms "
                   "re-normalise over the kept channels; not exact)")
         if res.recovery:
-            norms = ", norm γ/β refits" if res.hidden else ""
-            print(f"recovery ({a.recover}{norms}): {len(res.recovery)} update(s)")
+            print(f"recovery ({a.recover}): {len(res.recovery)} consumer(s) updated")
+        if res.norm_refits:
+            done = sum("refitted" in r for r in res.norm_refits)
+            print(f"hidden size: {done} of {len(res.norm_refits)} norm(s) refitted (γ/β)")
     code = EXIT_OK
     if a.validate:
         from ..validate import format_report
