@@ -31,6 +31,7 @@ import onnx_ir as ir
 from .graph import Model, Shape, inp, one_line, out
 from .errors import PlanError
 from .rules import registry
+from . import hidden as _hidden
 
 __all__ = ["group_kind", "Analysis", "Chan", "Group", "ParamAxis", "analyze"]
 
@@ -98,7 +99,7 @@ class Group:
     reasons: list[str]
     spaces: list[Space]
     params: list[int] = field(default_factory=list)
-    kind: str = "channels"  # or "heads": each atom is a whole attention head
+    kind: str = "channels"  # or "heads": each atom is a whole attention head; or "hidden" (hidden.py)
 
     @property
     def size(self) -> int:
@@ -154,6 +155,10 @@ class Analysis:
         self.barriers: list[tuple[ir.Node, str]] = []
         self._pins: list[tuple[np.ndarray, str]] = []
         self.head_labels: list[np.ndarray] = []  # labels of attention heads (one per head)
+        # hidden-size mode (hidden.py): norms/reductions across channels read the kept ones only
+        self.hidden = False
+        self.hidden_sites: list = []  # hidden.NormSite, one per node reading across the stream
+        self.expanded_outputs: list[str] = []  # graph outputs re-expanded to full width
         self._nonempty: list[np.ndarray] = []
         self._uf = _UnionFind()
         # filled by _finish()
@@ -225,10 +230,13 @@ class Analysis:
     # ----------------------------------------------------------------- finish
     def _finish(self) -> None:
         model = self.model
-        # Graph outputs keep their shapes.
+        # Graph outputs keep their shapes (a hidden-size stream is re-expanded with zeros instead).
+        expand = _hidden.expandable_outputs(self) if self.hidden else set()
         for name in model.graph_outputs:
             c = self.chan.get(name)
-            if c is not None:
+            if c is not None and name in expand:
+                _hidden.expand_output(self, name, c)
+            elif c is not None:
                 self.pin(c.labels, f"graph output '{name}' keeps its shape")
         self._couple_shared_params()
         roots = self._uf.roots()
@@ -312,6 +320,9 @@ class Analysis:
         for labels in self.head_labels:
             for gid in np.unique(self.group_of_atom[self.atom_of_label[labels]]).tolist():
                 self.groups[gid].kind = "heads"
+        for site in self.hidden_sites:
+            for gid in np.unique(self.group_of_atom[self.atom_of_label[site.labels]]).tolist():
+                self.groups[gid].kind = "hidden"
         for k, p in enumerate(self.params):
             if p.labels.size == 0:
                 continue
@@ -511,12 +522,14 @@ def _apply_rule(an: Analysis, ctx: NodeContext, rule) -> None:
     What the rule declared before failing is rolled back (parameters, fixes, head marks) and the
     label spaces it created are pinned, so no half-declared channel can be removed.
     """
-    marks = (len(an.params), len(an.fixes), len(an.spaces), len(an.head_labels), len(an._nonempty))
+    marks = (len(an.params), len(an.fixes), len(an.spaces), len(an.head_labels), len(an._nonempty),
+             len(an.hidden_sites))
     try:
         rule.apply(ctx)
     except Exception as e:  # a rule meeting a pattern it does not understand
         log.info("rule for %s failed on %s: %s", ctx.op, ctx.name, one_line(e), exc_info=log.isEnabledFor(10))
         del an.params[marks[0]:], an.fixes[marks[1]:], an.head_labels[marks[3]:], an._nonempty[marks[4]:]
+        del an.hidden_sites[marks[5]:]
         for s in an.spaces[marks[2]:]:
             an.pin(np.arange(s.start, s.start + s.size, dtype=np.int64), f"{ctx.name} ({ctx.op}): rule failed")
         for k in range(ctx.n_outputs):
@@ -536,8 +549,8 @@ def group_kind(an: Analysis, g: Group) -> str:
     """What a group is, for reports: ``heads`` (attention heads), ``recurrent`` (hidden units of
     LSTM/GRU/RNN), ``ffn`` (hidden units between dense layers: a transformer's FFN, an MLP) or
     ``channels`` (anything else, e.g. Conv channels)."""
-    if g.kind == "heads":
-        return "heads"
+    if g.kind in ("heads", "hidden"):
+        return g.kind
     ops = {s.node.op_type for s in g.spaces if s.node is not None}
     if ops & _RECURRENT:
         return "recurrent"
@@ -547,12 +560,14 @@ def group_kind(an: Analysis, g: Group) -> str:
     return "channels"
 
 
-def analyze(model: Model, *, protect: Iterable[str] = ()) -> Analysis:
+def analyze(model: Model, *, protect: Iterable[str] = (), hidden: bool = False) -> Analysis:
     """Find the channel groups of a model.
 
     Args:
         model: a loaded model (shapes are inferred here if not yet).
         protect: globs of node or constant names whose channels must be kept.
+        hidden: hidden-size mode (``hidden.py``): LayerNormalization and reductions over the
+            channel axis couple the residual stream into a ``hidden`` group instead of pinning it.
 
     Returns:
         The analysis, with ``groups`` and per-tensor ``chan`` filled.
@@ -560,6 +575,7 @@ def analyze(model: Model, *, protect: Iterable[str] = ()) -> Analysis:
     if not model.shapes:
         model.infer()
     an = Analysis(model)
+    an.hidden = hidden
     rules = registry()
     for node in model.graph:
         if node.op_type == "Constant" and node.domain == "":

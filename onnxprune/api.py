@@ -47,8 +47,9 @@ class Inspection:
         return {"path": self.path, "opset": self.opset, "ir_version": self.ir_version, "nodes": self.nodes,
                 "cost": self.cost.as_dict(), "groups": groups, "barriers": barriers,
                 "residual_blocks": [b.to_dict() for b in self.blocks],
-                "prunable_channels": int(sum(g.n_prunable for g in an.groups)),
-                "channels": int(sum(g.size for g in an.groups))}
+                "prunable_channels": int(sum(g.n_prunable for g in an.groups if g.kind != "hidden")),
+                "channels": int(sum(g.size for g in an.groups if g.kind != "hidden")),
+                "hidden_groups": [g for g in groups if g["kind"] == "hidden"]}
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,8 @@ class PruneResult:
     recovery: tuple[str, ...] = ()
     removed_blocks: tuple[str, ...] = ()
     groups: tuple[dict, ...] = ()  # per group: name, kind, width before/after, FLOPs share (provenance.group_table)
+    hidden: tuple = ()  # per hidden-size group: width before/after (hidden.summary)
+    norm_refits: tuple[str, ...] = ()  # hidden size: one note per norm compensated or not
 
 
 @dataclass
@@ -94,23 +97,26 @@ class _Calib:
         return self.data
 
 
-def inspect(path: str, *, protect: Sequence[str] = (), dims: dict[str, int] | None = None) -> Inspection:
+def inspect(path: str, *, protect: Sequence[str] = (), dims: dict[str, int] | None = None,
+            hidden: bool = False) -> Inspection:
     """Load a model and report its channel groups, barriers, residual blocks and cost.
 
     ``dims`` sets named dynamic dims (else the defaults of ``graph/shapes.py``) for the concrete
-    shapes costs are counted at.
+    shapes costs are counted at. ``hidden``: analyse in hidden-size mode (``hidden.py``): the
+    residual stream is a ``hidden`` group, reported apart from the exact groups.
     """
     from .blocks import find_blocks
 
     m = _inferred(load_model(path), None, dims)
-    an = analyze(m, protect=protect)
+    an = analyze(m, protect=protect, hidden=hidden)
     return Inspection(path, m.opset, m.ir.ir_version, len(m.graph), CostModel(m).count(), an,
                       tuple(find_blocks(m)))
 
 
 def _plan(m: Model, an: Analysis, *, criterion: str, ratio, target_flops, target_params, mode, round_to,
           min_channels, reduce, normalize, seed, calib: _Calib, remove_dead: bool | None, dead_tol: float,
-          rank_by: str, sensitivity_ratios, need_stats: bool, heads=None, head_ratio=None):
+          rank_by: str, sensitivity_ratios, need_stats: bool, heads=None, head_ratio=None, hidden=None,
+          hidden_ratio=None):
     """Score and plan; returns (plan, recording or None)."""
     cal = calib.load(m)
     sens = criterion == "sensitivity"
@@ -128,6 +134,11 @@ def _plan(m: Model, an: Analysis, *, criterion: str, ratio, target_flops, target
     scores = score_groups(an, base, reduce=reduce, normalize=normalize, seed=seed,
                           data=ScoreData(activations=recording, gradients=grads,
                                          hybrid_weights=tuple(calib.hybrid_weights)))
+    if an.hidden and cal is not None and base in ("l1", "l2", "bn"):  # the stream by its activation statistics
+        from .record import record_for
+
+        recording = recording if recording is not None else record_for(an, cal)
+        _hidden_scores(an, scores, recording)
     dead = dead_atoms(an, recording, dead_tol) if remove_dead and recording is not None else None
     group_ratios = None
     if sens:
@@ -146,8 +157,27 @@ def _plan(m: Model, an: Analysis, *, criterion: str, ratio, target_flops, target
     p = make_plan(an, scores, criterion=criterion, ratio=ratio, target_flops=target_flops,
                   target_params=target_params, mode=mode, round_to=round_to, min_channels=min_channels,
                   notes=scores.notes, model_name=os.path.basename(m.path or ""), dead=dead,
-                  group_ratios=group_ratios, heads=heads, head_ratio=head_ratio)
+                  group_ratios=group_ratios, heads=heads, head_ratio=head_ratio, hidden=hidden,
+                  hidden_ratio=hidden_ratio)
     return p, recording
+
+
+def _hidden_scores(an: Analysis, scores, recording) -> None:
+    """Hidden-size groups scored by the mean |activation| of the stream (magnitude without data;
+    a data-driven --criterion given by the user is kept)."""
+    from .importance.activation import activation
+
+    for g in an.groups:
+        if g.kind != "hidden" or not g.prunable:
+            continue
+        rows = activation(an, g, ScoreData(activations=recording))
+        if rows.shape[0] == 0 or not np.isfinite(rows).any():
+            continue
+        with np.errstate(invalid="ignore"):
+            rows = rows / np.nanmean(rows, axis=1, keepdims=True)
+            s = np.nanmean(rows, axis=0)
+        scores[g.id] = np.where(np.isfinite(s), s, 0.0)
+        scores.notes[g.id] = "hidden size: scored by the stream's activation statistics on calibration data"
 
 
 def _options(kw: dict) -> dict:
@@ -162,22 +192,25 @@ def plan(path: str, *, criterion: str = "l2", ratio: float | None = None, target
          target_params: float | None = None, mode: str = "uniform", round_to: int = 1, min_channels: int = 1,
          protect: Sequence[str] = (), reduce: str = "mean", normalize: str = "mean", seed: int = 0,
          heads: int | None = None, head_ratio: float | None = None, dims: dict[str, int] | None = None,
-         **calibration) -> Plan:
+         hidden: int | None = None, hidden_ratio: float | None = None, **calibration) -> Plan:
     """Make a plan for a model without changing it.
 
     Calibration keywords (``calib``, ``calib_batch``, ``image_spec``, ``calib_limit``,
     ``remove_dead``, ``dead_tol``, ``rank_by``, ``sensitivity_ratios``, ``gradients``,
-    ``hybrid_weights``) are as for :func:`prune`.
+    ``hybrid_weights``) are as for :func:`prune`. ``hidden``/``hidden_ratio``: hidden-size
+    pruning (channels of the LayerNorm/RMSNorm-coupled residual stream; not exact, ``hidden.py``).
     """
     m = load_model(path)
     opts = _options(dict(calibration))
     _inferred(m, opts["calib"], dims)
-    an = analyze(m, protect=protect)
-    if heads is not None or head_ratio is not None:
+    hidden_mode = hidden is not None or hidden_ratio is not None
+    an = analyze(m, protect=protect, hidden=hidden_mode)
+    if heads is not None or head_ratio is not None or hidden_mode:
         ratio = 0.0 if ratio is None and target_flops is None and target_params is None else ratio
     p, _ = _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops, target_params=target_params,
                  mode=mode, round_to=round_to, min_channels=min_channels, reduce=reduce, normalize=normalize,
-                 seed=seed, need_stats=False, heads=heads, head_ratio=head_ratio, **opts)
+                 seed=seed, need_stats=False, heads=heads, head_ratio=head_ratio, hidden=hidden,
+                 hidden_ratio=hidden_ratio, **opts)
     return p
 
 
@@ -191,7 +224,8 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
           sensitivity_ratios: Sequence[float] | None = None, remove_blocks: int = 0,
           block_metric: str = "cosine", block_target_flops: float | None = None,
           gradients=None, hybrid_weights: Sequence[float] = (1.0, 1.0, 1.0), heads: int | None = None,
-          head_ratio: float | None = None, dims: dict[str, int] | None = None) -> PruneResult:
+          head_ratio: float | None = None, dims: dict[str, int] | None = None, hidden: int | None = None,
+          hidden_ratio: float | None = None, hidden_compensate: bool = True) -> PruneResult:
     """Prune a model file structurally and write the result (atomically, fully checked).
 
     Args:
@@ -208,6 +242,10 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
         hybrid_weights: magnitude, gradient, activation weights of ``hybrid``.
         heads: remove this many attention heads per head group (``head_ratio``: a fraction);
             ``ratio``/targets then apply to the other groups.
+        hidden: remove this many channels of every hidden-size group (the LayerNorm/RMSNorm-coupled
+            residual stream; ``hidden_ratio``: a fraction). Not exact: the norms re-normalise over
+            the kept channels (``hidden.py``); with ``hidden_compensate`` their γ/β are refitted
+            (least squares on ``calib``, else a mean/variance rescale on seeded random inputs).
         remove_blocks: bypass this many residual blocks (ranked by ``block_metric``) first.
         block_target_flops: instead, bypass blocks (least important first) until this fraction of
             the FLOPs is left.
@@ -236,18 +274,23 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
                              "channels in two runs, recording gradients for the second")
     if remove_blocks or block_target_flops is not None:
         m, removed_blocks = _remove_blocks(m, remove_blocks, block_metric, cal, block_target_flops)
-    an = analyze(m, protect=protect)
+    hidden_mode = hidden is not None or hidden_ratio is not None
+    if plan is not None:
+        plan = Plan.load(plan) if isinstance(plan, str) else plan
+        hidden_mode = bool(plan.settings.get("hidden_mode"))
+    an = analyze(m, protect=protect, hidden=hidden_mode)
     recording = None
     if plan is None:
         if ratio is None and target_flops is None and target_params is None and criterion != "sensitivity":
-            ratio = 0.0 if removed_blocks or heads is not None or head_ratio is not None else None
+            ratio = 0.0 if removed_blocks or heads is not None or head_ratio is not None or hidden_mode else None
         p, recording = _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops,
                              target_params=target_params, mode=mode, round_to=round_to, min_channels=min_channels,
                              reduce=reduce, normalize=normalize, seed=seed, calib=cal, remove_dead=remove_dead,
                              dead_tol=dead_tol, rank_by=rank_by, sensitivity_ratios=sensitivity_ratios,
-                             need_stats=recover != "none", heads=heads, head_ratio=head_ratio)
+                             need_stats=recover != "none", heads=heads, head_ratio=head_ratio, hidden=hidden,
+                             hidden_ratio=hidden_ratio)
     else:
-        p = Plan.load(plan) if isinstance(plan, str) else plan
+        p = plan
     keep = keep_atoms(an, p)
     cm = CostModel(m, an)
     after = cm.count(keep)
@@ -270,10 +313,23 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
     if external_data is None and m.external_data:
         external_data = True
     table = tuple(group_table(an, keep, cm))
+    hidden_notes: list[str] = []
+    if an.hidden and hidden_compensate and not keep.all():
+        from . import hidden as _hidden
+
+        data = cal.load(m)
+        batches = data.batches(None) if data is not None else _hidden.data_free_batches(m)
+        hidden_notes = _hidden.compensate(m, an, keep, batches, how="lsq" if data is not None else "rescale")
+    hidden_rows = ()
+    if an.hidden:
+        from .hidden import summary as _hidden_summary
+
+        hidden_rows = tuple(_hidden_summary(an, p))
     result = rewrite.apply(m, an, keep, recovery=recovery)
     m.ir.metadata_props.update(provenance_props(p, options, path))
     save_model(m, output, external_data=external_data)
-    return PruneResult(output, p, first_cost, after, result.recovery, removed_blocks, table)
+    return PruneResult(output, p, first_cost, after, result.recovery, removed_blocks, table, hidden_rows,
+                       tuple(hidden_notes))
 
 
 def sensitivity(path: str, *, calib: str, rank_by: str = "l2", ratios: Sequence[float] | None = None,

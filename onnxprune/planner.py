@@ -46,6 +46,7 @@ class GroupPlan:
     scores: tuple[float, ...] = ()
     note: str = ""
     dead: tuple[int, ...] = ()  # removed positions that were constant on calibration data
+    kind: str = "channels"  # "heads", or "hidden" (not exact: norms re-normalise, see hidden.py)
 
     @property
     def kept(self) -> int:
@@ -201,7 +202,8 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
               target_flops: float | None = None, target_params: float | None = None, mode: str = "uniform",
               round_to: int = 1, min_channels: int = 1, notes: dict[int, str] | None = None,
               model_name: str = "", dead: np.ndarray | None = None, group_ratios: dict[int, float] | None = None,
-              heads: int | None = None, head_ratio: float | None = None) -> Plan:
+              heads: int | None = None, head_ratio: float | None = None, hidden: int | None = None,
+              hidden_ratio: float | None = None) -> Plan:
     """Decide which channels to remove.
 
     Args:
@@ -220,6 +222,9 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
         heads: remove this many heads from every attention-head group (``ratio`` and the
             targets then apply to the other groups).
         head_ratio: or this fraction of every head group's heads.
+        hidden: remove this many channels from every hidden-size group (analysis in hidden mode);
+            hidden groups are pruned only by ``hidden``/``hidden_ratio``, never by ``ratio``.
+        hidden_ratio: or this fraction of every hidden group's channels.
 
     Raises:
         PlanError: bad or unreachable targets.
@@ -235,6 +240,25 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
             if heads is not None and not 0 <= heads < g.size:
                 raise PlanError(f"--heads {heads}: group {g.id} ({an.group_name(g)}) has {g.size} heads; keep at least one")
             group_ratios[g.id] = heads / g.size if heads is not None else float(head_ratio)
+    if hidden is not None or hidden_ratio is not None:
+        if hidden is not None and hidden_ratio is not None:
+            raise PlanError("give one of --hidden and --hidden-ratio")
+        if hidden_ratio is not None and not 0 <= hidden_ratio < 1:
+            raise PlanError(f"--hidden-ratio {hidden_ratio} must be in [0, 1): the fraction of hidden channels to remove")
+        hidden_groups = [g for g in an.groups if g.kind == "hidden" and g.prunable]
+        if not hidden_groups:
+            pinned = [g for g in an.groups if g.kind == "hidden"]
+            why = f": {pinned[0].reasons[0]}" if pinned and pinned[0].reasons else ""
+            raise PlanError("the model has no prunable hidden-size group (LayerNorm/RMSNorm-coupled residual "
+                            f"stream){why}; see 'onnxprune inspect --hidden'")
+        group_ratios = dict(group_ratios or {})
+        for g in hidden_groups:
+            if hidden is not None and not 0 <= hidden < g.size:
+                raise PlanError(f"--hidden {hidden}: group {g.id} ({an.group_name(g)}) has {g.size} channels; "
+                                "keep at least one")
+            group_ratios[g.id] = hidden / g.size if hidden is not None else float(hidden_ratio)
+    if dead is not None and an.hidden:  # a constant stream channel still moves the norms: not dead
+        dead = dead & ~np.isin(an.group_of_atom, [g.id for g in an.groups if g.kind == "hidden"])
     if dead is not None and dead.any():  # dead channels go first: lowest possible score
         scores = {gid: np.where(dead[an.groups[gid].atoms], -np.inf, s) for gid, s in scores.items()}
     if group_ratios is not None and ratio is None and target_flops is None and target_params is None:
@@ -277,17 +301,20 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
             group=g.id, name=an.group_name(g), size=g.size, remove=tuple(int(i) for i in removed),
             pinned=int(g.pinned.sum()), reasons=tuple(g.reasons), members=tuple(an.group_members(g)),
             scores=tuple(float(f"{v:.5g}") for v in s) if s is not None else (), note=note,
-            dead=tuple(int(i) for i in dead_pos),
+            dead=tuple(int(i) for i in dead_pos), kind=g.kind,
         ))
     settings = {"ratio": ratio, "target_flops": target_flops, "target_params": target_params, "mode": mode,
-                "round_to": round_to, "min_channels": min_channels, "heads": heads, "head_ratio": head_ratio}
+                "round_to": round_to, "min_channels": min_channels, "heads": heads, "head_ratio": head_ratio,
+                "hidden": hidden, "hidden_ratio": hidden_ratio, "hidden_mode": bool(an.hidden)}
     return Plan(signature=an.signature(), criterion=criterion, groups=tuple(groups), settings=settings,
                 estimate={"before": before.as_dict(), "after": after.as_dict()}, model=model_name)
 
 
 def _select(an: Analysis, scores: dict[int, np.ndarray], ratio: float, o: _Options) -> np.ndarray:
     keep = np.ones(an.n_atoms, dtype=bool)
-    prunable = [g for g in an.groups if g.prunable and g.id in scores]
+    # hidden-size groups only by their own ratio (--hidden/--hidden-ratio), never by --ratio/targets
+    prunable = [g for g in an.groups if g.prunable and g.id in scores
+                and (g.kind != "hidden" or g.id in o.group_ratios)]
     n_dead = {g.id: int(np.isneginf(scores[g.id]).sum()) for g in prunable}
     if ratio <= 0 and not o.group_ratios and not any(n_dead.values()):
         return keep

@@ -118,3 +118,43 @@ def test_minilm_residual_blocks_are_exposed(minilm):
     paths, _ = minilm
     blocks = find_blocks(Model(onnx.load(paths["torchscript"])))
     assert len(blocks) == 12  # attention and FFN sub-blocks of 6 layers
+
+
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_minilm_hidden_size_oracle(minilm, exporter):
+    """--hidden-ratio 0.25: the 384-wide stream (word/position/token-type embeddings, 13 LayerNorms,
+    every Q/K/V/FFN-up/attn-out/FFN-down, F.normalize's ReduceL2) loses 96 channels; removal equals
+    the reference where every norm and reduction reads the kept channels only."""
+    paths, sentences = minilm
+    proto = onnx.load(paths[exporter])
+    feeds = {k: sentences[k][:6] for k in ("input_ids", "attention_mask")}
+    res = assert_oracle(proto, ratio=0.0, hidden_ratio=0.25, feeds=feeds)
+    (h,) = [g for g in res.analysis.groups if g.kind == "hidden"]
+    assert h.size == 384 and h.prunable and res.removed == 96
+    kinds = sorted(s.kind for s in res.analysis.hidden_sites)
+    assert kinds == ["layernorm"] * 13 + ["reduce"]
+    members = " ".join(res.analysis.group_members(h))
+    for table in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        assert table in members
+
+
+def test_minilm_hidden_ratio_with_calibration(minilm, tmp_path):
+    """Held-out sentence embeddings after --hidden-ratio 0.25 (activation ranking and least-squares
+    LayerNorm refits on the calibration half; measured 0.748 mean cosine, see bench_hidden.py)."""
+    import onnxprune
+    from onnxprune.validate.runtime import make_session
+
+    paths, sentences = minilm
+    src = paths["torchscript"]
+    half = len(sentences["input_ids"]) // 2
+    calib = tmp_path / "calib.npz"
+    np.savez(calib, **{k: sentences[k][:half] for k in ("input_ids", "attention_mask")})
+    ev = {k: sentences[k][half:] for k in ("input_ids", "attention_mask")}
+    y0 = make_session(src, "cpu").run(None, ev)[0]
+    out = str(tmp_path / "h.onnx")
+    res = onnxprune.prune(src, out, hidden_ratio=0.25, calib=str(calib), remove_dead=False)
+    y = make_session(out, "cpu").run(None, ev)[0]
+    cos = float(np.mean(np.sum(y0 * y, 1) / np.linalg.norm(y0, axis=1) / np.linalg.norm(y, axis=1)))
+    assert res.hidden[0]["kept"] == 288 and res.after.macs < 0.78 * res.before.macs
+    assert sum("refitted (lsq)" in r for r in res.norm_refits) == 13
+    assert cos > 0.7, cos

@@ -32,6 +32,7 @@ def _planning(p: argparse.ArgumentParser) -> None:
     g.add_argument("--heads", type=int, metavar="N", help="remove N attention heads from every head group "
                    "(--ratio and targets then apply to the other groups)")
     g.add_argument("--head-ratio", type=float, metavar="R", help="remove this fraction of every head group's heads")
+    _hidden_args(g)
     g.add_argument("--criterion", default="l2", choices=(*CRITERIA, "sensitivity"),
                    help="channel importance (default l2); activation/apoz/wanda/sensitivity need --calib, "
                         "taylor/fisher/grad need --gradients")
@@ -61,6 +62,13 @@ def _planning(p: argparse.ArgumentParser) -> None:
                    help="weights of magnitude, gradient and activation scores in --criterion hybrid")
     c.add_argument("--sensitivity-ratios", type=float, nargs="+", metavar="R",
                    help="removal ratios measured per group (default 0.2 0.4 0.6 0.8)")
+
+
+def _hidden_args(g) -> None:
+    g.add_argument("--hidden", type=int, metavar="N", help="hidden-size pruning: remove N channels of the residual "
+                   "stream (LayerNorm/RMSNorm-coupled; not exact: norms re-normalise over the kept channels)")
+    g.add_argument("--hidden-ratio", type=float, metavar="R", help="hidden-size pruning: remove this fraction of "
+                   "the residual stream's channels (--ratio and targets apply to the other groups)")
 
 
 def _validation(p: argparse.ArgumentParser, *, with_flag: bool) -> None:
@@ -132,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--protect", action="append", default=[], metavar="GLOB")
     s.add_argument("--members", action="store_true", help="list each group's weights")
+    s.add_argument("--hidden", action="store_true", help="analyse in hidden-size mode (LayerNorm/RMSNorm-coupled "
+                   "residual streams as hidden groups, listed apart)")
 
     s = sub.add_parser("plan", help="write a pruning plan (JSON) without changing the model")
     s.add_argument("model")
@@ -201,6 +211,7 @@ def _planning_kwargs(a) -> dict:
     return dict(criterion=a.criterion, ratio=a.ratio, target_flops=a.target_flops, target_params=a.target_params,
                 mode=a.mode, round_to=a.round_to, min_channels=a.min_channels, protect=a.protect,
                 reduce=a.reduce, normalize=a.normalize, seed=a.seed, heads=a.heads, head_ratio=a.head_ratio,
+                hidden=a.hidden, hidden_ratio=a.hidden_ratio,
                 calib=a.calib, image_spec=a.image_spec,
                 calib_batch=a.calib_batch, calib_limit=a.calib_limit, remove_dead=a.remove_dead,
                 dead_tol=a.dead_tol, rank_by=a.rank_by, sensitivity_ratios=a.sensitivity_ratios,
@@ -242,7 +253,7 @@ def _validate(a, original: str, pruned: str, keep_errors: bool = False):
 
 
 def _cmd_inspect(a) -> int:
-    ins = api.inspect(a.model, protect=a.protect, dims=_dims(a.dim))
+    ins = api.inspect(a.model, protect=a.protect, dims=_dims(a.dim), hidden=a.hidden)
     d = ins.to_dict()
     if a.json:
         print(json.dumps({"schema_version": SCHEMA_VERSION, **d}, indent=1))
@@ -252,11 +263,16 @@ def _cmd_inspect(a) -> int:
           f"{c.flops:,} FLOPs ({c.macs:,} MACs){_at(c) or ' per sample'}")
     if c.unknown:
         print("cost not counted for: " + ", ".join(f"{op}×{n}" for op, n in sorted(c.unknown.items())))
-    print(f"{len(d['groups'])} channel groups, {d['prunable_channels']} of {d['channels']} channels prunable\n")
+    print(f"{len(d['groups'])} channel groups, {d['prunable_channels']} of {d['channels']} channels prunable exactly")
+    for h in d["hidden_groups"]:
+        print(f"hidden size: group {h['group']}, {h['prunable']} of {h['channels']} channels prunable "
+              "(--hidden-ratio; norms re-normalise over the kept channels)")
+    print()
     print(f"{'group':>5}  {'kind':<9}  {'channels':>8}  {'prunable':>8}  name / reason")
     for g in d["groups"]:
         why = "" if g["prunable"] == g["channels"] else "  <- " + "; ".join(g["reasons"][:2])
-        print(f"{g['group']:>5}  {g['kind']:<9}  {g['channels']:>8}  {g['prunable']:>8}  {g['name']}{why}")
+        tag = "[not exact] " if g["kind"] == "hidden" else ""
+        print(f"{g['group']:>5}  {g['kind']:<9}  {g['channels']:>8}  {g['prunable']:>8}  {tag}{g['name']}{why}")
         if a.members:
             for mem in g["members"]:
                 print(f"{'':>38}{mem}")
@@ -290,6 +306,10 @@ def _cmd_plan(a) -> int:
                           "before": plan.estimate.get("before"), "after": plan.estimate.get("after")}, indent=1))
     else:
         print(f"plan written to {a.output}: {_plan_summary(plan)}")
+        for g in plan.groups:
+            if g.kind == "hidden" and g.remove:
+                print(f"hidden size: {g.size} -> {g.kept} (group {g.group}; not exact: norms re-normalise over the "
+                      "kept channels)")
     return EXIT_OK
 
 
@@ -297,7 +317,8 @@ def _cmd_prune(a) -> int:
     if a.plan and (a.ratio is not None or a.target_flops is not None or a.target_params is not None):
         raise OnnxPruneError("--plan already says what to remove; drop --ratio/--target-flops/--target-params")
     if (not a.plan and a.ratio is None and a.target_flops is None and a.target_params is None
-            and not a.remove_blocks and a.block_target_flops is None and a.heads is None and a.head_ratio is None):
+            and not a.remove_blocks and a.block_target_flops is None and a.heads is None and a.head_ratio is None
+            and a.hidden is None and a.hidden_ratio is None):
         raise OnnxPruneError("say how much to prune: --ratio, --target-flops, --target-params, --remove-blocks, "
                              "or --plan FILE")
     kw = _planning_kwargs(a)
@@ -309,7 +330,8 @@ def _cmd_prune(a) -> int:
     dead = sum(len(g.dead) for g in res.plan.groups)
     summary = {"schema_version": SCHEMA_VERSION, "output": res.output, "removed_channels": res.plan.n_removed,
                "dead_channels": dead, "removed_blocks": list(res.removed_blocks), "recovery": list(res.recovery),
-               "before": b.as_dict(), "after": f.as_dict(), "groups": list(res.groups), "kept": True}
+               "before": b.as_dict(), "after": f.as_dict(), "groups": list(res.groups), "hidden": list(res.hidden),
+               "norm_refits": list(res.norm_refits), "kept": True}
     if not a.json:
         extra = f" ({dead} dead)" if dead else ""
         blocks = f", {len(res.removed_blocks)} residual blocks bypassed" if res.removed_blocks else ""
@@ -318,8 +340,14 @@ def _cmd_prune(a) -> int:
               f"({_frac(f.flops, b.flops)}){_at(b)}")
         if b.unknown:
             print("cost not counted for: " + ", ".join(f"{op}×{n}" for op, n in sorted(b.unknown.items())))
+        for h in res.hidden:
+            print(f"hidden size: {h['channels']} -> {h['kept']} (group {h['group']}, {h['norm_sites']} norms "
+                  "re-normalise over the kept channels; not exact)")
         if res.recovery:
             print(f"recovery ({a.recover}): {len(res.recovery)} consumer(s) updated")
+        if res.norm_refits:
+            done = sum("refitted" in r for r in res.norm_refits)
+            print(f"hidden size: {done} of {len(res.norm_refits)} norm(s) refitted (γ/β)")
         from ..validate.report import format_groups
 
         print(format_groups(res.groups))

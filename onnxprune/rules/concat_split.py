@@ -39,6 +39,8 @@ class ConcatRule(Moves):
             return
         first = tracked[0]
         for k, c in enumerate(chans):
+            if c is None and _const_rows(ctx, k, first.axis, first.labels):
+                continue  # a constant (ViT's class token), sliced with the channels
             if c is None:
                 ctx.pin(first.labels, f"concatenated (axis {axis}) with untracked input {k}")
             elif c.axis != first.axis or c.labels.size != first.labels.size:
@@ -47,6 +49,80 @@ class ConcatRule(Moves):
             else:
                 ctx.unify(first.labels, c.labels)
         ctx.set_out(0, first.axis, first.labels)
+
+
+def _const_rows(ctx, k: int, axis: int, labels: np.ndarray) -> bool:
+    """Input k of a Concat along another axis is a constant with one entry per channel on
+    ``axis``, or ``Expand`` of one whose target leaves that axis alone (entry 1, ViT's
+    ``cls_token.expand(B, -1, -1)``): declare the constant's axis as a producer parameter."""
+    from ..analysis import ParamAxis
+    from ..graph import inp
+
+    model = ctx.model
+    if not ctx.has_input(k):
+        return False
+    rank = ctx.rank(k)
+    if ctx.is_const(k):
+        shape = model.const_shape(ctx.input_name(k))
+        if shape is None or rank is None or len(shape) != rank or shape[axis] != labels.size:
+            return False
+        ctx.param(k, axis, labels, "out")
+        return True
+    node = model.producer(ctx.input_name(k))
+    if node is None or node.op_type != "Expand" or not model.is_const(inp(node, 0)) or rank is None:
+        return False
+    src = model.const_shape(inp(node, 0))
+    local = axis - (rank - len(src)) if src is not None else -1
+    entry = _shape_entry(model, inp(node, 1), axis)
+    if local < 0 or src[local] != labels.size or entry not in (1, labels.size):
+        return False
+    marks = len(ctx.an.fixes)
+    if entry != 1:  # an explicit width: written after slicing
+        from .reshape import target_entry_fix
+
+        if not target_entry_fix(ctx, 1, axis, lambda kept: kept, labels, node=node):
+            del ctx.an.fixes[marks:]
+            return False
+    ctx.an.params.append(ParamAxis(model.resolve(inp(node, 0)), local, labels, node, "out"))
+    return True
+
+
+def _shape_entry(model, name: str, j: int, depth: int = 0):
+    """Entry j of a 1-D shape vector computed at run time, when it does not depend on a dynamic
+    dim (``Concat`` of pieces, torch's ``Where(Equal(v, -1), 1, v)``); None when unknown."""
+    from ..graph import attr_value, inp
+
+    v = model.value(name)
+    if v is not None:
+        v = np.asarray(v).reshape(-1)
+        return int(v[j]) if v.size > j else (int(v[0]) if v.size == 1 else None)
+    node = model.producer(name)
+    if node is None or depth > 8:
+        return None
+    op = node.op_type
+    if op == "Concat":
+        pos = 0
+        for k in range(len(node.inputs)):
+            s = model.shape(inp(node, k))
+            size = s[0] if s is not None and len(s) == 1 and isinstance(s[0], int) else None
+            if size is None:
+                return None
+            if pos <= j < pos + size:
+                return _shape_entry(model, inp(node, k), j - pos, depth + 1)
+            pos += size
+        return None
+    if op in ("Reshape", "Identity", "Cast") and (model.shape(name) or (None,))[0] == (model.shape(inp(node, 0)) or (0,))[-1]:
+        return _shape_entry(model, inp(node, 0), j, depth + 1)
+    if op == "ConstantOfShape":
+        value = attr_value(node, "value")
+        return int(np.asarray(value).reshape(-1)[0]) if value is not None else 0
+    if op == "Where":
+        c = _shape_entry(model, inp(node, 0), j, depth + 1)
+        return None if c is None else _shape_entry(model, inp(node, 1 if c else 2), j, depth + 1)
+    if op == "Equal":
+        a, b = (_shape_entry(model, inp(node, k), j, depth + 1) for k in (0, 1))
+        return None if a is None or b is None else int(a == b)
+    return None
 
 
 class SplitRule(Moves):
@@ -158,6 +234,9 @@ class GatherRule(Moves):
         if ctx.chan(1) is not None:
             ctx.barrier("the indices carry channels")
             return
+        if ctx.chan(0) is None and ctx.an.hidden:
+            self._embedding(ctx)
+            return
         if (xr := ctx.chan_and_rank()) is None:
             return
         x, rank = xr
@@ -170,6 +249,22 @@ class GatherRule(Moves):
             ctx.barrier("indices are not a constant")
             return
         ctx.set_out(0, x.axis + (np.ndim(idx) - 1 if axis < x.axis else 0), x.labels)
+
+
+    @staticmethod
+    def _embedding(ctx) -> None:
+        """Hidden-size mode: rows of a constant [V, C] table picked by run-time ids (token, position,
+        token-type embeddings) produce C channels on the output's last axis."""
+        if not ctx.is_const(0) or ctx.is_const(1) or int(ctx.attr("axis", 0)) != 0:
+            return
+        shape = ctx.model.const_shape(ctx.input_name(0))
+        rank = ctx.rank(1)
+        if shape is None or len(shape) != 2 or rank is None:
+            return
+        labels = ctx.new_space(int(shape[1]), f"{ctx.name} (embedding)")
+        ctx.param(0, 1, labels, "out")
+        ctx.nonempty(labels)
+        ctx.set_out(0, rank, labels)
 
 
 RULES = (ConcatRule(), SplitRule(), SliceRule(), GatherRule())

@@ -72,6 +72,8 @@ class BroadcastRule(Rule):
                 ctx.param(k, local, main.labels, "affine")
             elif dim == size and _uniform_fill_fix(ctx, ctx.input_name(k), local, main.labels):
                 continue  # zeros (or any fill) made at run time: its channel count follows the pruning
+            elif dim == size and _broadcast_expand(ctx, ctx.input_name(k), local, main.labels):
+                continue  # one value per position expanded over the channels (F.normalize's norm)
             else:
                 ctx.pin(main.labels, f"input {k} ({ctx.input_name(k)}) has {dim} entries on the channel axis "
                                      "and is not a channel-tracked tensor")
@@ -86,6 +88,35 @@ def _uniform_fill_fix(ctx, name: str, axis: int, labels) -> bool:
 
     fill = uniform_fill(ctx.model, name)
     return fill is not None and target_entry_fix(ctx, fill[1], axis, lambda kept: kept, labels, node=fill[0])
+
+
+def _broadcast_expand(ctx, name: str, axis: int, labels) -> bool:
+    """``Expand(t, shape)`` where t has one entry on ``axis``: the same value for every channel.
+    Its width follows the pruning when ``shape`` is ``Shape`` of a tensor with these channels (read
+    at run time; the channels are coupled) or an entry a fix can rewrite."""
+    from .reshape import target_entry_fix
+
+    model = ctx.model
+    node = model.producer(name)
+    if node is None or node.op_type != "Expand" or not inp(node, 1):
+        return False
+    src, out_shape = model.shape(inp(node, 0)), model.shape(name)
+    if src is None or out_shape is None:
+        return False
+    local = axis - (len(out_shape) - len(src))
+    if local >= 0 and src[local] != 1:
+        return False
+    shp = model.producer(inp(node, 1))
+    if shp is not None and shp.op_type == "Shape" and not shp.attributes:
+        c = ctx.an.chan.get(inp(shp, 0))
+        if c is not None and c.axis == axis and c.labels.size == labels.size and model.shape(inp(shp, 0)) is not None \
+                and len(model.shape(inp(shp, 0))) == len(out_shape):
+            ctx.unify(c.labels, labels)
+            return True
+    v = model.value(inp(node, 1))
+    if v is not None and np.size(v) != len(out_shape):
+        return False
+    return target_entry_fix(ctx, 1, axis, lambda kept: kept, labels, node=node)
 
 
 def chan_or_fill(ctx, k: int, axis: int):

@@ -1,5 +1,4 @@
-"""Ops without a channel rule whose cost is known: index/shape arithmetic, recurrent layers,
-LayerNormalization. Each is a barrier (with its reason) when channels reach it, exactly like an
+"""Ops without a channel rule whose cost is known: index/shape arithmetic, recurrent layers. Each is a barrier (with its reason) when channels reach it, exactly like an
 op with no rule at all; only the cost model reads more from them.
 """
 from __future__ import annotations
@@ -17,6 +16,4 @@ RULES = (
     Opaque(*INDEX_OPS),
     # control flow: the cost of a subgraph run is not counted (reported as unknown)
     Opaque("If", "Loop", "Scan", why="control flow", macs=lambda model, node, shape_of: None),
-    Opaque("LayerNormalization", why="LayerNormalization normalises over the hidden axis (hidden-size "
-           "pruning is not exact)", ops_per_element=4),
 )

@@ -3,7 +3,8 @@
 Each passes channels through when the channel axis is not touched:
 
 1. pooling (``MaxPool AveragePool LpPool Global*Pool``): channels on axis 1 (NCHW);
-2. ``Reduce*``: the channel axis is not reduced (it moves left when ``keepdims=0``);
+2. ``Reduce*``: the channel axis is not reduced (it moves left when ``keepdims=0``); in hidden-size
+   mode a reduction over the channel axis alone is a hidden site (``hidden.py``);
 3. ``Resize``/``Upsample``: scale 1 on the channel axis; a constant ``sizes`` entry for the
    channel axis is rewritten to the kept count;
 4. ``Pad``: zero padding on the channel axis.
@@ -62,8 +63,14 @@ class ReduceRule(Rule):
             ctx.barrier("reduces over all axes")
             return
         axes = {norm_axis(int(a), rank) for a in np.atleast_1d(axes)}
+        if x.axis in axes and ctx.an.hidden and axes == {x.axis}:
+            from ..hidden import add_site
+
+            add_site(ctx, "reduce", x)  # reads the kept channels only (a mean re-normalises)
+            return
         if x.axis in axes:
-            ctx.barrier("reduces over the channel axis")
+            ctx.barrier("reduces over the channel axis" + ("" if ctx.an.hidden else
+                        " (in a hidden-size stream: give --hidden-ratio or --hidden)"))
             return
         keep = int(ctx.attr("keepdims", 1))
         out_axis = x.axis if keep else x.axis - sum(1 for a in axes if a < x.axis)

@@ -65,8 +65,12 @@ class OracleResult:
 
 def check_oracle(proto: onnx.ModelProto, *, ratio: float = 0.5, criterion: str = "l2", mode: str = "uniform",
                  round_to: int = 1, protect=(), seed: int = 0, batch: int = 2, keep_atom=None,
-                 feeds: dict | None = None, **plan_kw) -> OracleResult:
+                 feeds: dict | None = None, hidden_mode: bool | None = None, **plan_kw) -> OracleResult:
     """Prune ``proto`` (a copy) and compare with the consumer-zeroed original on random inputs.
+
+    In hidden-size mode (``hidden_mode``, default: when ``hidden``/``hidden_ratio`` plan keywords are
+    given) the reference is ``hidden.reference``: norms and reductions over the stream read the
+    kept channels only.
 
     The pruned model is also run through ``onnx.checker.check_model(full_check=True)``.
     """
@@ -80,12 +84,19 @@ def check_oracle(proto: onnx.ModelProto, *, ratio: float = 0.5, criterion: str =
     work = onnx.ModelProto()
     work.CopyFrom(proto)
     m = Model(work)
-    an = analyze(m, protect=protect)
+    if hidden_mode is None:
+        hidden_mode = plan_kw.get("hidden") is not None or plan_kw.get("hidden_ratio") is not None
+    an = analyze(m, protect=protect, hidden=hidden_mode)
     if keep_atom is None:
         scores = score_groups(an, criterion, seed=seed)
         plan = make_plan(an, scores, criterion=criterion, ratio=ratio, mode=mode, round_to=round_to, **plan_kw)
         keep_atom = keep_atoms(an, plan)
-    reference = zero_consumers(original, an, keep_atom)
+    if an.hidden:
+        from ..hidden import reference as hidden_reference
+
+        reference = hidden_reference(original, an, keep_atom)
+    else:
+        reference = zero_consumers(original, an, keep_atom)
     rewrite.apply(m, an, keep_atom)
     pruned = m.to_proto()
     onnx.checker.check_model(pruned, full_check=True)
