@@ -221,7 +221,9 @@ def tm(name, size=64, **kw):
     return build
 
 
-def hf(kind):
+def hf(kind, attn="sdpa"):
+    """A HF model from a small config; ``attn``: the attention implementation (``sdpa`` is transformers' default)."""
+
     def build():
         import torch
         import transformers as T
@@ -245,14 +247,33 @@ def hf(kind):
         elif kind == "vit":
             cfg = T.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                               image_size=32, patch_size=8)
+        elif kind == "whisper":
+            cfg = T.WhisperConfig(vocab_size=1000, d_model=64, encoder_layers=2, encoder_attention_heads=4,
+                                  encoder_ffn_dim=128, decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=128,
+                                  num_mel_bins=16, max_source_positions=32, max_target_positions=32,
+                                  pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
         else:
             raise ValueError(kind)
         torch.manual_seed(0)
         if kind == "t5":
-            model = T.T5EncoderModel._from_config(cfg, attn_implementation="eager")
+            model = T.T5EncoderModel._from_config(cfg, attn_implementation=attn)
+        elif kind == "whisper":
+            model = T.WhisperModel._from_config(cfg, attn_implementation=attn).get_encoder()
         else:
-            model = T.AutoModel.from_config(cfg, attn_implementation="eager")
+            model = T.AutoModel.from_config(cfg, attn_implementation=attn)
         model = _perturb(model)
+
+        if kind == "whisper":
+            class Audio(torch.nn.Module):
+                def __init__(self, m):
+                    super().__init__()
+                    self.m = m
+
+                def forward(self, input_features):
+                    return self.m(input_features=input_features).last_hidden_state
+
+            feats = torch.randn(2, 16, 64, generator=torch.Generator().manual_seed(0))
+            return Audio(model), (feats,), ["input_features"]
 
         if kind == "vit":
             class Vision(torch.nn.Module):
@@ -299,7 +320,7 @@ def specs() -> list[Spec]:
                            ("convnext_atto", 64, {}), ("regnetx_002", 64, {}), ("ghostnet_100", 64, {}),
                            ("deit_tiny_patch16_224", 64, {"img_size": 64}), ("pvt_v2_b0", 64, {})]:
         out.append(Spec("timm/" + name, "timm", tm(name, size, **kw), TIMM))
-    for kind in ("distilbert", "gpt2", "llama", "t5", "vit"):
+    for kind in ("distilbert", "gpt2", "llama", "t5", "vit", "whisper"):
         out.append(Spec(f"hf/{kind}", "hf", hf(kind), HF))
     return out
 
