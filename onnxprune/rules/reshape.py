@@ -282,6 +282,8 @@ def target_entry_fix(ctx, k: int, j: int, value, labels, node=None) -> bool:
         ctx.fix(fix)
         return True
     node = model.producer(name)
+    while node is not None and _is_shape_wrapper(model, node):  # TorchScript's expand(): Where(s == -1, 1, s)
+        node = model.producer(inp(node, 2 if node.op_type == "Where" else 0))
     if node is None or node.op_type != "Concat":
         return False
     pos = 0
@@ -303,6 +305,21 @@ def target_entry_fix(ctx, k: int, j: int, value, labels, node=None) -> bool:
             return True
         pos += size
     return False
+
+
+def _is_shape_wrapper(model, node) -> bool:
+    """Ops that pass a 1-D shape vector on element by element: ``Reshape(s, [-1])``, and
+    ``Where(Equal(s, negative), _, s)`` (a size read from a shape is never negative)."""
+    if node.op_type == "Reshape":
+        t = model.const(inp(node, 1))
+        return t is not None and t.size == 1 and int(t.reshape(-1)[0]) == -1 and len(model.shape(inp(node, 0)) or ()) == 1
+    if node.op_type != "Where":
+        return False
+    cond = model.producer(inp(node, 0))
+    if cond is None or cond.op_type != "Equal" or inp(cond, 0) != inp(node, 2):
+        return False
+    neg = model.value(inp(cond, 1))
+    return neg is not None and neg.size > 0 and bool(np.all(neg < 0))
 
 
 def _merged_axis(outs, c: int, s: int) -> int | None:
@@ -382,19 +399,11 @@ def dim_reads(model, name: str, depth: int = 0, shape_of=None) -> list | None:
         end = rank if end is None else norm_axis(int(end), rank)
         start, end = max(0, min(start, rank)), max(0, min(end, rank))
         return [("dim", shape[k], t, k) for k in range(start, end)]
-    if op in ("Identity", "Cast") or (op in ("Unsqueeze", "Squeeze", "Reshape") and model.shape(name) is not None
+    if op in ("Identity", "Cast") or (op in ("Unsqueeze", "Squeeze") and model.shape(name) is not None
                                        and len(model.shape(name)) <= 1):
         return dim_reads(model, inp(node, 0), depth + 1, shape_of)
-    if op == "Where":  # TorchScript's expand(): Where(Equal(s, -1), ones, s) is s for sizes read from shapes
-        cond = model.producer(inp(node, 0))
-        b = inp(node, 2)
-        if cond is None or cond.op_type != "Equal" or inp(cond, 0) != b:
-            return None
-        neg = model.value(inp(cond, 1))
-        reads = dim_reads(model, b, depth + 1, shape_of)
-        if neg is None or neg.size == 0 or np.any(neg >= 0) or reads is None:
-            return None
-        return [r if r is not None else None for r in reads]
+    if _is_shape_wrapper(model, node):  # TorchScript's expand(): Where(Equal(s, -1), ones, s) is s here
+        return dim_reads(model, inp(node, 2 if op == "Where" else 0), depth + 1, shape_of)
     if op == "Concat":
         out: list = []
         for k in range(len(node.inputs)):
