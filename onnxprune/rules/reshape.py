@@ -127,6 +127,14 @@ class ReshapeRule(Moves):
                     break
                 j, outer = None, 1
         split = _split_axis(outs, c, s) if j is None else None
+        stacked = _stacked_axis(outs, c, s) if j is None and split is None else None
+        if stacked is not None:  # fused q/k/v: [.., 3·C] -> [.., 3, heads, head_dim]
+            if not _dynamic_dims_stay_outside(ctx, ca, stacked + 3):
+                ctx.barrier("a dynamic dim would be merged into the channel axis (the index map "
+                            "would hold at the analysed input size only)")
+                return
+            _split_stacked_heads(ctx, x.labels, stacked, [int(d) for d in outs[stacked:stacked + 3]], entries)
+            return
         if j is None and split is None:
             ctx.barrier(f"reshape {list(ins)} -> {list(outs)} splits or reorders the channel axis")
             return
@@ -212,6 +220,43 @@ def _split_heads(ctx, labels, h: int, heads: int, head_dim: int, entries) -> Non
         ctx.barrier("the head count of the shape is computed at run time")
         return
     ctx.set_out(0, h, rows[:, 0].copy())
+
+
+def _stacked_axis(outs, c: int, s: int) -> int | None:
+    """The output axis h where the channel axis splits into (stack, heads, head_dim), all > 1."""
+    for h in range(len(outs) - 2):
+        rest = outs[h:]
+        if not all(isinstance(d, int) for d in rest):
+            continue
+        if min(rest[:3]) > 1 and _prod(rest[:3]) == c and _prod(rest[3:]) == s:
+            return h
+    return None
+
+
+def _split_stacked_heads(ctx, labels, h: int, dims: list[int], entries) -> None:
+    """Channels → (stack, heads, head_dim), a fused q/k/v projection: head i of every stacked
+    tensor (q, k and v) is one atom, carried by the heads axis h+1; the stack axis keeps its size
+    (a later ``Gather``/``Split`` along it selects q, k and v). The rewrite sets the head count."""
+    stack, heads, head_dim = dims
+    cube = labels.reshape(stack, heads, head_dim)
+    first = cube[0, :, 0]
+    for k in range(stack):
+        for d in range(head_dim):
+            if k or d:
+                ctx.unify(first, cube[k, :, d])
+    ctx.an.head_labels.append(first.copy())
+    entry = entries[h + 1] if entries is not None and h + 1 < len(entries) else None
+    if entries is not None and 0 in (entries[h:h + 1] + entries[h + 2:h + 3]):
+        ctx.barrier("shape entry 0 copies an input dim into the stacked heads")
+        return
+    if _fixable(entry):
+        if not target_entry_fix(ctx, 1, h + 1, lambda kept: kept, first):
+            ctx.barrier("the head count in the shape cannot be rewritten")
+            return
+    elif entry != -1:
+        ctx.barrier("the head count of the shape is computed at run time")
+        return
+    ctx.set_out(0, h + 1, first.copy())
 
 
 def _is_shuffle(ctx, h: int) -> bool:
