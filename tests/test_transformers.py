@@ -110,3 +110,33 @@ def test_minilm_residual_blocks_are_exposed(minilm):
     paths, _ = minilm
     blocks = find_blocks(Model(onnx.load(paths["torchscript"])))
     assert len(blocks) == 12  # attention and FFN sub-blocks of 6 layers
+
+
+@pytest.fixture(scope="module")
+def hf_sdpa(tmp_path_factory):
+    """Small-config HF models with their default (SDPA) attention, both exporters (scripts/corpus.py)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("onnxscript")
+    import corpus
+
+    specs = {s.name: s for s in corpus.specs()}
+    out = tmp_path_factory.mktemp("hf_sdpa")
+    paths = {}
+    for name in ("hf/llama",):
+        for exporter in ("torchscript", "dynamo"):
+            paths[name, exporter] = str(out / f"{name.replace('/', '_')}.{exporter}.onnx")
+            corpus.export(specs[name], exporter, paths[name, exporter])
+    return paths
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_llama_gqa_sdpa_heads_and_ffn(hf_sdpa, exporter):
+    # GQA (4 query heads on 2 KV heads) with SDPA: TorchScript reads the KV head count at run time
+    # inside expand()'s Where(Equal(shape, -1), 1, shape); both exporters prune KV groups and FFN
+    import corpus
+
+    proto = onnx.load(hf_sdpa["hf/llama", exporter])
+    res = assert_oracle(proto, ratio=0.5, feeds=corpus.make_feeds(proto))
+    prunable = sorted((g.kind, g.size) for g in res.analysis.groups if g.prunable)
+    assert prunable == [("channels", 128)] * 2 + [("heads", 2)] * 2
+    assert not [r for n, r in res.analysis.barriers if n.op_type != "ReduceMean"]  # only RMSNorm's (hidden size)
