@@ -73,7 +73,31 @@ class SdpaAttention(nn.Module):
         return x + self.o(y.transpose(1, 2).reshape(b, s, d))
 
 
+class FusedQkv(nn.Module):
+    """One q/k/v projection, split as timm writes it (``reshape(B, N, 3, H, D)``, permute, unbind)
+    or as torch's multi-head attention does (``unflatten(-1, (3, E))`` then ``[0]``/``[1]``/``[2]``,
+    a dynamo ``select``: Gather along the stack axis)."""
+
+    def __init__(self, dim=32, heads=4, style="timm"):
+        super().__init__()
+        self.heads, self.style = heads, style
+        self.qkv, self.o = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        h = self.heads
+        if self.style == "timm":
+            q, k, v = self.qkv(x).reshape(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+        else:
+            p = self.qkv(x).unflatten(-1, (3, d)).unsqueeze(0).transpose(0, -2).squeeze(-2)
+            q, k, v = (p[i].view(b, n, h, d // h).transpose(1, 2) for i in range(3))
+        att = (q @ k.transpose(-2, -1) / (d // h) ** 0.5).softmax(-1)
+        return x + self.o((att @ v).transpose(1, 2).reshape(b, n, d))
+
+
 MODELS = {
+    "qkv_timm": (lambda: FusedQkv(style="timm"), (2, 8, 32)),
+    "qkv_select": (lambda: FusedQkv(style="select"), (2, 8, 32)),
     "shuffle": (ShuffleBlock, (2, 3, 8, 8)),
     "pvt_mlp": (PvtMlp, (2, 3, 4, 4)),
     "sdpa": (SdpaAttention, (2, 8, 32)),
@@ -107,7 +131,8 @@ def _prunable(res):
     return sorted((g.kind, g.size, g.n_prunable) for g in res.analysis.groups if g.prunable)
 
 
-@pytest.mark.parametrize("name,heads", [("shuffle", None), ("pvt_mlp", None), ("sdpa", 2)])
+@pytest.mark.parametrize("name,heads", [("shuffle", None), ("pvt_mlp", None), ("sdpa", 2), ("qkv_timm", 2),
+                                        ("qkv_select", None)])
 def test_both_exporters_expose_the_same_groups(exported, name, heads):
     found = {}
     for exporter in EXPORTERS:
@@ -118,8 +143,10 @@ def test_both_exporters_expose_the_same_groups(exported, name, heads):
     assert found["torchscript"] == found["dynamo"], found
     if name == "shuffle":  # the shuffled pair (x1 | branch) keeps position i of both halves together
         assert ("channels", 8, 8) in found["dynamo"]
-    if name == "sdpa":
+    if name in ("sdpa", "qkv_timm"):
         assert ("heads", 4, 4) in found["dynamo"]
+    if name == "qkv_select":  # channel i of q, k and v together, then whole heads after the split
+        assert [g[0] for g in found["dynamo"]] == ["heads"]
 
 
 def test_torchscript_shuffle_reads_are_rewritten(exported, tmp_path):

@@ -144,7 +144,7 @@ class ReshapeRule(Moves):
                         "would hold at the analysed input size only)")
             return
         if split is not None:
-            if _is_shuffle(ctx, split):
+            if _is_shuffle(ctx, split) or _selects_along(ctx.model, ctx.output_name(0), split):
                 _split_groups(ctx, x.labels, split, int(outs[split]), int(outs[split + 1]), entries)
             else:
                 _split_heads(ctx, x.labels, split, int(outs[split]), int(outs[split + 1]), entries)
@@ -274,6 +274,55 @@ def _is_shuffle(ctx, h: int) -> bool:
         want = list(range(len(perm)))
         want[h], want[h + 1] = h + 1, h
         if perm != want:
+            return False
+    return True
+
+
+def _selects_along(model, name: str, axis: int, depth: int = 0) -> bool:
+    """Whether every reader of ``name`` ends, through Unsqueeze/Squeeze/Transpose moving ``axis``,
+    in a ``Gather`` of constant indices or a ``Split`` along it: a stacked q/k/v tensor
+    (``unflatten(-1, (3, E))`` then ``[0]``, ``[1]``, ``[2]``) whose stack axis is not a channel axis."""
+    uses = model.uses(name)
+    if not uses or model.is_graph_output(name) or depth > 8:
+        return False
+    rank = len(model.shape(name) or ())
+    for node, k in uses:
+        op = node.op_type
+        if k != 0:
+            return False
+        if op == "Gather":
+            if norm_axis(int(model.attr(node, "axis", 0)), rank) != axis or model.const(inp(node, 1)) is None:
+                return False
+            continue
+        if op == "Split":
+            if norm_axis(int(model.attr(node, "axis", 0)), rank) != axis:
+                return False
+            continue
+        if op == "Transpose":
+            perm = model.attr(node, "perm")
+            if perm is None:
+                return False
+            nxt = list(perm).index(axis)
+        elif op in ("Unsqueeze", "Squeeze"):
+            axes = model.const(inp(node, 1)) if inp(node, 1) else model.attr(node, "axes")
+            if axes is None:
+                return False
+            out_rank = rank + (len(np.atleast_1d(axes)) if op == "Unsqueeze" else -len(np.atleast_1d(axes)))
+            axes = sorted(norm_axis(int(a), out_rank if op == "Unsqueeze" else rank) for a in np.atleast_1d(axes))
+            if op == "Squeeze":
+                if axis in axes:
+                    return False
+                nxt = axis - sum(1 for a in axes if a < axis)
+            else:
+                nxt = axis
+                for a in axes:
+                    if a <= nxt:
+                        nxt += 1
+        elif op in ("Identity", "Contiguous"):
+            nxt = axis
+        else:
+            return False
+        if not _selects_along(model, node.outputs[0].name, nxt, depth + 1):
             return False
     return True
 
@@ -467,7 +516,7 @@ def dim_reads(model, name: str, depth: int = 0, shape_of=None) -> list | None:
                 return None
             return [src[int(i)] for i in np.atleast_1d(idx)] if all(-len(src) <= int(i) < len(src)
                                                                      for i in np.atleast_1d(idx)) else None
-        bounds = [model.const(inp(node, k)) if inp(node, k) else None for k in range(1, 5)]
+        bounds = [model.value(inp(node, k)) if inp(node, k) else None for k in range(1, 5)]
         if bounds[0] is None or bounds[1] is None or bounds[0].size != 1 or any(
                 inp(node, k) and b is None for k, b in zip(range(3, 5), bounds[2:])):
             return None
