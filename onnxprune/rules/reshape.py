@@ -6,10 +6,20 @@
    Gemm/MatMul) give the merged axis the labels ``repeat(labels, H·W)``, tiled when static axes
    before C are merged too (a bidirectional RNN's ``[seq, batch, dirs, H] → [seq, batch,
    dirs·H]``). Dynamic dims are never merged into the channel block. A Reshape's literal target size on that axis is rewritten to the kept count
-   times H·W; 0 (copy) and -1 (infer) entries need no change. Reshapes that *split* the channel
-   axis (attention heads) are barriers here.
-4. ``Shape`` reads channel counts: it is allowed when only dims other than the channel axis are
-   read (``start``/``end``, or every consumer a ``Gather`` of constant indices).
+   times H·W; 0 (copy) and -1 (infer) entries need no change.
+4. Reshapes that *split* the channel axis: (heads, head_dim) makes each head one atom, carried
+   by the head axis; (stack, heads, head_dim) of a fused q/k/v projection makes head i of q, k and
+   v one atom; (g, C/g) followed by a Transpose swapping the two axes (channel shuffle) or by a
+   Gather/Split along g (a stacked q/k/v selected one by one) makes position i of every group one
+   atom, carried by the C/g axis, so the pruned tensor still has g equal groups.
+5. Target entries read at run time (TorchScript's ``Shape → Gather/Slice → Unsqueeze → Concat``,
+   through ``Where(s == -1, 1, s)`` and ``Reshape(s, [-1])`` of ``expand()``): an entry that reads
+   the channel count of a tensor with the same channels follows the pruning by itself (the
+   labels are unified); a static count (also arithmetic on it) is replaced by the pruned constant.
+6. ``Shape`` reads channel counts: it is allowed when only dims other than the channel axis are
+   read (``start``/``end``, or every consumer a ``Gather`` of constant indices), or when the read
+   only feeds Reshape/Expand targets (rules 3–5) or the bounds of a Slice of the same tensor along
+   its channel axis (``x.chunk(2, 1)``: the Slice rule writes them as constants).
 """
 from __future__ import annotations
 
