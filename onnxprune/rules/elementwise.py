@@ -92,9 +92,6 @@ def _uniform_fill_fix(ctx, name: str, axis: int, labels) -> bool:
     return fill is not None and target_entry_fix(ctx, fill[1], axis, lambda kept: kept, labels, node=fill[0])
 
 
-_AXIS_MOVES = ("Transpose", "Unsqueeze", "Squeeze", "Identity", "Cast")
-
-
 def const_source(model, name: str, axis: int, depth: int = 0):
     """(constant, its axis, the node reading it) when axis ``axis`` of ``name`` is axis ``axis`` of
     a constant carried through layout ops, a ``Gather`` on another axis, and element-wise ops whose
@@ -156,8 +153,9 @@ def const_source(model, name: str, axis: int, depth: int = 0):
     else:
         return None
     if model.is_plain_const(src):
-        return (model.resolve(src), src_axis, node) if op in _AXIS_MOVES + ("Gather",) or op in (
-            "Add", "Sub", "Mul", "Div", "Where") else None
+        return model.resolve(src), src_axis, node
+    if len(model.uses(src)) != 1 or model.is_graph_output(src):
+        return None  # an intermediate read elsewhere would change shape too
     return const_source(model, src, src_axis, depth + 1)
 
 
@@ -174,6 +172,7 @@ def _const_derived_param(ctx, name: str, axis: int, labels) -> bool:
     if shape is None or shape[src_axis] != labels.size:
         return False
     ctx.an.params.append(ParamAxis(tensor, src_axis, labels, reader, "affine"))
+    ctx.an.derived.setdefault(name, []).append((ctx.node, labels))
     return True
 
 
