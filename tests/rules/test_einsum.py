@@ -1,4 +1,4 @@
-"""Einsum: attention and linear layers written with torch.einsum (TorchScript keeps Einsum nodes),
+"""Einsum: attention and linear layers written with torch.einsum (both exporters keep Einsum nodes),
 heads and FFN neurons pruned with the oracle; unsupported forms are barriers with a reason."""
 import numpy as np
 import onnx
@@ -61,8 +61,7 @@ def test_einsum_attention_and_ffn(exported, exporter):
     prunable = sorted((g.kind, g.size) for g in res.analysis.groups if g.prunable)
     assert prunable == [("channels", 48), ("heads", 4)]
     assert res.removed == 24 + 2
-    if exporter == "torchscript":
-        assert sum(n.op_type == "Einsum" for n in proto.graph.node) == 8
+    assert sum(n.op_type == "Einsum" for n in proto.graph.node) == 8  # both exporters keep Einsum
 
 
 def _einsum_net(equation, w_shape=None):
