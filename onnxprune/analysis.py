@@ -154,6 +154,8 @@ class Analysis:
         self.fixes: list[Fix] = []
         self.barriers: list[tuple[ir.Node, str]] = []
         self._pins: list[tuple[np.ndarray, str]] = []
+        # tensors sliced through the constant they are derived from: name -> [(reader node, labels)]
+        self.derived: dict[str, list[tuple[ir.Node, np.ndarray]]] = {}
         self.head_labels: list[np.ndarray] = []  # labels of attention heads (one per head)
         # hidden-size mode (hidden.py): norms/reductions across channels read the kept ones only
         self.hidden = False
@@ -238,6 +240,7 @@ class Analysis:
                 _hidden.expand_output(self, name, c)
             elif c is not None:
                 self.pin(c.labels, f"graph output '{name}' keeps its shape")
+        self._check_derived()
         self._couple_shared_params()
         roots = self._uf.roots()
         uniq, atom_of_label = np.unique(roots, return_inverse=True)
@@ -256,6 +259,16 @@ class Analysis:
         self.atom_reasons = reasons
         self.nonempty_sets = [np.unique(self.atom_of_label[l]) for l in self._nonempty]
         self._make_groups()
+
+    def _check_derived(self) -> None:
+        """A tensor derived from a sliced constant changes shape for every reader: each reader
+        must have declared the slicing (else its channels are pinned)."""
+        model = self.model
+        for name, uses in self.derived.items():
+            declared = {id(node) for node, _ in uses}
+            if model.is_graph_output(name) or any(id(n) not in declared for n, _ in model.uses(name)):
+                for _, labels in uses:
+                    self.pin(labels, f"'{name}' is derived from a per-channel constant and also read elsewhere")
 
     def _couple_shared_params(self) -> None:
         """A constant used by several nodes is sliced once for all: couple or pin its axes."""

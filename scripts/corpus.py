@@ -221,7 +221,9 @@ def tm(name, size=64, **kw):
     return build
 
 
-def hf(kind):
+def hf(kind, attn="sdpa"):
+    """A HF model from a small config; ``attn``: the attention implementation (``sdpa`` is transformers' default)."""
+
     def build():
         import torch
         import transformers as T
@@ -242,19 +244,38 @@ def hf(kind):
         elif kind == "t5":
             cfg = T.T5Config(vocab_size=1000, d_model=64, d_kv=16, d_ff=128, num_layers=2, num_heads=4,
                              use_cache=False)
-        elif kind == "vit":
+        elif kind in ("vit", "vit_p4"):  # vit_p4: 64 patches, the patch embedding a few % of MACs as in real ViTs
             cfg = T.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                              image_size=32, patch_size=8)
+                              image_size=32, patch_size=8 if kind == "vit" else 4)
+        elif kind == "whisper":
+            cfg = T.WhisperConfig(vocab_size=1000, d_model=64, encoder_layers=2, encoder_attention_heads=4,
+                                  encoder_ffn_dim=128, decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=128,
+                                  num_mel_bins=16, max_source_positions=32, max_target_positions=32,
+                                  pad_token_id=0, bos_token_id=1, eos_token_id=2, decoder_start_token_id=1)
         else:
             raise ValueError(kind)
         torch.manual_seed(0)
         if kind == "t5":
-            model = T.T5EncoderModel._from_config(cfg, attn_implementation="eager")
+            model = T.T5EncoderModel._from_config(cfg, attn_implementation=attn)
+        elif kind == "whisper":
+            model = T.WhisperModel._from_config(cfg, attn_implementation=attn).get_encoder()
         else:
-            model = T.AutoModel.from_config(cfg, attn_implementation="eager")
+            model = T.AutoModel.from_config(cfg, attn_implementation=attn)
         model = _perturb(model)
 
-        if kind == "vit":
+        if kind == "whisper":
+            class Audio(torch.nn.Module):
+                def __init__(self, m):
+                    super().__init__()
+                    self.m = m
+
+                def forward(self, input_features):
+                    return self.m(input_features=input_features).last_hidden_state
+
+            feats = torch.randn(2, 16, 64, generator=torch.Generator().manual_seed(0))
+            return Audio(model), (feats,), ["input_features"]
+
+        if kind in ("vit", "vit_p4"):
             class Vision(torch.nn.Module):
                 def __init__(self, m):
                     super().__init__()
@@ -299,7 +320,7 @@ def specs() -> list[Spec]:
                            ("convnext_atto", 64, {}), ("regnetx_002", 64, {}), ("ghostnet_100", 64, {}),
                            ("deit_tiny_patch16_224", 64, {"img_size": 64}), ("pvt_v2_b0", 64, {})]:
         out.append(Spec("timm/" + name, "timm", tm(name, size, **kw), TIMM))
-    for kind in ("distilbert", "gpt2", "llama", "t5", "vit"):
+    for kind in ("distilbert", "gpt2", "llama", "t5", "vit", "vit_p4", "whisper"):
         out.append(Spec(f"hf/{kind}", "hf", hf(kind), HF))
     return out
 
@@ -715,6 +736,28 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def pivot(rows: list[dict]) -> str:
+    """MACs kept and prunable/total groups per model, one column pair per exporter (``--pivot``)."""
+    exporters = [e for e in (*EXPORTERS, "real") if any(r["exporter"] == e for r in rows)]
+    by = {(r["model"], r["exporter"]): r for r in rows}
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    head = "| model | " + " | ".join(f"{e} MACs kept | {e} groups" for e in exporters) + " |"
+    lines = [head, "|---|" + "---|---|" * len(exporters)]
+    for m in models:
+        cells = []
+        for e in exporters:
+            r = by.get((m, e))
+            if r is None:
+                cells += ["", ""]
+            elif r["status"] in ("ok", "ok-nothing-prunable"):
+                oracle = "" if (r.get("oracle") or {}).get("ok") else " (oracle!)"
+                cells += [f"{_fmt_macs(r) or '1.000'}{oracle}", f"{r.get('groups_prunable')}/{r.get('groups_total')}"]
+            else:
+                cells += [r["status"], ""]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def summarize(rows: list[dict]) -> dict:
     counts = collections.Counter(r["status"] for r in rows)
     exported = [r for r in rows if r["status"] != "export-failed"]
@@ -772,6 +815,7 @@ def main(argv=None) -> int:
     ap.add_argument("--extras", default=DEFAULT_EXTRAS,
                     help="folder with torchvision/timm installed by pip --target (default %(default)s)")
     ap.add_argument("--from-json", metavar="FILE", help="print the table and summary of a saved --json report")
+    ap.add_argument("--pivot", action="store_true", help="also print MACs kept per model x exporter")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
@@ -857,6 +901,8 @@ def main(argv=None) -> int:
 def report(rows, summary, out_dir, a, settings) -> None:
     text = (table(rows) + "\n" + format_summary(summary)
             + f"\n\nwall time {summary.get('wall_s')}s; out-dir {out_dir}\n")
+    if getattr(a, "pivot", False):
+        text += "\nMACs kept (--ratio %g --round-to %d) per model and exporter:\n\n%s\n" % (RATIO, ROUND_TO, pivot(rows))
     print(text)
     if a.md:
         with open(a.md, "w") as f:

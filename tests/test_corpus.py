@@ -60,6 +60,9 @@ def test_corpus_torch_only(corpus):
     # the small CNN is fully supported: it must really be pruned, with both exporters
     cnn = [r for r in rows if r["model"] == "tiny_cnn"]
     assert all(r["status"] == "ok" and r["macs_kept"] < 0.9 for r in cnn), _describe(cnn)
+    # BERT with transformers' default (SDPA) attention: heads and FFN prunable with both exporters
+    bert = [r for r in rows if r["model"] == "bert_tiny"]
+    assert all(r["status"] == "ok" and r["macs_kept"] <= 0.55 for r in bert), _describe(bert)
 
 
 def test_corpus_torchvision(corpus):
@@ -69,6 +72,11 @@ def test_corpus_torchvision(corpus):
     rows = [r for r in corpus["rows"] if r["model"] in TORCHVISION]
     assert {r["model"] for r in rows} == TORCHVISION
     _check(rows)
+    # channel shuffle: both exporters expose the same groups (TorchScript reads the counts at run time)
+    shuffle = {r["exporter"]: r for r in rows if r["model"] == "shufflenet_v2_x0_5"}
+    assert all(r["status"] == "ok" for r in shuffle.values()), _describe(shuffle.values())
+    assert len({(r["groups_prunable"], r["groups_total"], r["prunable_channels"]) for r in shuffle.values()}) == 1, \
+        _describe(shuffle.values())
 
 
 def test_corpus_summary(corpus):

@@ -39,13 +39,9 @@ def tokens(proto):
 @pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_decoder_heads_and_ffn(decoders, variant, exporter):
+    # (TorchScript writes GQA's KV expansion shape as Where(Equal(shape, -1), 1, shape) over the
+    # dynamic batch and sequence: the KV head count inside it is rewritten like a plain target's)
     proto = onnx.load(decoders[variant][exporter])
-    if variant == "gqa" and exporter == "torchscript":
-        # TorchScript writes the KV expansion shape as Where(Equal(shape, -1), ...) over the dynamic
-        # batch and sequence: a reported barrier (heads kept), FFN still pruned
-        res = assert_oracle(proto, ratio=0.5, feeds=tokens(proto))
-        assert any("expanded shape" in r for _, r in res.analysis.barriers)
-        return
     res = assert_oracle(proto, ratio=0.5, heads=2 if variant != "gqa" else 1, feeds=tokens(proto))
     kinds = [g.kind for g in res.analysis.groups if g.prunable]
     assert kinds.count("heads") == 2 and kinds.count("channels") == 2  # per layer: heads + FFN
@@ -158,3 +154,31 @@ def test_minilm_hidden_ratio_with_calibration(minilm, tmp_path):
     assert res.hidden[0]["kept"] == 288 and res.after.macs < 0.78 * res.before.macs
     assert sum("refitted (lsq)" in r for r in res.norm_refits) == 13
     assert cos > 0.7, cos
+@pytest.fixture(scope="module")
+def hf_sdpa(tmp_path_factory):
+    """Small-config HF models with their default (SDPA) attention, both exporters (scripts/corpus.py)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("onnxscript")
+    import corpus
+
+    specs = {s.name: s for s in corpus.specs()}
+    out = tmp_path_factory.mktemp("hf_sdpa")
+    paths = {}
+    for name in ("hf/llama",):
+        for exporter in ("torchscript", "dynamo"):
+            paths[name, exporter] = str(out / f"{name.replace('/', '_')}.{exporter}.onnx")
+            corpus.export(specs[name], exporter, paths[name, exporter])
+    return paths
+
+
+@pytest.mark.parametrize("exporter", ["torchscript", "dynamo"])
+def test_llama_gqa_sdpa_heads_and_ffn(hf_sdpa, exporter):
+    # GQA (4 query heads on 2 KV heads) with SDPA: TorchScript reads the KV head count at run time
+    # inside expand()'s Where(Equal(shape, -1), 1, shape); both exporters prune KV groups and FFN
+    import corpus
+
+    proto = onnx.load(hf_sdpa["hf/llama", exporter])
+    res = assert_oracle(proto, ratio=0.5, feeds=corpus.make_feeds(proto))
+    prunable = sorted((g.kind, g.size) for g in res.analysis.groups if g.prunable)
+    assert prunable == [("channels", 128)] * 2 + [("heads", 2)] * 2
+    assert not [r for n, r in res.analysis.barriers if n.op_type != "ReduceMean"]  # only RMSNorm's (hidden size)

@@ -215,6 +215,17 @@ def infer(model, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[
     notes: list[str] = []
     nodes = [ir.serde.serialize_node(node) for node in model.graph]  # once for every pass
     sym, dtypes = _run_inference(skeleton(model, nodes=nodes), "declared shapes", notes)
+    known: dict[str, np.ndarray] = {}
+    for _ in range(32):  # static shape arithmetic data propagation missed (TorchScript's chunk bounds)
+        more = {k: v for k, v in _known_values(model, sym, declared=True).items() if k not in known}
+        if not more:
+            break
+        known.update(more)
+        sym, dt2 = _run_inference(skeleton(model, known=known, nodes=nodes), "declared shapes", notes)
+        for k, v in dt2.items():
+            dtypes.setdefault(k, v)
+        for k, v in known.items():
+            sym.setdefault(k, tuple(np.shape(v)))
     shapes = sym
     if declared_only:
         concrete = None
@@ -226,7 +237,7 @@ def infer(model, concrete: dict[str, tuple[int, ...]] | None = None, dims: dict[
         shapes = _concrete_pass(model, model.concrete, dtypes, notes, nodes)
         # a second concrete pass with every dynamic input dim doubled: dims that change with it
         # are dynamic even where the declared pass lost their symbol (Conv over a dynamic H)
-        other = _concrete_pass(model, _doubled(model), dtypes, [], nodes, rounds=1)
+        other = _concrete_pass(model, _doubled(model), dtypes, [], nodes, rounds=3)
         model.varying = {n: frozenset(k for k, (a, b) in enumerate(zip(s, other[n])) if a != b)
                          for n, s in shapes.items() if n in other and len(other[n]) == len(s)}
     elif not declared_only:
@@ -258,10 +269,12 @@ def _concrete_pass(model, input_shapes, dtypes: dict[str, int], notes: list[str]
     shapes, dt2 = _run_inference(skeleton(model, input_shapes, nodes=nodes), "concrete shapes", notes)
     for k, v in dt2.items():
         dtypes.setdefault(k, v)
+    known: dict[str, np.ndarray] = {}
     for _ in range(rounds):  # shape arithmetic onnx's data propagation missed: evaluate it, infer again
-        known = _known_values(model, shapes)
-        if not known:
+        more = {k: v for k, v in _known_values(model, shapes).items() if k not in known}
+        if not more:
             break
+        known.update(more)  # (values of earlier rounds stay: their readers' shapes may depend on them)
         shapes, dt2 = _run_inference(skeleton(model, input_shapes, known, nodes), "concrete shapes", notes)
         for k, v in dt2.items():
             dtypes.setdefault(k, v)
@@ -287,13 +300,22 @@ def _unknown_dims(s) -> bool:
     return any(d is None or isinstance(d, str) for d in s)
 
 
-def _known_values(model, shapes: dict[str, Shape]) -> dict[str, np.ndarray]:
-    """Small integer tensors computable at the concrete shapes, feeding a tensor of unknown shape."""
+def _known_values(model, shapes: dict[str, Shape], declared: bool = False) -> dict[str, np.ndarray]:
+    """Small integer tensors computable at the concrete shapes, feeding a tensor of unknown shape.
+
+    ``declared``: at the declared shapes, where a named (dynamic) dim is known to be dynamic: only
+    values that read static dims alone, feeding a tensor with a dim inference could not name.
+    """
     from .consts import partial
 
     def shape_of(name):
         s = shapes.get(name)
+        if declared:
+            return s
         return s if s is not None and not _unknown_dims(s) else None
+
+    def _unknown_dims(s):
+        return any(d is None for d in s) if declared else any(d is None or isinstance(d, str) for d in s)
 
     memo: dict = {}
     out: dict[str, np.ndarray] = {}

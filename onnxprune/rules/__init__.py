@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from functools import cache
 
-from . import concat_split, conv, elementwise, gemm, misc, norm, quant, recurrent, reshape, spatial
+from . import concat_split, conv, einsum, elementwise, gemm, misc, norm, quant, recurrent, reshape, spatial
 from .base import Rule
 
 __all__ = ["Rule", "registry", "known_ops", "rule_for"]
 
-_MODULES = (conv, gemm, norm, elementwise, spatial, concat_split, reshape, quant, recurrent, misc)
+_MODULES = (conv, gemm, einsum, norm, elementwise, spatial, concat_split, reshape, quant, recurrent, misc)
 
 
 @cache

@@ -4,8 +4,8 @@
    other (offsets follow automatically when inputs shrink). An input without channel
    information gets fresh pinned labels. Concat on another axis unifies the inputs' channels.
 2. ``Split`` on the channel axis: output k gets its segment of labels; explicit split sizes are
-   rewritten to the kept counts; an implicit equal split keeps segments equal by tying position
-   j of every segment together.
+   rewritten to the kept counts; an implicit equal split is written out with explicit sizes
+   (``num_outputs`` dropped), so its segments are pruned independently.
 3. ``Slice`` on the channel axis (step 1): the output gets ``labels[start:end]``; start/end are
    rewritten to the kept counts before and inside the range (pruning keeps order, so the kept
    channels of a contiguous range stay contiguous).
@@ -148,22 +148,22 @@ class SplitRule(Moves):
             if c % n:
                 ctx.barrier(f"implicit uneven split of {c} channels into {n}")
                 return
-            rows = x.labels.reshape(n, -1)
-            for r in rows[1:]:
-                ctx.unify(rows[0], r)
-            segments = list(rows)
-        else:
-            bounds = np.concatenate([[0], np.cumsum(np.asarray(sizes, dtype=np.int64))])
-            segments = [x.labels[bounds[k]:bounds[k + 1]] for k in range(len(sizes))]
+            sizes = [c // n] * n  # written out by the fix: the segments may then lose different channels
+        bounds = np.concatenate([[0], np.cumsum(np.asarray(sizes, dtype=np.int64))])
+        segments = [x.labels[bounds[k]:bounds[k + 1]] for k in range(len(sizes))]
 
-            def fix_split(rw, node=ctx.node, segments=segments, in_attr=in_attr):
-                new = np.array([int(rw.keep(s).sum()) for s in segments], dtype=np.int64)
-                if in_attr:
-                    rw.set_attr(node, "split", new.tolist())
-                else:
-                    rw.set_input_const(node, 1, new)
+        def fix_split(rw, node=ctx.node, segments=segments, in_attr=in_attr):
+            new = np.array([int(rw.keep(s).sum()) for s in segments], dtype=np.int64)
+            if in_attr:
+                rw.set_attr(node, "split", new.tolist())
+                return
+            if len(node.inputs) < 2 or node.inputs[1] is None:  # implicit equal split: made explicit
+                node.attributes.pop("num_outputs", None)
+                if len(node.inputs) < 2:
+                    node.resize_inputs(2)
+            rw.set_input_const(node, 1, new)
 
-            ctx.fix(fix_split)
+        ctx.fix(fix_split)
         for k, seg in enumerate(segments):
             ctx.nonempty(seg)
             ctx.set_out(k, x.axis, seg)

@@ -8,6 +8,8 @@ channel axis each input either
 2. is a constant with one entry per channel (bias ``Add``, per-channel scale ``Mul``, PRelu's
    slope): that constant axis is sliced with the channels (role ``affine``);
 3. broadcasts along the channel axis (size 1: a scalar, a spatial mask): nothing to do;
+   a tensor filled with one value at run time, or one gathered from a constant table (T5's
+   relative position bias per head) has its shape entry rewritten / its table sliced;
 4. anything else (an untracked activation with C channels, misaligned axes): the channels are
    pinned, with the reason.
 
@@ -74,6 +76,8 @@ class BroadcastRule(Rule):
                 continue  # zeros (or any fill) made at run time: its channel count follows the pruning
             elif dim == size and _broadcast_expand(ctx, ctx.input_name(k), local, main.labels):
                 continue  # one value per position expanded over the channels (F.normalize's norm)
+            elif dim == size and _const_derived_param(ctx, ctx.input_name(k), local, main.labels):
+                continue  # gathered from a constant table (T5's relative position bias per head)
             else:
                 ctx.pin(main.labels, f"input {k} ({ctx.input_name(k)}) has {dim} entries on the channel axis "
                                      "and is not a channel-tracked tensor")
@@ -117,6 +121,88 @@ def _broadcast_expand(ctx, name: str, axis: int, labels) -> bool:
     if v is not None and np.size(v) != len(out_shape):
         return False
     return target_entry_fix(ctx, 1, axis, lambda kept: kept, labels, node=node)
+def const_source(model, name: str, axis: int, depth: int = 0):
+    """(constant, its axis, the node reading it) when axis ``axis`` of ``name`` is axis ``axis`` of
+    a constant carried through layout ops, a ``Gather`` on another axis, and element-wise ops whose
+    other inputs broadcast along it (a T5 relative position bias: a per-head table gathered by
+    bucket, transposed, plus a mask); else None."""
+    node = model.producer(name)
+    if node is None or depth > 12 or node.domain != "" or len(node.outputs) != 1:
+        return None
+    op = node.op_type
+    shape = model.shape(name)
+    if shape is None or axis >= len(shape):
+        return None
+    src_axis = None
+    src = inp(node, 0)
+    if op == "Transpose":
+        perm = attr_value(node, "perm")
+        src_axis = int(perm[axis]) if perm is not None else len(shape) - 1 - axis
+    elif op in ("Identity", "Cast"):
+        src_axis = axis
+    elif op in ("Unsqueeze", "Squeeze"):
+        axes = model.const(inp(node, 1)) if inp(node, 1) else attr_value(node, "axes")
+        if axes is None:
+            return None
+        in_rank = len(model.shape(src) or ())
+        if op == "Unsqueeze":
+            axes = {norm_axis(int(a), len(shape)) for a in np.atleast_1d(axes)}
+            if axis in axes:
+                return None
+            src_axis = axis - sum(1 for a in axes if a < axis)
+        else:
+            axes = sorted(norm_axis(int(a), in_rank) for a in np.atleast_1d(axes))
+            src_axis = axis
+            for a in axes:
+                if a <= src_axis:
+                    src_axis += 1
+    elif op == "Gather":
+        idx = model.shape(inp(node, 1))
+        g = norm_axis(int(attr_value(node, "axis", 0)), len(model.shape(src) or shape))
+        if idx is None:
+            return None
+        if axis < g:
+            src_axis = axis
+        elif axis >= g + len(idx):
+            src_axis = axis - len(idx) + 1
+        else:
+            return None  # the gathered axis itself
+    elif op in ("Add", "Sub", "Mul", "Div", "Where"):
+        full = []
+        for k in range(len(node.inputs)):
+            s = model.shape(inp(node, k))
+            if s is None:
+                return None
+            local = axis - (len(shape) - len(s))
+            if local >= 0 and s[local] != 1:
+                full.append((k, local))
+        if len(full) != 1 or (op == "Where" and full[0][0] == 0):
+            return None
+        src, src_axis = inp(node, full[0][0]), full[0][1]
+    else:
+        return None
+    if model.is_plain_const(src):
+        return model.resolve(src), src_axis, node
+    if len(model.uses(src)) != 1 or model.is_graph_output(src):
+        return None  # an intermediate read elsewhere would change shape too
+    return const_source(model, src, src_axis, depth + 1)
+
+
+def _const_derived_param(ctx, name: str, axis: int, labels) -> bool:
+    """Slice the constant behind ``name`` (see :func:`const_source`) with the channels: an
+    ``affine`` parameter of the node reading the constant."""
+    from ..analysis import ParamAxis
+
+    found = const_source(ctx.model, name, axis)
+    if found is None:
+        return False
+    tensor, src_axis, reader = found
+    shape = ctx.model.const_shape(tensor)
+    if shape is None or shape[src_axis] != labels.size:
+        return False
+    ctx.an.params.append(ParamAxis(tensor, src_axis, labels, reader, "affine"))
+    ctx.an.derived.setdefault(name, []).append((ctx.node, labels))
+    return True
 
 
 def chan_or_fill(ctx, k: int, axis: int):

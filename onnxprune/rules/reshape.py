@@ -6,10 +6,20 @@
    Gemm/MatMul) give the merged axis the labels ``repeat(labels, H·W)``, tiled when static axes
    before C are merged too (a bidirectional RNN's ``[seq, batch, dirs, H] → [seq, batch,
    dirs·H]``). Dynamic dims are never merged into the channel block. A Reshape's literal target size on that axis is rewritten to the kept count
-   times H·W; 0 (copy) and -1 (infer) entries need no change. Reshapes that *split* the channel
-   axis (attention heads) are barriers here.
-4. ``Shape`` reads channel counts: it is allowed when only dims other than the channel axis are
-   read (``start``/``end``, or every consumer a ``Gather`` of constant indices).
+   times H·W; 0 (copy) and -1 (infer) entries need no change.
+4. Reshapes that *split* the channel axis: (heads, head_dim) makes each head one atom, carried
+   by the head axis; (stack, heads, head_dim) of a fused q/k/v projection makes head i of q, k and
+   v one atom; (g, C/g) followed by a Transpose swapping the two axes (channel shuffle) or by a
+   Gather/Split along g (a stacked q/k/v selected one by one) makes position i of every group one
+   atom, carried by the C/g axis, so the pruned tensor still has g equal groups.
+5. Target entries read at run time (TorchScript's ``Shape → Gather/Slice → Unsqueeze → Concat``,
+   through ``Where(s == -1, 1, s)`` and ``Reshape(s, [-1])`` of ``expand()``): an entry that reads
+   the channel count of a tensor with the same channels follows the pruning by itself (the
+   labels are unified); a static count (also arithmetic on it) is replaced by the pruned constant.
+6. ``Shape`` reads channel counts: it is allowed when only dims other than the channel axis are
+   read (``start``/``end``, or every consumer a ``Gather`` of constant indices), or when the read
+   only feeds Reshape/Expand targets (rules 3–5) or the bounds of a Slice of the same tensor along
+   its channel axis (``x.chunk(2, 1)``: the Slice rule writes them as constants).
 """
 from __future__ import annotations
 
@@ -127,6 +137,14 @@ class ReshapeRule(Moves):
                     break
                 j, outer = None, 1
         split = _split_axis(outs, c, s) if j is None else None
+        stacked = _stacked_axis(outs, c, s) if j is None and split is None else None
+        if stacked is not None:  # fused q/k/v: [.., 3·C] -> [.., 3, heads, head_dim]
+            if not _dynamic_dims_stay_outside(ctx, ca, stacked + 3):
+                ctx.barrier("a dynamic dim would be merged into the channel axis (the index map "
+                            "would hold at the analysed input size only)")
+                return
+            _split_stacked_heads(ctx, x.labels, stacked, [int(d) for d in outs[stacked:stacked + 3]], entries)
+            return
         if j is None and split is None:
             ctx.barrier(f"reshape {list(ins)} -> {list(outs)} splits or reorders the channel axis")
             return
@@ -136,13 +154,18 @@ class ReshapeRule(Moves):
                         "would hold at the analysed input size only)")
             return
         if split is not None:
-            _split_heads(ctx, x.labels, split, int(outs[split]), int(outs[split + 1]), entries)
+            if _is_shuffle(ctx, split) or _selects_along(ctx.model, ctx.output_name(0), split):
+                _split_groups(ctx, x.labels, split, int(outs[split]), int(outs[split + 1]), entries)
+            else:
+                _split_heads(ctx, x.labels, split, int(outs[split]), int(outs[split + 1]), entries)
             return
         t = _prod(outs[j + 1:])
         inner = s // t
         allowzero = int(ctx.attr("allowzero", 0))
         entry = entries[j] if entries is not None and j < len(entries) else None
-        if _fixable(entry):
+        if inner == 1 and outer == 1 and _reads_channels(ctx, entry, x.labels):
+            pass  # read at run time from a tensor with these channels: follows the pruning
+        elif _fixable(entry):
             if not target_entry_fix(ctx, 1, j, lambda kept, inner=inner, outer=outer: outer * kept * inner, x.labels):
                 ctx.barrier("the channel entry of the shape cannot be rewritten")
                 return
@@ -197,7 +220,9 @@ def _split_heads(ctx, labels, h: int, heads: int, head_dim: int, entries) -> Non
         ctx.unify(rows[:, 0], rows[:, k])
     ctx.an.head_labels.append(rows[:, 0].copy())
     entry = entries[h] if entries is not None and h < len(entries) else None
-    if _fixable(entry):
+    if _reads_channels(ctx, entry, rows[:, 0]):
+        pass
+    elif _fixable(entry):
         if not target_entry_fix(ctx, 1, h, lambda kept: kept, rows[:, 0]):
             ctx.barrier("the head count in the shape cannot be rewritten")
             return
@@ -205,6 +230,134 @@ def _split_heads(ctx, labels, h: int, heads: int, head_dim: int, entries) -> Non
         ctx.barrier("the head count of the shape is computed at run time")
         return
     ctx.set_out(0, h, rows[:, 0].copy())
+
+
+def _stacked_axis(outs, c: int, s: int) -> int | None:
+    """The output axis h where the channel axis splits into (stack, heads, head_dim), all > 1."""
+    for h in range(len(outs) - 2):
+        rest = outs[h:]
+        if not all(isinstance(d, int) for d in rest):
+            continue
+        if min(rest[:3]) > 1 and _prod(rest[:3]) == c and _prod(rest[3:]) == s:
+            return h
+    return None
+
+
+def _split_stacked_heads(ctx, labels, h: int, dims: list[int], entries) -> None:
+    """Channels → (stack, heads, head_dim), a fused q/k/v projection: head i of every stacked
+    tensor (q, k and v) is one atom, carried by the heads axis h+1; the stack axis keeps its size
+    (a later ``Gather``/``Split`` along it selects q, k and v). The rewrite sets the head count."""
+    stack, heads, head_dim = dims
+    cube = labels.reshape(stack, heads, head_dim)
+    first = cube[0, :, 0]
+    for k in range(stack):
+        for d in range(head_dim):
+            if k or d:
+                ctx.unify(first, cube[k, :, d])
+    ctx.an.head_labels.append(first.copy())
+    entry = entries[h + 1] if entries is not None and h + 1 < len(entries) else None
+    if entries is not None and 0 in (entries[h:h + 1] + entries[h + 2:h + 3]):
+        ctx.barrier("shape entry 0 copies an input dim into the stacked heads")
+        return
+    if _fixable(entry):
+        if not target_entry_fix(ctx, 1, h + 1, lambda kept: kept, first):
+            ctx.barrier("the head count in the shape cannot be rewritten")
+            return
+    elif entry != -1:
+        ctx.barrier("the head count of the shape is computed at run time")
+        return
+    ctx.set_out(0, h + 1, first.copy())
+
+
+def _is_shuffle(ctx, h: int) -> bool:
+    """Whether the split (g, C/g) at output axes h, h+1 is a channel shuffle: every reader is a
+    Transpose swapping exactly those two axes (``Reshape → Transpose → Reshape``, ShuffleNet)."""
+    model, y = ctx.model, ctx.output_name(0)
+    uses = model.uses(y)
+    if not uses or model.is_graph_output(y):
+        return False
+    for node, k in uses:
+        perm = model.attr(node, "perm") if node.op_type == "Transpose" else None
+        if perm is None or k != 0:
+            return False
+        perm = list(perm)
+        want = list(range(len(perm)))
+        want[h], want[h + 1] = h + 1, h
+        if perm != want:
+            return False
+    return True
+
+
+def _selects_along(model, name: str, axis: int, depth: int = 0) -> bool:
+    """Whether every reader of ``name`` ends, through Unsqueeze/Squeeze/Transpose moving ``axis``,
+    in a ``Gather`` of constant indices or a ``Split`` along it: a stacked q/k/v tensor
+    (``unflatten(-1, (3, E))`` then ``[0]``, ``[1]``, ``[2]``) whose stack axis is not a channel axis."""
+    uses = model.uses(name)
+    if not uses or model.is_graph_output(name) or depth > 8:
+        return False
+    rank = len(model.shape(name) or ())
+    for node, k in uses:
+        op = node.op_type
+        if k != 0:
+            return False
+        if op == "Gather":
+            if norm_axis(int(model.attr(node, "axis", 0)), rank) != axis or model.const(inp(node, 1)) is None:
+                return False
+            continue
+        if op == "Split":
+            if norm_axis(int(model.attr(node, "axis", 0)), rank) != axis:
+                return False
+            continue
+        if op == "Transpose":
+            perm = model.attr(node, "perm")
+            if perm is None:
+                return False
+            nxt = list(perm).index(axis)
+        elif op in ("Unsqueeze", "Squeeze"):
+            axes = model.const(inp(node, 1)) if inp(node, 1) else model.attr(node, "axes")
+            if axes is None:
+                return False
+            out_rank = rank + (len(np.atleast_1d(axes)) if op == "Unsqueeze" else -len(np.atleast_1d(axes)))
+            axes = sorted(norm_axis(int(a), out_rank if op == "Unsqueeze" else rank) for a in np.atleast_1d(axes))
+            if op == "Squeeze":
+                if axis in axes:
+                    return False
+                nxt = axis - sum(1 for a in axes if a < axis)
+            else:
+                nxt = axis
+                for a in axes:
+                    if a <= nxt:
+                        nxt += 1
+        elif op in ("Identity", "Contiguous"):
+            nxt = axis
+        else:
+            return False
+        if not _selects_along(model, node.outputs[0].name, nxt, depth + 1):
+            return False
+    return True
+
+
+def _split_groups(ctx, labels, h: int, groups: int, per_group: int, entries) -> None:
+    """Channels → (groups, C/groups) of a channel shuffle: channel ``j·C/g + i`` (group j, position i)
+    is kept or removed with the same position i of every other group, so the pruned tensor is still
+    g equal groups. The position axis h+1 carries the channels; the rewrite sets its size."""
+    rows = labels.reshape(groups, per_group)
+    for k in range(1, groups):
+        ctx.unify(rows[0], rows[k])
+    head = entries[h] if entries is not None and h < len(entries) else None
+    entry = entries[h + 1] if entries is not None and h + 1 < len(entries) else None
+    if not (head == -1 or (isinstance(head, int) and head == groups) or (
+            isinstance(head, tuple) and head[1] == groups)):
+        ctx.barrier("the group count of the channel shuffle is not a constant")
+        return
+    if _fixable(entry):
+        if not target_entry_fix(ctx, 1, h + 1, lambda kept: kept, rows[0]):
+            ctx.barrier("the channels per group in the shape cannot be rewritten")
+            return
+    elif entry != -1 or head == -1:
+        ctx.barrier("the channels per group of the shuffle are computed at run time")
+        return
+    ctx.set_out(0, h + 1, rows[0].copy())
 
 
 def _fixable(entry) -> bool:
@@ -233,6 +386,8 @@ def target_entry_fix(ctx, k: int, j: int, value, labels, node=None) -> bool:
         ctx.fix(fix)
         return True
     node = model.producer(name)
+    while node is not None and _is_shape_wrapper(model, node):  # TorchScript's expand(): Where(s == -1, 1, s)
+        node = model.producer(inp(node, 2 if node.op_type == "Where" else 0))
     if node is None or node.op_type != "Concat":
         return False
     pos = 0
@@ -243,7 +398,7 @@ def target_entry_fix(ctx, k: int, j: int, value, labels, node=None) -> bool:
         if not isinstance(size, int):
             return False
         if pos <= j < pos + size:
-            if v is None and not (size == 1 and _fixable(_shape_read(model, name_k))):
+            if v is None and not (size == 1 and _fixable(_shape_read(model, name_k, chan_shape_of(ctx)))):
                 return False
             def fix(rw, node=node, piece=piece, off=j - pos, labels=labels, is_const=v is not None):
                 new = np.atleast_1d(rw.const_input(node, piece)).copy() if is_const else np.zeros(1, np.int64)
@@ -254,6 +409,21 @@ def target_entry_fix(ctx, k: int, j: int, value, labels, node=None) -> bool:
             return True
         pos += size
     return False
+
+
+def _is_shape_wrapper(model, node) -> bool:
+    """Ops that pass a 1-D shape vector on element by element: ``Reshape(s, [-1])``, and
+    ``Where(Equal(s, negative), _, s)`` (a size read from a shape is never negative)."""
+    if node.op_type == "Reshape":
+        t = model.const(inp(node, 1))
+        return t is not None and t.size == 1 and int(t.reshape(-1)[0]) == -1 and len(model.shape(inp(node, 0)) or ()) == 1
+    if node.op_type != "Where":
+        return False
+    cond = model.producer(inp(node, 0))
+    if cond is None or cond.op_type != "Equal" or inp(cond, 0) != inp(node, 2):
+        return False
+    neg = model.value(inp(cond, 1))
+    return neg is not None and neg.size > 0 and bool(np.all(neg < 0))
 
 
 def _merged_axis(outs, c: int, s: int) -> int | None:
@@ -284,40 +454,111 @@ def _target_entries(ctx) -> list | None:
     v = model.value(name)
     if v is not None:
         return [int(e) for e in np.atleast_1d(v)]
+    return dim_reads(model, name, shape_of=chan_shape_of(ctx))
+
+
+def _shape_read(model, name: str, shape_of=None):
+    """A one-element read of a dim (``Unsqueeze(Gather(Shape(t), i))`` & co.) -> ("dim", t's declared
+    dim i, t, i), or its static value; anything else -> None."""
+    reads = dim_reads(model, name, shape_of=shape_of)
+    return reads[0] if reads is not None and len(reads) == 1 else None
+
+
+def chan_shape_of(ctx):
+    """Declared shapes where a tracked channel axis counts as static (it is: weights define it),
+    also when shape inference lost it (a ``-1`` next to a dynamic batch)."""
+    model, chan = ctx.model, ctx.an.chan
+
+    def shape_of(name):
+        s = model.sym_shape(name)
+        c = chan.get(name)
+        if s is not None and c is not None and c.axis < len(s) and not isinstance(s[c.axis], int):
+            s = (*s[:c.axis], int(c.labels.size), *s[c.axis + 1:])
+        return s
+
+    return shape_of
+
+
+def dim_reads(model, name: str, depth: int = 0, shape_of=None) -> list | None:
+    """Where each element of a 1-D shape vector comes from: ("dim", declared dim, t, axis) for a
+    run-time read of tensor t's dim ``axis`` (``Shape`` with start/end, then ``Slice``/``Gather`` of
+    constant positions, ``Concat``, ``Unsqueeze``/``Squeeze``, ``Cast``/``Identity``), an int for a
+    value known statically (a constant, arithmetic on static dims), None for any other element.
+    None when the vector's length is not known."""
+    v = model.const(name)
+    if v is not None:
+        return [int(e) for e in np.atleast_1d(v)] if v.ndim <= 1 and v.dtype.kind in "iu" else None
     node = model.producer(name)
-    if node is None or node.op_type != "Concat":
+    if node is None or depth > 16 or node.domain != "":
         return None
-    out: list = []
-    for k in range(len(node.inputs)):
-        piece = inp(node, k)
-        v = model.value(piece)
-        if v is not None:
-            out.extend(int(e) for e in np.atleast_1d(v))
-            continue
-        shape = model.shape(piece)
-        if shape != (1,):
+    op = node.op_type
+    if op == "Shape":
+        t = inp(node, 0)
+        shape = (shape_of or model.sym_shape)(t)  # declared dims: a dynamic dim must stay read at run time
+        if shape is None:
             return None
-        out.append(_shape_read(model, piece))
-    return out
+        rank = len(shape)
+        start = norm_axis(int(model.attr(node, "start", 0)), rank)
+        end = model.attr(node, "end")
+        end = rank if end is None else norm_axis(int(end), rank)
+        start, end = max(0, min(start, rank)), max(0, min(end, rank))
+        return [("dim", shape[k], t, k) for k in range(start, end)]
+    if op in ("Identity", "Cast") or (op in ("Unsqueeze", "Squeeze") and model.shape(name) is not None
+                                       and len(model.shape(name)) <= 1):
+        return dim_reads(model, inp(node, 0), depth + 1, shape_of)
+    if _is_shape_wrapper(model, node):  # TorchScript's expand(): Where(Equal(s, -1), ones, s) is s here
+        return dim_reads(model, inp(node, 2 if op == "Where" else 0), depth + 1, shape_of)
+    if op == "Concat":
+        out: list = []
+        for k in range(len(node.inputs)):
+            part = dim_reads(model, inp(node, k), depth + 1, shape_of)
+            if part is None:
+                return None
+            out.extend(part)
+        return out
+    if op in ("Gather", "Slice"):
+        src = dim_reads(model, inp(node, 0), depth + 1, shape_of)
+        if src is None:
+            return None
+        if op == "Gather":
+            idx = model.const(inp(node, 1))
+            if idx is None or idx.ndim > 1 or int(model.attr(node, "axis", 0)) != 0:
+                return None
+            return [src[int(i)] for i in np.atleast_1d(idx)] if all(-len(src) <= int(i) < len(src)
+                                                                     for i in np.atleast_1d(idx)) else None
+        bounds = [model.value(inp(node, k)) if inp(node, k) else None for k in range(1, 5)]
+        if bounds[0] is None or bounds[1] is None or bounds[0].size != 1 or any(
+                inp(node, k) and b is None for k, b in zip(range(3, 5), bounds[2:])):
+            return None
+        if bounds[2] is not None and int(bounds[2].reshape(-1)[0]) not in (0, -1):
+            return None
+        step = int(bounds[3].reshape(-1)[0]) if bounds[3] is not None else 1
+        return src[slice(int(bounds[0].reshape(-1)[0]), int(bounds[1].reshape(-1)[0]), step)]
+    v = model.value(name)  # arithmetic on static dims
+    if v is None and shape_of is not None:
+        from ..graph.consts import partial
+
+        v = partial(model, name, shape_of, {})
+        v = None if v is None or v.dtype == object else v
+    if v is not None:
+        return [int(e) for e in np.atleast_1d(v)] if v.ndim <= 1 and v.dtype.kind in "iu" else None
+    shape = model.shape(name)  # arithmetic on a dynamic dim: unknown elements of a known count
+    if shape is not None and len(shape) <= 1 and all(isinstance(d, int) for d in shape):
+        return [None] * (shape[0] if shape else 1)
+    return None
 
 
-def _shape_read(model, name: str):
-    """``Unsqueeze(Gather(Shape(t), i))`` -> ("dim", t's dim i); anything else -> None."""
-    node = model.producer(name)
-    if node is not None and node.op_type == "Unsqueeze":
-        node = model.producer(inp(node, 0))
-    if node is None or node.op_type != "Gather":
-        return None
-    idx = model.const(inp(node, 1))
-    src = model.producer(inp(node, 0))
-    if idx is None or idx.size != 1 or src is None or src.op_type != "Shape":
-        return None
-    shape = model.sym_shape(inp(src, 0))  # declared dims: a dynamic dim must stay read at run time
-    start = int(model.attr(src, "start", 0))
-    if shape is None:
-        return None
-    k = int(idx.reshape(-1)[0]) + (start if start >= 0 else len(shape) + start)
-    return ("dim", shape[k]) if 0 <= k < len(shape) and shape[k] is not None else None
+def _reads_channels(ctx, entry, labels) -> bool:
+    """Whether a target entry is a run-time read of the channel count of a tracked tensor with as
+    many channels as ``labels``: then it follows the pruning by itself; the labels are unified (the
+    entry must keep matching the reshaped count)."""
+    if not (isinstance(entry, tuple) and len(entry) == 4):
+        return False
+    c = ctx.an.chan.get(entry[2])
+    if c is None or c.axis != entry[3] or c.labels.size != labels.size:
+        return False
+    ctx.unify(labels, c.labels)
+    return True
 
 
 def _resolve_target(ins, entries, allowzero: int):
@@ -372,14 +613,14 @@ class ShapeRule(Moves):
         for node, index in model.uses(name):
             if index == 0 and _reads_other_dims(model, node, pos, end - start):
                 continue
-            if _only_shape_targets(model, node, index):
+            if _only_shape_targets(model, node, index, src=(ctx.input_name(0), x.axis)):
                 continue  # the Reshape/Expand rules rewrite those entries as constants
             ctx.barrier("the channel count is read at run time")
             return
 
 
 _ARITH = {"Slice", "Gather", "Mul", "Add", "Sub", "Div", "Squeeze", "Unsqueeze", "Concat", "Cast", "Identity",
-          "Reshape"}
+          "Reshape", "Where"}
 
 
 def _reads_other_dims(model, node, pos: int, n: int) -> bool:
@@ -397,18 +638,31 @@ def _reads_other_dims(model, node, pos: int, n: int) -> bool:
     return False
 
 
-def _only_shape_targets(model, node, index: int, depth: int = 0) -> bool:
+def _only_shape_targets(model, node, index: int, depth: int = 0, src=None) -> bool:
     """Whether a value read from a shape flows, through shape arithmetic, only into the shape
-    operand of Reshape/Expand nodes (whose rules replace a static channel entry by a constant)."""
+    operand of Reshape/Expand nodes (whose rules replace a static channel entry by a constant), or
+    into the start/end of a Slice of the read tensor ``src`` = (name, channel axis) along its
+    channel axis (``x.chunk(2, 1)`` in TorchScript: the Slice rule rewrites both as constants)."""
     if node.op_type in ("Reshape", "Expand") and index == 1:
         return True
+    if node.op_type == "Slice" and index in (1, 2) and src is not None and inp(node, 0) == src[0]:
+        axes = model.const(inp(node, 3)) if inp(node, 3) else None
+        rank = len(model.shape(src[0]) or ())
+        return axes is not None and axes.size == 1 and norm_axis(int(axes.reshape(-1)[0]), rank) == src[1]
+    if node.op_type == "Shape":
+        return True  # the length of a shape vector, not the count read into it
+    if node.op_type == "Equal":  # s == -1 (TorchScript's expand): false for any count read from a shape
+        other = model.value(inp(node, 1 - index)) if index in (0, 1) else None
+        return other is not None and bool(np.all(other < 0))
+    if node.op_type == "Where" and index == 0:
+        return False
     if node.op_type not in _ARITH or depth > 12 or (node.op_type == "Reshape" and index != 0):
         return False
     for out in node.outputs:
         if model.is_graph_output(out.name):
             return False
         for user, k in model.uses(out.name):
-            if not _only_shape_targets(model, user, k, depth + 1):
+            if not _only_shape_targets(model, user, k, depth + 1, src):
                 return False
     return True
 
@@ -431,7 +685,10 @@ class ExpandRule(Moves):
         axis = x.axis + out_rank - rank
         e = entries[axis - (out_rank - len(entries))] if axis >= out_rank - len(entries) else 1
         if isinstance(e, tuple):
-            ctx.barrier("the expanded shape reads the channel count at run time")
+            if not _reads_channels(ctx, e, x.labels):
+                ctx.barrier("the expanded shape reads the channel count at run time")
+                return
+            ctx.set_out(0, axis, x.labels)
             return
         if e not in (1, x.labels.size):
             ctx.barrier(f"expands the channel axis from {x.labels.size} to {e}")

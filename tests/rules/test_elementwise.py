@@ -173,3 +173,35 @@ def test_nan_guard_and_mask_predicates_pass_channels():
     n.output(n.gemm(y, 8, 2))
     res = assert_oracle(n.build(), ratio=0.5)
     assert group_sizes(res.analysis)[0] == (8, 8)
+
+
+@pytest.mark.parametrize("bias_is_output", [False, True])
+def test_head_bias_gathered_from_a_constant_table_is_sliced(bias_is_output):
+    # T5's relative position bias: table[buckets, heads] gathered by a bucket index, transposed to
+    # [1, heads, q, k] and added to the attention scores: the table's head axis is sliced with heads
+    n = Net("t", seed=7)
+    x = n.input("x", ["N", 6, 8])
+    heads = [n.op("Transpose", [n.op("Reshape", [n.linear(x, 8, 8), n.const(np.array([0, 0, 2, 4], np.int64))])],
+                  perm=[0, 2, 1, 3]) for _ in range(3)]
+    q, k, v = heads
+    scores = n.op("MatMul", [q, n.op("Transpose", [k], perm=[0, 1, 3, 2])])
+    buckets = n.const(np.random.default_rng(0).integers(0, 5, (6, 6)).astype(np.int64))
+    table = n.weight((5, 2), 1)
+    bias = n.op("Unsqueeze", [n.op("Transpose", [n.op("Gather", [table, buckets])], perm=[2, 0, 1]),
+                              n.const(np.array([0], np.int64))])
+    att = n.op("Softmax", [n.op("Add", [scores, bias])], axis=-1)
+    y = n.op("Reshape", [n.op("Transpose", [n.op("MatMul", [att, v])], perm=[0, 2, 1, 3]),
+                         n.const(np.array([0, 0, 8], np.int64))])
+    n.output(n.linear(y, 8, 8))
+    if bias_is_output:  # read elsewhere: slicing the table would change that output
+        n.output(bias)
+        an = analyze(Model(n.build()))
+        assert not any(g.prunable for g in an.groups if g.kind == "heads")
+        assert any("derived from a per-channel constant" in r for g in an.groups for r in g.reasons)
+        return
+    res = assert_oracle(n.build(), heads=1)
+    assert [g.kind for g in res.analysis.groups if g.prunable] == ["heads"]
+    table_axes = [p for p in res.analysis.params if p.tensor == table]
+    assert [(p.axis, p.role) for p in table_axes] == [(1, "affine")]
+    sliced = next(t for t in res.pruned.graph.initializer if t.name == table)
+    assert list(sliced.dims) == [5, 1]

@@ -87,17 +87,21 @@ def test_reshape_splitting_channels_prunes_whole_groups():
     assert [0, 1, 4, 16] in shapes
 
 
-def test_channel_shuffle_prunes_whole_shuffle_consistent_sets():
-    # split into (2, 4), swap the axes, merge: channel c lands elsewhere. The split makes each
-    # group of 4 one atom; the merge tiles the group labels, so only whole groups go, and the
-    # shuffled positions of a removed group are the ones removed downstream.
+@pytest.mark.parametrize("merged", [[0, -1], [0, 128]], ids=["infer", "literal"])
+def test_channel_shuffle_prunes_whole_shuffle_consistent_sets(merged):
+    # split into (2 groups, 4), swap the axes, merge: channel j·4 + i lands at i·2 + j. Position i
+    # of both groups is one atom (the pruned tensor is still 2 equal groups); the split's 4 and a
+    # literal merged count are rewritten, and the shuffled positions of a removed atom are the
+    # ones removed downstream.
     def rs(n, x, y):
         z = n.op("Reshape", [y, n.const(np.array([0, 2, 4, 16], np.int64))])
         z = n.op("Transpose", [z], perm=[0, 2, 1, 3])
-        return n.op("Reshape", [z, n.const(np.array([0, -1], np.int64))])
+        return n.op("Reshape", [z, n.const(np.array(merged, np.int64))])
 
     res = assert_oracle(head(rs), ratio=0.5)
-    assert group_sizes(res.analysis)[0] == (2, 2)  # two atoms of 4 channels each
+    assert group_sizes(res.analysis)[0] == (4, 4)  # four atoms of 2 channels each
+    assert int((~res.keep_atom[res.analysis.groups[0].atoms]).sum()) == 2
+    assert not any(g.kind == "heads" for g in res.analysis.groups)
 
 
 def test_transpose_nhwc_into_matmul():
