@@ -148,26 +148,18 @@ def test_hidden_oracle_small_llama(hf_exports, exporter):
     assert res.analysis.expanded_outputs  # last_hidden_state keeps its width
 
 
-def test_hidden_oracle_small_vit(hf_exports):
-    """ViTConfig (2 layers, hidden 64), dynamo: patch-embedding Conv, class token (Expand of a
-    constant, Concat), position embedding, LayerNorms."""
+@pytest.mark.parametrize("exporter", ["dynamo", "torchscript"])
+def test_hidden_oracle_small_vit(hf_exports, exporter):
+    """ViTConfig (2 layers, hidden 64): patch-embedding Conv, class token (Expand of a constant,
+    Concat), position embedding, LayerNorms. TorchScript reads the patch count at run time
+    (Shape → Slice → Concat → Reshape), which follows the pruning (issue 14 item 3)."""
     paths, make_feeds = hf_exports
-    proto = onnx.load(paths["vit", "dynamo"])
+    proto = onnx.load(paths["vit", exporter])
     res = assert_oracle(proto, ratio=0.0, hidden_ratio=0.25, feeds=make_feeds(proto))
     (h,) = [g for g in res.analysis.groups if g.kind == "hidden"]
     assert h.size == 64 and res.removed == 16 and len(res.analysis.hidden_sites) == 5
     members = " ".join(res.analysis.group_members(h))
     assert "cls_token" in members and "position_embeddings" in members
-
-
-def test_vit_torchscript_hidden_group_says_why(hf_exports):
-    """TorchScript reads the patch count at run time (Shape → Slice → Concat → Reshape): the hidden
-    group stays pinned with that reason (issue 14 item 3 lifts it), never a wrong graph."""
-    paths, _ = hf_exports
-    an = analyze(Model(onnx.load(paths["vit", "torchscript"])), hidden=True)
-    hidden = [g for g in an.groups if g.kind == "hidden"]
-    assert hidden and not any(g.prunable for g in hidden)
-    assert any("computed at run time" in r or "not a channel-tracked tensor" in r for g in hidden for r in g.reasons)
 
 
 def test_cli_hidden_ratio_end_to_end(hf_exports, tmp_path):
