@@ -15,9 +15,10 @@ import os
 
 from ..errors import OnnxPruneError
 
-__all__ = ["PROVIDERS", "ProviderUnavailable", "make_session", "parse_providers", "use_global_thread_pool"]
+__all__ = ["PROVIDERS", "DEVICE_PROVIDERS", "ProviderUnavailable", "make_session", "parse_providers", "use_global_thread_pool"]
 
-PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+DEVICE_PROVIDERS = ("cuda", "tensorrt")  # inputs/outputs bound on the GPU when timing (IO binding)
 _state = {"global_pool": False}
 
 
@@ -57,8 +58,12 @@ def use_global_thread_pool(threads: int | None = None) -> bool:
     return bool(_state["global_pool"])
 
 
-def make_session(model: str | bytes, provider: str, *, optimize: bool = True, quiet: bool = False):
+def make_session(model: str | bytes, provider: str, *, optimize: bool = True, quiet: bool = False,
+                 threads: int = 0):
     """An InferenceSession on exactly ``provider`` (a key of ``PROVIDERS``).
+
+    ``threads`` > 0 sets the session's intra-op threads (ignored under the shared global pool).
+    TensorRT sessions fall back to CUDA then CPU for the nodes TensorRT does not take.
 
     Raises:
         ProviderUnavailable: the provider is not in this onnxruntime build or failed to load.
@@ -75,14 +80,17 @@ def make_session(model: str | bytes, provider: str, *, optimize: bool = True, qu
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     if _state["global_pool"]:
         so.use_per_session_threads = False
+    elif threads > 0:
+        so.intra_op_num_threads = threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = [ep] if ep == "CPUExecutionProvider" else [ep, "CPUExecutionProvider"]
+    providers = {"CPUExecutionProvider": [ep], "CUDAExecutionProvider": [ep, "CPUExecutionProvider"]}.get(
+        ep, [ep, "CUDAExecutionProvider", "CPUExecutionProvider"])
     try:
         sess = ort.InferenceSession(model, so, providers=providers)
     except Exception as e:
         msg = " ".join(str(e).split())[:300]
         raise OnnxPruneError(f"onnxruntime cannot load the model on {ep}: {msg}") from None
     if sess.get_providers()[0] != ep:
-        raise ProviderUnavailable(f"{ep} failed to initialise (CUDA/cuDNN libraries missing or no GPU); "
+        raise ProviderUnavailable(f"{ep} failed to initialise (GPU libraries such as CUDA/cuDNN/TensorRT missing, or no GPU); "
                                   f"the session fell back to {sess.get_providers()[0]}")
     return sess
