@@ -152,17 +152,26 @@ def _run(src: str, out: str, tmp: str, mode: str, method: str, calib, calib_batc
     """The onnxruntime steps (every file they write is under ``tmp``); returns (method label, preprocessed)."""
     from .graph import load_model
 
+    import onnx
+
     tempfile.tempdir = tmp
+    plain = os.path.join(tmp, "in.onnx")
+    proto = onnx.load(src)
+    del proto.graph.value_info[:]  # onnxruntime's quantizer re-infers; stale entries clash with its rewrites
+    onnx.save(proto, plain)
     pre = os.path.join(tmp, "pre.onnx")
-    preprocessed = _preprocess(src, pre)
-    inp = pre if preprocessed else src
+    preprocessed = _preprocess(plain, pre)
+    inp = pre if preprocessed else plain
     try:
         if mode == "fp16":
             import onnx
             from onnxruntime.transformers.float16 import convert_float_to_float16
 
-            proto = convert_float_to_float16(onnx.load(inp), keep_io_types=True)
-            onnx.save(proto, out)
+            import onnx_ir as ir
+
+            model = ir.serde.deserialize_model(convert_float_to_float16(onnx.load(inp), keep_io_types=True))
+            model.graph.sort()  # the converter appends its input Casts after their consumers
+            onnx.save(ir.serde.serialize_model(model), out)
             label = "fp16"
         elif method == "dynamic":
             from onnxruntime.quantization import QuantType, quantize_dynamic
