@@ -274,7 +274,7 @@ class LatencyTable:
                 factor[n] *= self.ratio(gid, n, w)
         s = sum(t * factor[n] for n, t in self.nodes.items())
         if self.scale is not None and self.rest_ms is not None:
-            return self.rest_ms + self.scale * s
+            return max(self.rest_ms + self.scale * s, 0.02 * self.base_ms)
         timed = sum(self.nodes.values())
         rest = max(self.base_ms - timed, 0.0)
         return self.base_ms * (rest + s) / max(rest + timed, 1e-12)
@@ -289,10 +289,11 @@ class LatencyTable:
             return
         scale = (self.base_ms - measured_ms) / (full - predicted_sum)
         rest = self.base_ms - scale * full
-        if scale <= 0 or rest < -0.05 * self.base_ms:  # noise: keep the uncalibrated model
+        # a negative rest: the model shrinks faster than its nodes alone (fused layout changes)
+        if scale <= 0 or rest < -0.5 * self.base_ms:  # noise: keep the uncalibrated model
             log.warning("latency calibration ignored (scale %.3g, rest %.3g ms): timings too noisy", scale, rest)
             return
-        self.scale, self.rest_ms = float(scale), float(max(rest, 0.0))
+        self.scale, self.rest_ms = float(scale), float(rest)
 
     def node_sum(self, widths: dict[int, int]) -> float:
         factor = {n: 1.0 for n in self.nodes}
