@@ -224,7 +224,7 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
             and cached, see :mod:`onnxprune.latency`).
         target_latency / target_speedup: plan against a latency table measured on
             ``latency_provider`` with ``latency_threads`` at the concrete input shape, then time the
-            result against the original (interleaved) and correct the plan once when it misses.
+            result against the original (interleaved) and replan (at most twice) when it misses.
         never_slower: measure the table for a ratio/FLOPs/params target too: widths that save no
             time are not cut and a result measured slower than the original is reported.
         the rest: as in :func:`plan`.

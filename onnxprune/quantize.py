@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 
 from .errors import OnnxPruneError
 
-__all__ = ["QuantResult", "quantize", "fp32_path", "MODES"]
+__all__ = ["MODES", "QuantResult", "fp32_path", "quantize"]
 
 log = logging.getLogger(__name__)
 
@@ -150,9 +150,9 @@ def quantize(src: str, output: str, mode: str = "int8", *, method: str = "auto",
 def _run(src: str, out: str, tmp: str, mode: str, method: str, calib, calib_batch, image_spec, calib_limit,
          per_channel: bool) -> tuple[str, bool]:
     """The onnxruntime steps (every file they write is under ``tmp``); returns (method label, preprocessed)."""
-    from .graph import load_model
-
     import onnx
+
+    from .graph import load_model
 
     tempfile.tempdir = tmp
     plain = os.path.join(tmp, "in.onnx")
@@ -165,9 +165,8 @@ def _run(src: str, out: str, tmp: str, mode: str, method: str, calib, calib_batc
     try:
         if mode == "fp16":
             import onnx
-            from onnxruntime.transformers.float16 import convert_float_to_float16
-
             import onnx_ir as ir
+            from onnxruntime.transformers.float16 import convert_float_to_float16
 
             model = ir.serde.deserialize_model(convert_float_to_float16(onnx.load(inp), keep_io_types=True))
             model.graph.sort()  # the converter appends its input Casts after their consumers

@@ -61,7 +61,7 @@ def test_table_is_measured_cached_and_predicts(r18):
     m, an = _analysed(r18)
     table = latency.measure_table(m, an, repeats=2)
     assert table.base_ms > 0 and table.nodes and table.groups
-    for gid, g in table.groups.items():
+    for g in table.groups.values():
         assert g["widths"][-1] == g["size"] and g["widths"] == sorted(g["widths"])
         assert all(w % table.round_to == 0 for w in g["widths"][:-1]), g["widths"]
         assert all(len(ts) == len(g["widths"]) for ts in g["nodes"].values())

@@ -264,9 +264,12 @@ def _plan_summary(plan) -> str:
     b, f = e.get("before", {}), e.get("after", {})
     if not b:
         return f"{plan.n_removed} channels removed"
+    lat = e.get("latency")
+    lat = (f"; predicted latency on {lat['provider']} {lat['before_ms']:.3f} -> {lat['predicted_ms']:.3f} ms"
+           if lat else "")
     return (f"{plan.n_removed} channels removed; parameters {b['params']:,} -> {f['params']:,} "
             f"({_frac(f['params'], b['params'])}), FLOPs {b['flops']:,} -> {f['flops']:,} "
-            f"({_frac(f['flops'], b['flops'])})")
+            f"({_frac(f['flops'], b['flops'])}){lat}")
 
 
 def _cmd_plan(a) -> int:
