@@ -144,3 +144,11 @@ def test_cli_latency_options(r18, tmp_path, capsys):
     assert main(["prune", r18, "-o", out, "--target-speedup", "1.2", "--json"]) == 0
     d = json.loads(capsys.readouterr().out)
     assert d["latency"]["target_speedup"] == pytest.approx(1.2) and d["latency"]["pruned_ms"] > 0
+
+
+def test_never_slower_checks_a_flops_target(r18, tmp_path):
+    res = onnxprune.prune(r18, str(tmp_path / "n.onnx"), target_flops=0.5, never_slower=True)
+    d = res.latency
+    assert d is not None and "target_speedup" not in d and d["speedup"] > 0
+    assert d.get("slower", False) == (d["speedup"] < 1)
+    assert res.plan.estimate["latency"]["predicted_ms"] <= res.plan.estimate["latency"]["before_ms"]

@@ -53,6 +53,9 @@ def format_report(r: Report) -> str:
                        f"original median {la.original_ms['median']:.3f} p90 {la.original_ms['p90']:.3f} | "
                        f"pruned median {la.pruned_ms['median']:.3f} p90 {la.pruned_ms['p90']:.3f} | "
                        f"ratio {la.ratio:.3f}")
+            if la.ratio > 1:
+                out.append(f"note: the pruned model is SLOWER than the original on {pr.provider} "
+                           f"({la.ratio:.3f}× its time); prune with --never-slower or --target-speedup")
         for f in pr.failures:
             out.append(f"FAIL: {f}")
     for f in r.failures:
