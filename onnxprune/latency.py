@@ -15,10 +15,11 @@ their MACs. So the planner asks the target instead of the cost model.
    end (``base_ms``).
 3. **Prediction** for kept widths ``w_g``: a node touched by groups ``g1, g2`` (input and output
    channels) costs ``t_n · Π_g r_{g,n}(w_g)`` with ``r_{g,n}(w) = t_{g,n}(w) / t_n`` interpolated
-   linearly between measured widths; everything not timed (element-wise, memory-bound ops)
-   keeps its time ``rest = max(base_ms − Σ t_n, 0)``, and the sum is scaled to the measured
-   model: ``predicted = base_ms · (rest + Σ t_n · Π r) / (rest + Σ t_n)`` (nodes timed alone
-   carry per-run overheads the fused model does not). ``api.prune`` verifies a latency target
+   linearly between measured widths. The model is timed at full width and with every group at
+   about half width; the two fix ``predicted = rest + scale · Σ_n t_n · Π r`` (``rest``: what
+   does not shrink, element-wise and memory-bound ops; ``scale``: in-model vs alone, where
+   nodes alone carry per-run overheads and miss fusions). If that fit is implausible (noise),
+   the model is assumed to scale like its heavy nodes: ``base_ms · Σ t_n Π r / Σ t_n``. ``api.prune`` verifies a latency target
    by timing the result and refits and replans (at most twice) when it misses by more than 5%.
 
 Cache: ``$ONNXPRUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/onnxprune``, else ``~/.cache/onnxprune``
@@ -45,7 +46,7 @@ __all__ = ["TIMED_OPS", "LatencyTable", "LatencyTarget", "alignment", "bisect_la
 log = logging.getLogger(__name__)
 
 TIMED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-TABLE_VERSION = 1
+TABLE_VERSION = 2
 FRACTIONS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 
 
@@ -120,8 +121,9 @@ def _time(sess, feeds: dict, repeats: int, warmup: int = 2) -> float:
 
 
 def time_models(models: dict[str, bytes | str], feeds: dict, *, provider: str = "cpu", threads: int = 0,
-                repeats: int = 20, warmup: int = 3) -> dict[str, float]:
-    """Median ms of each model, timed interleaved (each round runs every model once, order rotating)."""
+                repeats: int = 20, warmup: int = 3, stat: str = "median") -> dict[str, float]:
+    """Median (or ``stat="min"``) ms of each model, timed interleaved (each round runs every model
+    once, the order rotating)."""
     sessions = {k: _session(v, provider, threads) for k, v in models.items()}
     from .validate.compare import run_timed
 
@@ -135,7 +137,8 @@ def time_models(models: dict[str, bytes | str], feeds: dict, *, provider: str = 
         shift = i % len(keys)
         for k in keys[shift:] + keys[:shift]:
             times[k].append(runners[k]())
-    return {k: float(np.median(v)) for k, v in times.items()}
+    reduce = np.min if stat == "min" else np.median
+    return {k: float(reduce(v)) for k, v in times.items()}
 
 
 def _conv_model(c: int, hw: int) -> bytes:
@@ -275,9 +278,8 @@ class LatencyTable:
         s = sum(t * factor[n] for n, t in self.nodes.items())
         if self.scale is not None and self.rest_ms is not None:
             return max(self.rest_ms + self.scale * s, 0.02 * self.base_ms)
-        timed = sum(self.nodes.values())
-        rest = max(self.base_ms - timed, 0.0)
-        return self.base_ms * (rest + s) / max(rest + timed, 1e-12)
+        # uncalibrated: the model's time scales like its heavy nodes' (onnxruntime fuses the rest in)
+        return self.base_ms * s / max(sum(self.nodes.values()), 1e-12)
 
     def widths_of(self, an, keep: np.ndarray) -> dict[int, int]:
         return {g.id: int(keep[g.atoms].sum()) for g in an.groups if str(g.id) in self.groups}
@@ -468,7 +470,9 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
     if widths:
         models["half"] = pruned_bytes(model, an, half)
     try:
-        ms = time_models(models, feeds, provider=provider, threads=threads, repeats=max(repeats, 5), warmup=2)
+        # the best run, like the nodes': the statistic least moved by other processes
+        ms = time_models(models, feeds, provider=provider, threads=threads, repeats=max(repeats, 5), warmup=2,
+                         stat="min")
     except Exception as e:
         raise OnnxPruneError(f"cannot time the model on {provider}: {' '.join(str(e).split())[:200]}") from None
     if skipped:
