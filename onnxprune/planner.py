@@ -223,9 +223,10 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
             targets then apply to the other groups).
         head_ratio: or this fraction of every head group's heads.
         target_latency: predicted ms to reach on the target (needs ``latency``).
-        latency: a ``latency.LatencyTable``: widths that save no time are not cut, the plan's
-            predicted latency is recorded, and a plan predicted slower than the original is
-            replaced by one that is not (see ``latency.never_slower``).
+        latency: a ``latency.LatencyTable``: a group is only cut to a width measured faster than
+            its full width (so a ratio/FLOPs/params plan is predicted no slower, and may need more
+            from the other groups), and the plan's predicted latency is recorded.
+            ``api.prune`` then times the result (``latency.check_plan``).
 
     Raises:
         PlanError: bad or unreachable targets.
