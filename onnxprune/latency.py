@@ -418,10 +418,11 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
             nodes[model.node_name(n)] = ms
     groups: dict[str, dict] = {}
     for g in an.groups:
-        if not g.prunable or g.kind == "heads":
+        if not g.prunable:
             continue
         free = np.flatnonzero(~g.pinned)
-        widths = [w for w in _widths(g.size, step) if w >= int(g.pinned.sum())]
+        # head groups count heads (never rounded); channel groups step by the alignment
+        widths = [w for w in _widths(g.size, 1 if g.kind == "heads" else step) if w >= int(g.pinned.sum())]
         if len(widths) < 2:
             continue
         per_node: dict[str, list[float]] = {}
