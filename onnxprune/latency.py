@@ -46,7 +46,7 @@ __all__ = ["TIMED_OPS", "LatencyTable", "LatencyTarget", "alignment", "bisect_la
 log = logging.getLogger(__name__)
 
 TIMED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-TABLE_VERSION = 2
+TABLE_VERSION = 3
 FRACTIONS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 
 
