@@ -116,8 +116,8 @@ def inspect(path: str, *, protect: Sequence[str] = (), dims: dict[str, int] | No
 def _plan(m: Model, an: Analysis, *, criterion: str, ratio, target_flops, target_params, mode, round_to,
           min_channels, reduce, normalize, seed, calib: _Calib, remove_dead: bool | None, dead_tol: float,
           rank_by: str, sensitivity_ratios, need_stats: bool, heads=None, head_ratio=None, hidden=None,
-          hidden_ratio=None):
-    """Score and plan; returns (plan, recording or None)."""
+          hidden_ratio=None, lat=None):
+    """Score and plan; returns (plan, recording or None). ``lat``: a ``latency.LatencyTarget`` with its table."""
     cal = calib.load(m)
     sens = criterion == "sensitivity"
     base = rank_by if sens else criterion
@@ -158,7 +158,8 @@ def _plan(m: Model, an: Analysis, *, criterion: str, ratio, target_flops, target
                   target_params=target_params, mode=mode, round_to=round_to, min_channels=min_channels,
                   notes=scores.notes, model_name=os.path.basename(m.path or ""), dead=dead,
                   group_ratios=group_ratios, heads=heads, head_ratio=head_ratio, hidden=hidden,
-                  hidden_ratio=hidden_ratio)
+                  hidden_ratio=hidden_ratio, target_latency=lat.goal_ms if lat is not None else None,
+                  latency=lat.table if lat is not None else None)
     return p, recording
 
 
@@ -189,22 +190,27 @@ def _options(kw: dict) -> dict:
 
 
 def plan(path: str, *, criterion: str = "l2", ratio: float | None = None, target_flops: float | None = None,
-         target_params: float | None = None, mode: str = "uniform", round_to: int = 1, min_channels: int = 1,
-         protect: Sequence[str] = (), reduce: str = "mean", normalize: str = "mean", seed: int = 0,
-         heads: int | None = None, head_ratio: float | None = None, dims: dict[str, int] | None = None,
-         hidden: int | None = None, hidden_ratio: float | None = None, **calibration) -> Plan:
+         target_params: float | None = None, mode: str = "uniform", round_to: int | str = "auto",
+         min_channels: int = 1, protect: Sequence[str] = (), reduce: str = "mean", normalize: str = "mean",
+         seed: int = 0, heads: int | None = None, head_ratio: float | None = None, dims: dict[str, int] | None = None,
+         hidden: int | None = None, hidden_ratio: float | None = None, target_latency: float | None = None,
+         target_speedup: float | None = None, never_slower: bool = False, latency_provider: str = "cpu",
+         latency_threads: int = 0, **calibration) -> Plan:
     """Make a plan for a model without changing it.
 
     Calibration keywords (``calib``, ``calib_batch``, ``image_spec``, ``calib_limit``,
     ``remove_dead``, ``dead_tol``, ``rank_by``, ``sensitivity_ratios``, ``gradients``,
-    ``hybrid_weights``) are as for :func:`prune`. ``hidden``/``hidden_ratio``: hidden-size
-    pruning (channels of the LayerNorm/RMSNorm-coupled residual stream; not exact, ``hidden.py``).
+    ``hybrid_weights``) and latency keywords are as for :func:`prune`. ``hidden``/``hidden_ratio``:
+    hidden-size pruning (channels of the LayerNorm/RMSNorm-coupled residual stream; not exact, ``hidden.py``).
     """
     m = load_model(path)
     opts = _options(dict(calibration))
     _inferred(m, opts["calib"], dims)
     hidden_mode = hidden is not None or hidden_ratio is not None
     an = analyze(m, protect=protect, hidden=hidden_mode)
+    round_to, lat = _latency_setup(m, an, round_to, target_latency, target_speedup, never_slower, latency_provider,
+                                   latency_threads, planning=True)
+    opts["lat"] = lat
     if heads is not None or head_ratio is not None or hidden_mode:
         ratio = 0.0 if ratio is None and target_flops is None and target_params is None else ratio
     p, _ = _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops, target_params=target_params,
@@ -216,7 +222,7 @@ def plan(path: str, *, criterion: str = "l2", ratio: float | None = None, target
 
 def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: str = "l2",
           ratio: float | None = None, target_flops: float | None = None, target_params: float | None = None,
-          mode: str = "uniform", round_to: int = 1, min_channels: int = 1, protect: Sequence[str] = (),
+          mode: str = "uniform", round_to: int | str = "auto", min_channels: int = 1, protect: Sequence[str] = (),
           reduce: str = "mean", normalize: str = "mean", seed: int = 0, external_data: bool | None = None,
           calib: str | None = None, calib_batch: int = 32, image_spec: str | None = None,
           calib_limit: int | None = None, recover: str = "none",
@@ -225,7 +231,9 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
           block_metric: str = "cosine", block_target_flops: float | None = None,
           gradients=None, hybrid_weights: Sequence[float] = (1.0, 1.0, 1.0), heads: int | None = None,
           head_ratio: float | None = None, dims: dict[str, int] | None = None, hidden: int | None = None,
-          hidden_ratio: float | None = None, hidden_compensate: bool = True) -> PruneResult:
+          hidden_ratio: float | None = None, hidden_compensate: bool = True, target_latency: float | None = None,
+          target_speedup: float | None = None, never_slower: bool = False, latency_provider: str = "cpu",
+          latency_threads: int = 0) -> PruneResult:
     """Prune a model file structurally and write the result (atomically, fully checked).
 
     Args:
@@ -249,6 +257,14 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
         remove_blocks: bypass this many residual blocks (ranked by ``block_metric``) first.
         block_target_flops: instead, bypass blocks (least important first) until this fraction of
             the FLOPs is left.
+        round_to: kept widths are multiples of this; ``auto`` (default): the channel step the
+            kernels of ``latency_provider`` are fastest at on this machine (8 or 16, measured once
+            and cached, see :mod:`onnxprune.latency`).
+        target_latency / target_speedup: plan against a latency table measured on
+            ``latency_provider`` with ``latency_threads`` at the concrete input shape, then time the
+            result against the original (interleaved) and replan (at most twice) when it misses.
+        never_slower: measure the table for a ratio/FLOPs/params target too: widths that save no
+            time are not cut and a result measured slower than the original is reported.
         the rest: as in :func:`plan`.
 
     Raises:
@@ -279,6 +295,8 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
         plan = Plan.load(plan) if isinstance(plan, str) else plan
         hidden_mode = bool(plan.settings.get("hidden_mode"))
     an = analyze(m, protect=protect, hidden=hidden_mode)
+    round_to, lat = _latency_setup(m, an, round_to, target_latency, target_speedup, never_slower, latency_provider,
+                                   latency_threads, planning=plan is None)
     recording = None
     if plan is None:
         if ratio is None and target_flops is None and target_params is None and criterion != "sensitivity":
@@ -288,10 +306,23 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
                              reduce=reduce, normalize=normalize, seed=seed, calib=cal, remove_dead=remove_dead,
                              dead_tol=dead_tol, rank_by=rank_by, sensitivity_ratios=sensitivity_ratios,
                              need_stats=recover != "none", heads=heads, head_ratio=head_ratio, hidden=hidden,
-                             hidden_ratio=hidden_ratio)
+                             hidden_ratio=hidden_ratio, lat=lat)
     else:
         p = plan
     keep = keep_atoms(an, p)
+    lat_check = None
+    if lat is not None and lat.table is not None:
+        def replan() -> Plan:
+            return _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops,
+                         target_params=target_params, mode=mode, round_to=round_to, min_channels=min_channels,
+                         reduce=reduce, normalize=normalize, seed=seed, calib=cal, remove_dead=remove_dead,
+                         dead_tol=dead_tol, rank_by=rank_by, sensitivity_ratios=sensitivity_ratios,
+                         need_stats=False, heads=heads, head_ratio=head_ratio, hidden=hidden,
+                         hidden_ratio=hidden_ratio, lat=lat)[0]
+
+        from .latency import check_plan
+
+        p, keep, lat_check = check_plan(m, an, p, keep, lat, replan)
     cm = CostModel(m, an)
     after = cm.count(keep)
     folds = plan_dead_atoms(an, p)
@@ -329,7 +360,7 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
     m.ir.metadata_props.update(provenance_props(p, options, path))
     save_model(m, output, external_data=external_data)
     return PruneResult(output, p, first_cost, after, result.recovery, removed_blocks, table, hidden_rows,
-                       tuple(hidden_notes))
+                       tuple(hidden_notes), lat_check)
 
 
 def sensitivity(path: str, *, calib: str, rank_by: str = "l2", ratios: Sequence[float] | None = None,
@@ -348,6 +379,22 @@ def sensitivity(path: str, *, calib: str, rank_by: str = "l2", ratios: Sequence[
         rec = record_for(an, cal)
     scores = score_groups(an, rank_by, data=ScoreData(activations=rec))
     return measure(an, cal, scores, ratios=ratios or DEFAULT_RATIOS)
+
+
+def _latency_setup(m: Model, an: Analysis, round_to, target_latency, target_speedup, never_slower, provider,
+                   threads, *, planning: bool):
+    """Resolve ``round_to`` (``auto``) and measure the latency table when a latency goal asks for it."""
+    from .latency import LatencyTarget, resolve_round_to
+
+    lat = LatencyTarget(provider, threads, target_latency, target_speedup, never_slower)
+    lat.check()
+    if not planning:
+        return (round_to if isinstance(round_to, int) else 1), None
+    round_to = resolve_round_to(round_to, provider, threads)
+    if not lat.wanted:
+        return round_to, None
+    lat.measure(m, an, round_to)
+    return round_to, lat
 
 
 def _inferred(m: Model, cal: _Calib | None = None, dims: dict[str, int] | None = None) -> Model:

@@ -155,6 +155,7 @@ class _Options:
     round_to: int
     min_channels: int
     group_ratios: dict = field(default_factory=dict)
+    saves: object = None  # (group id, kept width) -> whether that width saves time (latency table)
 
 
 def dead_atoms(an: Analysis, recording, tol: float = 1e-6) -> np.ndarray:
@@ -203,7 +204,7 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
               round_to: int = 1, min_channels: int = 1, notes: dict[int, str] | None = None,
               model_name: str = "", dead: np.ndarray | None = None, group_ratios: dict[int, float] | None = None,
               heads: int | None = None, head_ratio: float | None = None, hidden: int | None = None,
-              hidden_ratio: float | None = None) -> Plan:
+              hidden_ratio: float | None = None, target_latency: float | None = None, latency=None) -> Plan:
     """Decide which channels to remove.
 
     Args:
@@ -225,6 +226,11 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
         hidden: remove this many channels from every hidden-size group (analysis in hidden mode);
             hidden groups are pruned only by ``hidden``/``hidden_ratio``, never by ``ratio``.
         hidden_ratio: or this fraction of every hidden group's channels.
+        target_latency: predicted ms to reach on the target (needs ``latency``).
+        latency: a ``latency.LatencyTable``: a group is only cut to a width measured faster than
+            its full width (so a ratio/FLOPs/params plan is predicted no slower, and may need more
+            from the other groups), and the plan's predicted latency is recorded.
+            ``api.prune`` then times the result (``latency.check_plan``).
 
     Raises:
         PlanError: bad or unreachable targets.
@@ -261,11 +267,14 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
         dead = dead & ~np.isin(an.group_of_atom, [g.id for g in an.groups if g.kind == "hidden"])
     if dead is not None and dead.any():  # dead channels go first: lowest possible score
         scores = {gid: np.where(dead[an.groups[gid].atoms], -np.inf, s) for gid, s in scores.items()}
-    if group_ratios is not None and ratio is None and target_flops is None and target_params is None:
+    if group_ratios is not None and ratio is None and target_flops is None and target_params is None \
+            and target_latency is None:
         ratio = 0.0
-    given = [x is not None for x in (ratio, target_flops, target_params)]
+    given = [x is not None for x in (ratio, target_flops, target_params, target_latency)]
     if sum(given) != 1:
-        raise PlanError("give exactly one of --ratio, --target-flops, --target-params")
+        raise PlanError("give exactly one of --ratio, --target-flops, --target-params, --target-latency/--target-speedup")
+    if target_latency is not None and latency is None:
+        raise PlanError("a latency target needs a measured latency table (latency.measure_table)")
     if ratio is not None and not 0 <= ratio < 1:
         raise PlanError(f"--ratio {ratio} must be in [0, 1): the fraction of channels to remove")
     for name, v in (("--target-flops", target_flops), ("--target-params", target_params)):
@@ -275,10 +284,15 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
         raise PlanError(f"unknown mode '{mode}'; use uniform or global")
     if round_to < 1 or min_channels < 1:
         raise PlanError("--round-to and --min-channels must be ≥ 1")
-    opts = _Options(ratio, target_flops, target_params, mode, round_to, min_channels, group_ratios or {})
+    opts = _Options(ratio, target_flops, target_params, mode, round_to, min_channels, group_ratios or {},
+                    saves=latency.group_saves if latency is not None else None)
     cm = CostModel(an.model, an)
     before = cm.count()
-    if ratio is not None:
+    if target_latency is not None:
+        from .latency import bisect_latency
+
+        keep = bisect_latency(an, lambda r: _select(an, scores, r, opts), latency, float(target_latency))
+    elif ratio is not None:
         keep = _select(an, scores, ratio, opts)
     else:
         metric = "flops" if target_flops is not None else "params"
@@ -306,8 +320,13 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
     settings = {"ratio": ratio, "target_flops": target_flops, "target_params": target_params, "mode": mode,
                 "round_to": round_to, "min_channels": min_channels, "heads": heads, "head_ratio": head_ratio,
                 "hidden": hidden, "hidden_ratio": hidden_ratio, "hidden_mode": bool(an.hidden)}
+    estimate = {"before": before.as_dict(), "after": after.as_dict()}
+    if latency is not None:
+        settings["target_latency_ms"] = target_latency
+        estimate["latency"] = {"provider": latency.key.get("provider"), "before_ms": latency.base_ms,
+                               "predicted_ms": latency.predict(latency.widths_of(an, keep))}
     return Plan(signature=an.signature(), criterion=criterion, groups=tuple(groups), settings=settings,
-                estimate={"before": before.as_dict(), "after": after.as_dict()}, model=model_name)
+                estimate=estimate, model=model_name)
 
 
 def _select(an: Analysis, scores: dict[int, np.ndarray], ratio: float, o: _Options) -> np.ndarray:
@@ -334,6 +353,9 @@ def _select(an: Analysis, scores: dict[int, np.ndarray], ratio: float, o: _Optio
         if o.round_to > 1 and g.kind != "heads":  # head groups: widths are multiples of head_dim
             kept = int(math.ceil(kept / o.round_to) * o.round_to)
         kept = min(kept, g.size)
+        if o.saves is not None and kept < g.size and not n_dead[g.id] and not o.saves(g.id, kept):
+            continue  # measured: this width is not faster than the full one
+
         n_rm = min(max(g.size - kept, n_dead[g.id]), g.n_prunable)
         if n_rm <= 0:
             continue

@@ -29,3 +29,17 @@ def group_sizes(an) -> list[tuple[int, int]]:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _latency_cache(tmp_path_factory):
+    """Measured latency tables and alignment probes go to a per-run folder, not the user's cache."""
+    import os
+
+    old = os.environ.get("ONNXPRUNE_CACHE_DIR")
+    os.environ["ONNXPRUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("onnxprune-cache"))
+    yield
+    if old is None:
+        os.environ.pop("ONNXPRUNE_CACHE_DIR", None)
+    else:
+        os.environ["ONNXPRUNE_CACHE_DIR"] = old

@@ -83,7 +83,7 @@ def test_sensitivity_table_and_allocation(r18):
         assert row["flops_saved"][0] < row["flops_saved"][-1]
     ratios = allocate(an, table, scores, target=0.6)
     assert len(set(ratios.values())) > 1  # not uniform: sensitive groups keep more
-    plan = onnxprune.plan(path, criterion="sensitivity", target_flops=0.6, calib=calib,
+    plan = onnxprune.plan(path, criterion="sensitivity", target_flops=0.6, round_to=1, calib=calib,
                           sensitivity_ratios=(0.25, 0.5, 0.75))
     e = plan.estimate
     assert e["after"]["flops"] <= 0.6 * e["before"]["flops"]
@@ -173,6 +173,6 @@ def test_block_target_flops(r18, tmp_path):
 
 def test_sensitivity_allocation_lands_near_the_target(r18):
     path, calib = r18
-    plan = onnxprune.plan(path, criterion="sensitivity", target_flops=0.7, calib=calib, remove_dead=False)
+    plan = onnxprune.plan(path, criterion="sensitivity", target_flops=0.7, round_to=1, calib=calib, remove_dead=False)
     e = plan.estimate
     assert 0.6 <= e["after"]["flops"] / e["before"]["flops"] <= 0.7

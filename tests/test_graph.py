@@ -86,7 +86,7 @@ def test_external_data_is_memory_mapped_and_pruned(tmp_path):
     m = load_model(str(src))
     assert m.external_data
     out = tmp_path / "out.onnx"
-    onnxprune.prune(str(src), str(out), ratio=0.5)
+    onnxprune.prune(str(src), str(out), ratio=0.5, round_to=1)
     assert os.path.exists(str(out) + ".data")
     feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 16, 16)).astype(np.float32)}
     assert run(onnx.load(str(out)), feeds)[0].shape == (1, 4, 32, 32)
@@ -126,7 +126,7 @@ def test_literal_minus_one_in_declared_input_shape(tmp_path):
     d.ClearField("dim_param")
     d.dim_value = -1
     src = save(proto, tmp_path / "neg.onnx")
-    res = onnxprune.prune(src, str(tmp_path / "o.onnx"), ratio=0.5)
+    res = onnxprune.prune(src, str(tmp_path / "o.onnx"), ratio=0.5, round_to=1)
     assert res.plan.n_removed > 0
 
 
@@ -206,11 +206,11 @@ def test_broken_postcondition_is_a_bug_with_its_own_exit_code(tmp_path, monkeypa
     monkeypatch.setattr(rw.SliceParamsPass, "ensures", broken)
     src = save(cnn(16, 16, 1), tmp_path / "a.onnx")
     with pytest.raises(BugError, match="after slicing"):
-        onnxprune.prune(src, str(tmp_path / "b.onnx"), ratio=0.5)
+        onnxprune.prune(src, str(tmp_path / "b.onnx"), ratio=0.5, round_to=1)
     assert not (tmp_path / "b.onnx").exists()
     from onnxprune.cli import main
 
-    assert main(["prune", src, "-o", str(tmp_path / "c.onnx"), "--ratio", "0.5"]) == 3
+    assert main(["prune", src, "-o", str(tmp_path / "c.onnx"), "--ratio", "0.5", "--round-to", "1"]) == 3
     assert not (tmp_path / "c.onnx").exists()
 
 
@@ -232,8 +232,8 @@ def test_block_removal_on_a_dynamic_model_keeps_the_concrete_shapes(tmp_path):
     src = save(n.build(), tmp_path / "res.onnx")
     calib = tmp_path / "calib.npz"
     np.savez(calib, x=np.random.default_rng(0).standard_normal((4, 3, 16, 16)).astype(np.float32))
-    plain = onnxprune.prune(src, str(tmp_path / "a.onnx"), ratio=0.5, calib=str(calib))
-    blocks = onnxprune.prune(src, str(tmp_path / "b.onnx"), ratio=0.5, remove_blocks=1, calib=str(calib))
+    plain = onnxprune.prune(src, str(tmp_path / "a.onnx"), ratio=0.5, round_to=1, calib=str(calib))
+    blocks = onnxprune.prune(src, str(tmp_path / "b.onnx"), ratio=0.5, round_to=1, remove_blocks=1, calib=str(calib))
     assert blocks.after.at == plain.after.at == {"x": [1, 3, 16, 16]}
     # one residual block (two 3×3 convs at 16×16) fewer than channel pruning alone, not a collapse
     assert 0.3 * plain.after.macs < blocks.after.macs < plain.after.macs

@@ -38,7 +38,9 @@ def _planning(p: argparse.ArgumentParser) -> None:
                         "taylor/fisher/grad need --gradients")
     g.add_argument("--mode", default="uniform", choices=("uniform", "global"),
                    help="same ratio in every group, or one global ranking (default uniform)")
-    g.add_argument("--round-to", type=int, default=1, help="kept widths become multiples of N (e.g. 8 or 16)")
+    g.add_argument("--round-to", default="auto", metavar="N|auto",
+                   help="kept widths become multiples of N; auto (default): the step the target's kernels are "
+                        "fastest at, measured once per machine and provider (8 or 16)")
     g.add_argument("--min-channels", type=int, default=1, help="smallest kept width of a group")
     g.add_argument("--protect", action="append", default=[], metavar="GLOB",
                    help="keep every channel of nodes/constants matching this name glob (repeatable)")
@@ -69,6 +71,29 @@ def _hidden_args(g) -> None:
                    "stream (LayerNorm/RMSNorm-coupled; not exact: norms re-normalise over the kept channels)")
     g.add_argument("--hidden-ratio", type=float, metavar="R", help="hidden-size pruning: remove this fraction of "
                    "the residual stream's channels (--ratio and targets apply to the other groups)")
+def _deployment(p: argparse.ArgumentParser, *, prune: bool) -> None:
+    g = p.add_argument_group("deployment target (latency measured on it, cached under $XDG_CACHE_HOME/onnxprune)")
+    t = g.add_mutually_exclusive_group()
+    t.add_argument("--target-latency", type=float, metavar="MS", help="plan to this latency (ms) on the target")
+    t.add_argument("--target-speedup", type=float, metavar="X", help="plan to X times faster than the original")
+    g.add_argument("--never-slower", action="store_true", help="with --ratio/--target-flops/--target-params: "
+                   "measure the target too, cut only widths that save time, report a slower result")
+    g.add_argument("--latency-provider", default="cpu", help="provider the latency is measured on (cpu, cuda, "
+                   "tensorrt; default cpu)")
+    g.add_argument("--latency-threads", type=int, default=0, help="intra-op threads while measuring (0: all)")
+    if prune:
+        g.add_argument("--quantize", choices=("int8", "fp16"), help="quantize after pruning (int8: static QDQ with "
+                       "the --calib data, dynamic for MatMul-heavy models or without --calib; fp16: float16 weights "
+                       "and compute); the pruned fp32 model is written next to -o as *.fp32.onnx")
+        g.add_argument("--quant-method", default="auto", choices=("auto", "static", "dynamic"),
+                       help="int8 method (auto: static with --calib unless MatMul-heavy)")
+
+
+def _deployment_kwargs(a) -> dict:
+    from ..validate.runtime import parse_providers
+
+    return dict(target_latency=a.target_latency, target_speedup=a.target_speedup, never_slower=a.never_slower,
+                latency_provider=parse_providers(a.latency_provider)[0], latency_threads=a.latency_threads)
 
 
 def _validation(p: argparse.ArgumentParser, *, with_flag: bool) -> None:
@@ -150,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="plan file to write")
     s.add_argument("--json", action="store_true", help="machine-readable summary")
     _planning(s)
+    _deployment(s, prune=False)
 
     s = sub.add_parser("prune", help="prune a model (from options or an edited plan)")
     s.add_argument("model")
@@ -167,6 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--block-target-flops", type=float, metavar="F", help="bypass residual blocks, least important "
                    "first, until this fraction of the FLOPs is left (needs --calib)")
     r.add_argument("--block-metric", default="cosine", choices=("cosine", "error"), help="how blocks are ranked")
+    _deployment(s, prune=True)
     _validation(s, with_flag=True)
 
     s = sub.add_parser("sparsify", help="zero single weights with the smallest recorded gradients (size-only)")
@@ -288,13 +315,16 @@ def _plan_summary(plan) -> str:
     b, f = e.get("before", {}), e.get("after", {})
     if not b:
         return f"{plan.n_removed} channels removed"
+    lat = e.get("latency")
+    lat = (f"; predicted latency on {lat['provider']} {lat['before_ms']:.3f} -> {lat['predicted_ms']:.3f} ms"
+           if lat else "")
     return (f"{plan.n_removed} channels removed; parameters {b['params']:,} -> {f['params']:,} "
             f"({_frac(f['params'], b['params'])}), FLOPs {b['flops']:,} -> {f['flops']:,} "
-            f"({_frac(f['flops'], b['flops'])})")
+            f"({_frac(f['flops'], b['flops'])}){lat}")
 
 
 def _cmd_plan(a) -> int:
-    plan = api.plan(a.model, **_planning_kwargs(a))
+    plan = api.plan(a.model, **_planning_kwargs(a), **_deployment_kwargs(a))
     plan.save(a.output)
     if a.json:
         from ..provenance import plan_digest
@@ -318,12 +348,15 @@ def _cmd_prune(a) -> int:
         raise OnnxPruneError("--plan already says what to remove; drop --ratio/--target-flops/--target-params")
     if (not a.plan and a.ratio is None and a.target_flops is None and a.target_params is None
             and not a.remove_blocks and a.block_target_flops is None and a.heads is None and a.head_ratio is None
-            and a.hidden is None and a.hidden_ratio is None):
+            and a.hidden is None and a.hidden_ratio is None and a.target_latency is None and a.target_speedup is None):
         raise OnnxPruneError("say how much to prune: --ratio, --target-flops, --target-params, --remove-blocks, "
                              "or --plan FILE")
     kw = _planning_kwargs(a)
+    if a.quantize:
+        return _prune_quantize(a, kw)
     res = api.prune(a.model, a.output, plan=a.plan, recover=a.recover, remove_blocks=a.remove_blocks,
-                    block_metric=a.block_metric, block_target_flops=a.block_target_flops, **kw)
+                    block_metric=a.block_metric, block_target_flops=a.block_target_flops, **kw,
+                    **_deployment_kwargs(a))
     if a.save_plan:
         res.plan.save(a.save_plan)
     b, f = res.before, res.after
@@ -331,7 +364,8 @@ def _cmd_prune(a) -> int:
     summary = {"schema_version": SCHEMA_VERSION, "output": res.output, "removed_channels": res.plan.n_removed,
                "dead_channels": dead, "removed_blocks": list(res.removed_blocks), "recovery": list(res.recovery),
                "before": b.as_dict(), "after": f.as_dict(), "groups": list(res.groups), "hidden": list(res.hidden),
-               "norm_refits": list(res.norm_refits), "kept": True}
+               "norm_refits": list(res.norm_refits), "latency": res.latency,
+               "kept": True}
     if not a.json:
         extra = f" ({dead} dead)" if dead else ""
         blocks = f", {len(res.removed_blocks)} residual blocks bypassed" if res.removed_blocks else ""
@@ -345,6 +379,8 @@ def _cmd_prune(a) -> int:
                   "re-normalise over the kept channels; not exact)")
         if res.recovery:
             print(f"recovery ({a.recover}): {len(res.recovery)} consumer(s) updated")
+        if res.latency:
+            print(_latency_line(res.latency))
         if res.norm_refits:
             done = sum("refitted" in r for r in res.norm_refits)
             print(f"hidden size: {done} of {len(res.norm_refits)} norm(s) refitted (γ/β)")
@@ -371,6 +407,57 @@ def _cmd_prune(a) -> int:
         summary["kept"] = False
         if not a.json:
             print(f"removed {a.output} (validation failed; --keep-failed keeps it)")
+    if a.json:
+        print(json.dumps(summary, indent=1))
+    return code
+
+
+def _latency_line(d: dict) -> str:
+    want = f", target ×{d['target_speedup']:.3f}" if d.get("target_speedup") else ""
+    line = (f"latency on {d['provider']}: predicted {d['predicted_ms']:.3f} ms (×{d['predicted_speedup']:.3f}), "
+            f"measured {d['pruned_ms']:.3f} ms vs original {d['original_ms']:.3f} ms (×{d['speedup']:.3f}{want})")
+    if d.get("slower"):
+        line += " -- SLOWER than the original"
+    return line
+
+
+def _prune_quantize(a, kw: dict) -> int:
+    """prune → quantize: the fp32 pruned model next to -o, the quantized one at -o, one validation table."""
+    import os
+
+    from ..quantize import fp32_path, quantize
+
+    mid = fp32_path(a.output)
+    res = api.prune(a.model, mid, plan=a.plan, recover=a.recover, remove_blocks=a.remove_blocks,
+                    block_metric=a.block_metric, block_target_flops=a.block_target_flops, **kw,
+                    **_deployment_kwargs(a))
+    if a.save_plan:
+        res.plan.save(a.save_plan)
+    q = quantize(mid, a.output, a.quantize, method=a.quant_method, calib=a.calib, calib_batch=a.calib_batch,
+                 image_spec=a.image_spec, calib_limit=a.calib_limit)
+    summary = {"output": a.output, "pruned_fp32": mid, "removed_channels": res.plan.n_removed,
+               "quantization": q.as_dict(), "before": res.before.as_dict(), "after": res.after.as_dict(),
+               "latency": res.latency}
+    if not a.json:
+        print(f"wrote {mid}: {res.plan.n_removed} channels removed; FLOPs {res.before.flops:,} -> {res.after.flops:,} "
+              f"({_frac(res.after.flops, res.before.flops)})")
+        if res.latency:
+            print(_latency_line(res.latency))
+        print(f"wrote {a.output}: {q.summary()} ({os.path.getsize(a.output):,} bytes)")
+    code = EXIT_OK
+    if a.validate:
+        from ..validate import format_report
+        from ..validate.report import format_three
+
+        pruned = _validate(a, a.model, mid)
+        quant = _validate(a, a.model, a.output)
+        summary["validation"] = {"pruned": pruned.to_dict(), "quantized": quant.to_dict()}
+        if not a.json:
+            print()
+            print(format_three(pruned, quant, a.quantize))
+        code = EXIT_OK if pruned.passed and quant.passed else EXIT_VALIDATION
+        if not a.json and not quant.passed:
+            print(format_report(quant))
     if a.json:
         print(json.dumps(summary, indent=1))
     return code

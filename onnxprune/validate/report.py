@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from .compare import Report
 
-__all__ = ["format_report", "format_tightest", "format_groups"]
+__all__ = ["format_report", "format_tightest", "format_groups", "format_three"]
 
 
 def _human(n: float) -> str:
@@ -77,6 +77,9 @@ def format_report(r: Report) -> str:
                        f"runs after {la.warmup} warm-ups): original median {la.original_ms['median']:.3f} "
                        f"p90 {la.original_ms['p90']:.3f} | pruned median {la.pruned_ms['median']:.3f} "
                        f"p90 {la.pruned_ms['p90']:.3f} | ratio {la.ratio:.3f}")
+            if la.ratio > 1:
+                out.append(f"note: the pruned model is SLOWER than the original on {pr.provider} "
+                           f"({la.ratio:.3f}× its time); prune with --never-slower or --target-speedup")
         for f in pr.failures:
             out.append(f"FAIL: {f}")
     for f in r.failures:
@@ -107,3 +110,31 @@ def format_groups(groups, *, limit: int = 40) -> str:
     if len(groups) > len(changed):
         notes.append(f"{len(groups) - len(changed)} group(s) unchanged")
     return out + ("\n(" + "; ".join(notes) + ")" if notes else "")
+def format_three(pruned: Report, quantized: Report, label: str = "quantized") -> str:
+    """Original, pruned and pruned+quantized side by side (both reports compare with the same original)."""
+    o, p, q = pruned.original, pruned.pruned, quantized.pruned
+    rows = [["", "original", "pruned", f"pruned+{label}", "pruned/orig", f"+{label}/orig"]]
+    for key, name in (("params", "parameters"), ("macs", "MACs"), ("file_bytes", "file size (B)")):
+        a, b, c = getattr(o, key), getattr(p, key), getattr(q, key)
+        rows.append([name, _human(a), _human(b), _human(c), f"{b / a:.3f}" if a else "-", f"{c / a:.3f}" if a else "-"])
+    for pp, qq in zip(pruned.providers, quantized.providers):
+        if not (pp.available and qq.available):
+            continue
+        tag = f"[{pp.provider}] "
+        if pp.accuracy_original is not None and qq.accuracy_pruned is not None:
+            rows.append([tag + "accuracy", f"{pp.accuracy_original:.4f}", f"{pp.accuracy_pruned:.4f}",
+                         f"{qq.accuracy_pruned:.4f}", f"{pp.accuracy_pruned - pp.accuracy_original:+.4f}",
+                         f"{qq.accuracy_pruned - pp.accuracy_original:+.4f}"])
+        if pp.outputs and qq.outputs:
+            rows.append([tag + "cosine to original", "1", f"{min(c.cosine for c in pp.outputs):.6f}",
+                         f"{min(c.cosine for c in qq.outputs):.6f}", "", ""])
+        if pp.latency is not None and qq.latency is not None:
+            lo, lp, lq = pp.latency.original_ms["median"], pp.latency.pruned_ms["median"], qq.latency.pruned_ms["median"]
+            lq_rel = qq.latency.ratio  # against its own interleaved original run
+            rows.append([tag + "latency (ms, median)", f"{lo:.3f}", f"{lp:.3f}", f"{lq:.3f}", f"{pp.latency.ratio:.3f}",
+                         f"{lq_rel:.3f}"])
+    status = "PASSED" if pruned.passed and quantized.passed else "FAILED"
+    fails = [f"FAIL (pruned): {f}" for pr in pruned.providers for f in pr.failures] + \
+            [f"FAIL (+{label}): {f}" for pr in quantized.providers for f in pr.failures]
+    return "\n".join([f"original: {o.path}", f"pruned:   {p.path}", f"+{label}:  {q.path}",
+                      f"inputs:   {pruned.inputs or '-'}", "", _table(rows), *fails, "", f"validation: {status}"])

@@ -26,12 +26,13 @@ import tempfile
 from ..errors import OnnxPruneError
 
 __all__ = ["ProviderUnavailable", "make_session", "parse_providers", "provider_name", "use_global_thread_pool",
-           "thread_count"]
+           "thread_count", "DEVICE_PROVIDERS"]
 
 log = logging.getLogger("onnxprune.validate")
 _SUFFIX = "ExecutionProvider"
 _state: dict = {"global_pool": False, "threads": None}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+DEVICE_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")  # timed with IO binding
 
 
 class ProviderUnavailable(Exception):
@@ -145,6 +146,8 @@ def make_session(model: str | bytes, provider: str, *, optimize: bool = True, qu
         threads: intra-op threads (ignored when all sessions share one pool; see :func:`thread_count`).
         profile_dir: turn onnxruntime's profiler on, writing its JSON into this folder.
 
+    TensorRT sessions fall back to CUDA then CPU for the nodes TensorRT does not take.
+
     Raises:
         ProviderUnavailable: the provider is not in this onnxruntime build or failed to load; the
             message is onnxruntime's own text.
@@ -167,7 +170,8 @@ def make_session(model: str | bytes, provider: str, *, optimize: bool = True, qu
         so.enable_profiling = True
         so.profile_file_prefix = os.path.join(profile_dir, "ort_profile")
     so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    providers = [ep] if ep == "CPUExecutionProvider" else [ep, "CPUExecutionProvider"]
+    providers = {"CPUExecutionProvider": [ep], "CUDAExecutionProvider": [ep, "CPUExecutionProvider"]}.get(
+        ep, [ep, "CUDAExecutionProvider", "CPUExecutionProvider"])
     captured: list[str] = []
     try:
         if ep == "CPUExecutionProvider":

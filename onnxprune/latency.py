@@ -1,0 +1,607 @@
+"""A latency model measured on the target: which kept widths actually save time.
+
+Fewer MACs is not less time: onnxruntime's CPU convolutions run in NCHWc blocks of 8/16
+channels, GPU kernels prefer multiples of 8, and small or memory-bound layers do not shrink with
+their MACs. So the planner asks the target instead of the cost model.
+
+1. **Alignment probe** (per machine + provider, cached): one 3×3 convolution timed at 64, 63, 56
+   and 48 channels. ``auto`` rounding is 16 when 56 channels are not faster than 64 (the
+   kernels work in blocks of 16), else 8. An unaligned default is never chosen.
+2. **Latency table** (per machine + provider + threads + input shape + model digest, cached):
+   the model's heavy nodes (``Conv ConvTranspose Gemm MatMul``) are each extracted as a one-node
+   model at the real input shape. For every prunable group ``g`` and candidate width ``w``
+   (multiples of the alignment), each node the group touches is timed with only ``g`` at ``w``.
+   Nodes with identical op, attributes and shapes are timed once. The full model is timed end to
+   end (``base_ms``).
+3. **Prediction** for kept widths ``w_g``: a node touched by groups ``g1, g2`` (input and output
+   channels) costs ``t_n · Π_g r_{g,n}(w_g)`` with ``r_{g,n}(w) = t_{g,n}(w) / t_n`` interpolated
+   linearly between measured widths. The model is timed at full width and with every group at
+   about half width; the two fix ``predicted = rest + scale · Σ_n t_n · Π r`` (``rest``: what
+   does not shrink, element-wise and memory-bound ops; ``scale``: in-model vs alone, where
+   nodes alone carry per-run overheads and miss fusions). If that fit is implausible (noise),
+   the model is assumed to scale like its heavy nodes: ``base_ms · Σ t_n Π r / Σ t_n``. ``api.prune`` verifies a latency target
+   by timing the result and refits and replans (at most twice) when it misses by more than 5%.
+
+Cache: ``$ONNXPRUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/onnxprune``, else ``~/.cache/onnxprune``
+(never the working directory). Entries are JSON, written atomically.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import onnx
+
+from .errors import OnnxPruneError
+
+__all__ = ["TIMED_OPS", "LatencyTable", "LatencyTarget", "alignment", "bisect_latency", "cache_dir", "check_plan", "measure_table", "pruned_bytes", "resolve_round_to", "time_models"]
+
+log = logging.getLogger(__name__)
+
+TIMED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+TABLE_VERSION = 3
+FRACTIONS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
+
+
+# ----------------------------------------------------------------------------- cache
+def cache_dir() -> str:
+    """Where measured tables live: ``$ONNXPRUNE_CACHE_DIR`` > ``$XDG_CACHE_HOME/onnxprune`` > ``~/.cache/onnxprune``."""
+    d = os.environ.get("ONNXPRUNE_CACHE_DIR")
+    if not d:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        d = os.path.join(base, "onnxprune")
+    return d
+
+
+def machine_id() -> str:
+    """CPU model, core count, OS and onnxruntime version: what a measurement depends on."""
+    import onnxruntime as ort
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu}|{os.cpu_count()}|{platform.system()}-{platform.machine()}|ort{ort.__version__}"
+
+
+def _cache_path(kind: str, key: dict) -> str:
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:24]
+    return os.path.join(cache_dir(), kind, f"{digest}.json")
+
+
+def _cache_read(kind: str, key: dict) -> dict | None:
+    path = _cache_path(kind, key)
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, json.JSONDecodeError):
+        return None
+    return d if d.get("key") == key else None
+
+
+def _cache_write(kind: str, key: dict, data: dict) -> None:
+    path = _cache_path(kind, key)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            json.dump({**data, "key": key}, f)
+        os.replace(tmp, path)
+    except OSError as e:  # a read-only home: measure again next time
+        log.warning("latency cache not written (%s): %s", path, e)
+
+
+# ----------------------------------------------------------------------------- timing
+def _session(model: bytes, provider: str, threads: int):
+    from .validate.runtime import make_session
+
+    return make_session(model, provider, quiet=True, threads=threads)
+
+
+def _time(sess, feeds: dict, repeats: int, warmup: int = 2) -> float:
+    """Best of ``repeats`` runs in ms (the minimum is the least disturbed by other processes)."""
+    from .validate.compare import run_timed
+
+    best = math.inf
+    runner = run_timed(sess, feeds)
+    for _ in range(warmup):
+        runner()
+    for _ in range(repeats):
+        best = min(best, runner())
+    return best
+
+
+def time_models(models: dict[str, bytes | str], feeds: dict, *, provider: str = "cpu", threads: int = 0,
+                repeats: int = 20, warmup: int = 3, stat: str = "median") -> dict[str, float]:
+    """Median (or ``stat="min"``) ms of each model, timed interleaved (each round runs every model
+    once, the order rotating)."""
+    sessions = {k: _session(v, provider, threads) for k, v in models.items()}
+    from .validate.compare import run_timed
+
+    runners = {k: run_timed(s, feeds) for k, s in sessions.items()}
+    for _ in range(warmup):
+        for r in runners.values():
+            r()
+    times: dict[str, list[float]] = {k: [] for k in runners}
+    keys = list(runners)
+    for i in range(repeats):
+        shift = i % len(keys)
+        for k in keys[shift:] + keys[:shift]:
+            times[k].append(runners[k]())
+    reduce = np.min if stat == "min" else np.median
+    return {k: float(reduce(v)) for k, v in times.items()}
+
+
+def _conv_model(c: int, hw: int) -> bytes:
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array((rng.standard_normal((c, c, 3, 3)) * 0.1).astype(np.float32), "w")
+    node = helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1])
+    g = helper.make_graph([node], "probe", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, c, hw, hw])],
+                          [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], [w])
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 13)])
+    m.ir_version = 8
+    return m.SerializeToString()
+
+
+def alignment(provider: str = "cpu", *, threads: int = 0, refresh: bool = False) -> int:
+    """The channel step kernels are fastest at on this machine + provider: 8 or 16 (measured, cached)."""
+    key = {"v": TABLE_VERSION, "machine": machine_id(), "provider": provider, "threads": threads}
+    if not refresh and (hit := _cache_read("align", key)) is not None:
+        return int(hit["round_to"])
+    rng = np.random.default_rng(0)
+    times = {}
+    for c in (64, 63, 56, 48):
+        sess = _session(_conv_model(c, 28), provider, threads)
+        times[c] = _time(sess, {"x": rng.standard_normal((1, c, 28, 28)).astype(np.float32)}, repeats=15)
+    # 8-steps pay off when 56 channels are clearly faster than 64 (as 7/8 of the work should be)
+    step = 8 if times[56] < times[64] * 0.95 else 16
+    log.info("alignment probe on %s: %s ms -> round_to %d", provider,
+             {c: round(t, 4) for c, t in times.items()}, step)
+    _cache_write("align", key, {"round_to": step, "times_ms": times})
+    return step
+
+
+# ----------------------------------------------------------------------------- sub-models
+def _node_model(model, node, shape_of, base_of, seed: int = 0) -> tuple[bytes, dict] | None:
+    """``node`` alone at the shapes ``shape_of`` gives, with random weights; None when it cannot be built."""
+    import onnx_ir as ir
+    from onnx import helper, numpy_helper
+
+    proto = ir.serde.serialize_node(node)
+    rng = np.random.default_rng(seed)
+    inputs, inits, names, feeds = [], [], [], {}
+    for k, v in enumerate(node.inputs):
+        if v is None:
+            names.append("")
+            continue
+        s = shape_of(v.name)
+        dt = model.dtypes.get(v.name, onnx.TensorProto.FLOAT)
+        if s is None or dt not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+            return None
+        npdt = onnx.helper.tensor_dtype_to_np_dtype(dt)
+        arr = (rng.standard_normal(s) * 0.1).astype(npdt)
+        name = f"x{k}"
+        names.append(name)
+        if model.is_const(v.name):
+            inits.append(numpy_helper.from_array(arr, name))
+        else:
+            inputs.append(helper.make_tensor_value_info(name, dt, list(s)))
+            feeds[name] = arr
+    del proto.input[:]
+    proto.input.extend(names)
+    outs = [f"y{k}" for k in range(len(proto.output))]
+    del proto.output[:]
+    proto.output.extend(outs)
+    if node.op_type in ("Conv", "ConvTranspose"):  # a depthwise conv keeps group == channels
+        x_new, x_old = shape_of(node.inputs[0].name), base_of(node.inputs[0].name)
+        for a in proto.attribute:
+            if a.name == "group" and a.i > 1 and x_old is not None and a.i == x_old[1]:
+                a.i = int(x_new[1])
+    g = helper.make_graph([proto], "node", inputs,
+                          [helper.make_tensor_value_info(o, onnx.TensorProto.FLOAT, None) for o in outs], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", model.opset)])
+    m.ir_version = min(m.ir_version, 10)
+    return m.SerializeToString(), feeds
+
+
+def _signature(node, shape_of, base_of) -> str:
+    attrs = sorted((k, str(v.value)) for k, v in node.attributes.items())
+    shapes = [tuple(shape_of(v.name) or ()) if v is not None else None for v in node.inputs]
+    return json.dumps([node.op_type, attrs, [list(s) if s is not None else None for s in shapes],
+                       [bool(v is not None and v.const_value is not None) for v in node.inputs]], default=str)
+
+
+# ----------------------------------------------------------------------------- the table
+@dataclass
+class LatencyTable:
+    """Measured times of a model's heavy nodes per group width (see the module docstring)."""
+
+    key: dict
+    base_ms: float
+    round_to: int
+    nodes: dict[str, float] = field(default_factory=dict)        # node -> ms at full width
+    groups: dict[str, dict] = field(default_factory=dict)        # str(gid) -> {"size", "widths", "nodes": {node: [ms]}}
+    measure_s: float = 0.0
+    rest_ms: float | None = None  # untimed part of base_ms (calibrated); None: base_ms − Σ nodes
+    scale: float | None = None    # in-model ms per ms of nodes timed alone (calibrated)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> LatencyTable:
+        return cls(d["key"], d["base_ms"], d["round_to"], d["nodes"], d["groups"], d.get("measure_s", 0.0),
+                   d.get("rest_ms"), d.get("scale"))
+
+    def ratio(self, gid: int, node: str, width: int) -> float:
+        """``t_{g,n}(w) / t_n``, interpolated between measured widths (proportional below the smallest)."""
+        g = self.groups[str(gid)]
+        ws, ts = g["widths"], g["nodes"][node]
+        full = self.nodes[node]
+        if full <= 0:
+            return 1.0
+        if width >= ws[-1]:
+            return ts[-1] / full
+        if width <= ws[0]:
+            return ts[0] / full * width / ws[0]
+        return float(np.interp(width, ws, ts)) / full
+
+    def group_saves(self, gid: int, width: int, min_gain: float = 0.0) -> bool:
+        """Whether ``width`` is measurably faster than the full width for this group's nodes."""
+        g = self.groups.get(str(gid))
+        if g is None:  # not measured (head groups, no heavy node): no opinion
+            return True
+        full = sum(self.nodes[n] for n in g["nodes"])
+        at = sum(self.nodes[n] * self.ratio(gid, n, width) for n in g["nodes"])
+        return at < full * (1 - min_gain)
+
+    def predict(self, widths: dict[int, int]) -> float:
+        """Predicted end-to-end ms with group ``gid`` kept at ``widths[gid]`` channels."""
+        factor = {n: 1.0 for n in self.nodes}
+        for gid, w in widths.items():
+            g = self.groups.get(str(gid))
+            if g is None or w >= g["size"]:
+                continue
+            for n in g["nodes"]:
+                factor[n] *= self.ratio(gid, n, w)
+        s = sum(t * factor[n] for n, t in self.nodes.items())
+        if self.scale is not None and self.rest_ms is not None:
+            return max(self.rest_ms + self.scale * s, 0.02 * self.base_ms)
+        # uncalibrated: the model's time scales like its heavy nodes' (onnxruntime fuses the rest in)
+        return self.base_ms * s / max(sum(self.nodes.values()), 1e-12)
+
+    def widths_of(self, an, keep: np.ndarray) -> dict[int, int]:
+        return {g.id: int(keep[g.atoms].sum()) for g in an.groups if str(g.id) in self.groups}
+
+    def calibrate(self, predicted_sum: float, measured_ms: float) -> None:
+        """Fit ``rest + scale · Σ`` through the full model and one measured pruned model."""
+        full = sum(self.nodes.values())
+        if full - predicted_sum <= 1e-9 * full:
+            return
+        scale = (self.base_ms - measured_ms) / (full - predicted_sum)
+        rest = self.base_ms - scale * full
+        # a negative rest: the model shrinks faster than its nodes alone (fused layout changes)
+        if scale <= 0 or rest < -0.5 * self.base_ms:  # noise: keep the uncalibrated model
+            log.warning("latency calibration ignored (scale %.3g, rest %.3g ms): timings too noisy", scale, rest)
+            return
+        self.scale, self.rest_ms = float(scale), float(rest)
+
+    def node_sum(self, widths: dict[int, int]) -> float:
+        factor = {n: 1.0 for n in self.nodes}
+        for gid, w in widths.items():
+            g = self.groups.get(str(gid))
+            if g is not None and w < g["size"]:
+                for n in g["nodes"]:
+                    factor[n] *= self.ratio(gid, n, w)
+        return sum(t * factor[n] for n, t in self.nodes.items())
+
+
+def bisect_latency(an, select, table: LatencyTable, target_ms: float) -> np.ndarray:
+    """The smallest uniform ratio whose plan (``select(ratio)`` -> keep mask) is predicted ≤ ``target_ms``.
+
+    Raises:
+        PlanError: not even removing every prunable channel is predicted to reach the target.
+    """
+    from .errors import PlanError
+
+    def ms(r: float) -> tuple[float, np.ndarray]:
+        k = select(r)
+        return table.predict(table.widths_of(an, k)), k
+
+    if target_ms >= table.base_ms:
+        return np.ones(an.n_atoms, dtype=bool)
+    low_ms, k_hi = ms(0.99)
+    if low_ms > target_ms:
+        raise PlanError(f"cannot reach {target_ms:.3f} ms (the model takes {table.base_ms:.3f} ms): removing 99% of "
+                        f"every group is predicted to take {low_ms:.3f} ms (pinned channels, widths that save no "
+                        "time); relax the target")
+    lo, hi, best = 0.0, 0.99, k_hi
+    for _ in range(20):
+        mid = (lo + hi) / 2
+        t, k = ms(mid)
+        if t <= target_ms:
+            hi, best = mid, k
+        else:
+            lo = mid
+        if hi - lo < 1e-3:
+            break
+    return best
+
+
+def _widths(size: int, step: int) -> list[int]:
+    ws = {size}
+    for f in FRACTIONS:
+        w = int(math.ceil(f * size / step) * step)
+        if 0 < w < size:
+            ws.add(w)
+    return sorted(ws)
+
+
+def pruned_bytes(model, an, keep: np.ndarray) -> bytes:
+    """A pruned copy of ``model`` (serialised) with ``an``'s atoms ``keep``; ``model`` is untouched."""
+    from . import rewrite
+    from .analysis import analyze
+    from .graph import Model
+
+    copy = Model(model.to_proto(), model.path)
+    copy.infer(concrete=model.concrete or None)
+    an2 = analyze(copy)
+    if an2.n_atoms != an.n_atoms or [g.size for g in an2.groups] != [g.size for g in an.groups]:
+        raise OnnxPruneError("latency: the model's copy analyses differently (a bug); time it without --target-latency")
+    rewrite.apply(copy, an2, keep)
+    return copy.to_proto().SerializeToString()
+
+
+def model_digest(model) -> str:
+    return hashlib.sha256(model.to_proto().SerializeToString()).hexdigest()[:32]
+
+
+def full_feeds(model, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random inputs at the model's concrete input shapes."""
+    from .validate.inputs import InputSpec, random_dataset
+
+    specs = [InputSpec(n, tuple(model.concrete.get(n) or model.shapes.get(n) or ()),
+                       onnx.helper.tensor_dtype_to_np_dtype(model.dtypes.get(n, onnx.TensorProto.FLOAT)))
+             for n in model.graph_inputs]
+    return random_dataset(specs, seed=seed).batches[0]
+
+
+def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_to: int | None = None,
+                  repeats: int = 7, refresh: bool = False) -> LatencyTable:
+    """Measure (or read from the cache) the latency table of ``model`` (shapes inferred) for ``an``'s groups."""
+    from .cost import CostModel
+
+    step = round_to or alignment(provider, threads=threads)
+    key = {"v": TABLE_VERSION, "machine": machine_id(), "provider": provider, "threads": threads,
+           "inputs": {k: list(v) for k, v in model.concrete.items()}, "model": model_digest(model),
+           "signature": an.signature(), "step": step}
+    if not refresh and (hit := _cache_read("latency", key)) is not None:
+        log.info("latency table from the cache (%s)", _cache_path("latency", key))
+        return LatencyTable.from_dict(hit)
+    t0 = time.perf_counter()
+    cm = CostModel(model, an)
+    base_of = cm.shape_fn()
+    timed = [n for n in model.graph if n.domain == "" and n.op_type in TIMED_OPS and n.outputs[0].name]
+    memo: dict[str, float] = {}
+    skipped: set[str] = set()
+
+    def node_ms(node, shape_of) -> float | None:
+        sig = _signature(node, shape_of, base_of)
+        if sig not in memo:
+            built = _node_model(model, node, shape_of, base_of)
+            if built is None:
+                return None
+            try:
+                memo[sig] = _time(_session(built[0], provider, threads), built[1], repeats)
+            except Exception as e:  # an extracted node ORT refuses: not timed, logged
+                log.warning("latency: node %s not timed alone (%s)", model.node_name(node), " ".join(str(e).split())[:200])
+                return None
+        return memo[sig]
+
+    nodes: dict[str, float] = {}
+    for n in timed:
+        ms = node_ms(n, base_of)
+        if ms is None:
+            skipped.add(model.node_name(n))
+        else:
+            nodes[model.node_name(n)] = ms
+    groups: dict[str, dict] = {}
+    for g in an.groups:
+        if not g.prunable:
+            continue
+        free = np.flatnonzero(~g.pinned)
+        # head groups count heads (never rounded); channel groups step by the alignment
+        widths = [w for w in _widths(g.size, 1 if g.kind == "heads" else step) if w >= int(g.pinned.sum())]
+        if len(widths) < 2:
+            continue
+        per_node: dict[str, list[float]] = {}
+        ok = True
+        for w in widths:
+            keep = np.ones(an.n_atoms, dtype=bool)
+            if w < g.size:
+                keep[g.atoms[free[len(free) - (g.size - w):]]] = False
+            shape_of = cm.shape_fn(keep)
+            for n in timed:
+                name = model.node_name(n)
+                if name not in nodes:
+                    continue
+                if w < g.size and name not in per_node and all(
+                        shape_of(v.name) == base_of(v.name) for v in n.inputs if v is not None):
+                    continue
+                if w == g.size:
+                    continue
+                ms = node_ms(n, shape_of)
+                if ms is None:
+                    ok = False
+                    break
+                per_node.setdefault(name, [])
+                per_node[name].append(ms)
+            if not ok:
+                break
+        if not ok or not per_node:
+            continue
+        for name, ts in per_node.items():
+            ts.append(nodes[name])  # the full width, last
+        if any(len(ts) != len(widths) for ts in per_node.values()):
+            continue  # a node touched at some widths only (a pinned remainder): leave the group out
+        groups[str(g.id)] = {"size": g.size, "widths": widths, "nodes": per_node}
+    feeds = full_feeds(model)
+    # the full model and one with every measured group at about half width, timed interleaved:
+    # they fix the untimed part and the alone-vs-in-model scale of the prediction
+    half = np.ones(an.n_atoms, dtype=bool)
+    widths = {}
+    for gid, d in groups.items():
+        g = an.groups[int(gid)]
+        w = min(d["widths"], key=lambda x: abs(x - d["size"] / 2))
+        free = np.flatnonzero(~g.pinned)
+        half[g.atoms[free[len(free) - (g.size - w):]]] = False
+        widths[int(gid)] = w
+    models = {"full": model.to_proto().SerializeToString()}
+    if widths:
+        models["half"] = pruned_bytes(model, an, half)
+    try:
+        # the best run, like the nodes': the statistic least moved by other processes
+        ms = time_models(models, feeds, provider=provider, threads=threads, repeats=max(repeats, 5), warmup=2,
+                         stat="min")
+    except Exception as e:
+        raise OnnxPruneError(f"cannot time the model on {provider}: {' '.join(str(e).split())[:200]}") from None
+    if skipped:
+        log.warning("latency: %d node(s) could not be timed alone and count as fixed time: %s", len(skipped),
+                    ", ".join(sorted(skipped)[:5]))
+    table = LatencyTable(key, ms["full"], step, nodes, groups, time.perf_counter() - t0)
+    if "half" in ms:
+        table.calibrate(table.node_sum(widths), ms["half"])
+    _cache_write("latency", key, table.to_dict())
+    log.info("latency table: %d nodes (%d distinct), %d groups, base %.3f ms, measured in %.1f s", len(nodes),
+             len(memo), len(groups), table.base_ms, table.measure_s)
+    return table
+
+
+# ----------------------------------------------------------------------------- targets (used by api)
+@dataclass
+class LatencyTarget:
+    """What ``prune``/``plan`` were asked for on which target; ``table`` once measured."""
+
+    provider: str = "cpu"
+    threads: int = 0
+    target_ms: float | None = None
+    speedup: float | None = None
+    never_slower: bool = False
+    table: LatencyTable | None = None
+
+    @property
+    def wanted(self) -> bool:
+        return self.target_ms is not None or self.speedup is not None or self.never_slower
+
+    def check(self) -> None:
+        from .errors import PlanError
+
+        if self.target_ms is not None and self.speedup is not None:
+            raise PlanError("give one of --target-latency and --target-speedup")
+        if self.target_ms is not None and not self.target_ms > 0:
+            raise PlanError(f"--target-latency {self.target_ms} must be > 0 ms")
+        if self.speedup is not None and not self.speedup >= 1:
+            raise PlanError(f"--target-speedup {self.speedup} must be ≥ 1 (e.g. 1.5 for 1.5× faster)")
+
+    def measure(self, model, an, round_to: int) -> LatencyTable:
+        self.table = measure_table(model, an, provider=self.provider, threads=self.threads, round_to=round_to)
+        return self.table
+
+    @property
+    def goal_ms(self) -> float | None:
+        """The ms the planner aims at (a speed-up is relative to the measured original)."""
+        if self.table is None:
+            return None
+        if self.target_ms is not None:
+            return self.target_ms
+        return self.table.base_ms / self.speedup if self.speedup is not None else None
+
+
+def resolve_round_to(round_to: int | str, provider: str = "cpu", threads: int = 0) -> int:
+    """``auto`` -> the measured alignment of ``provider`` (8 or 16); an int is checked and returned."""
+    from .errors import PlanError
+
+    if isinstance(round_to, str):
+        if round_to.strip().lower() != "auto":
+            try:
+                return resolve_round_to(int(round_to), provider, threads)
+            except ValueError:
+                raise PlanError(f"--round-to {round_to}: expected a positive integer or 'auto'") from None
+        return alignment(provider, threads=threads)
+    if round_to < 1:
+        raise PlanError("--round-to must be ≥ 1 or 'auto'")
+    return int(round_to)
+
+
+def verify(model, an, keep: np.ndarray, table: LatencyTable, *, provider: str = "cpu", threads: int = 0,
+           repeats: int = 20) -> dict:
+    """Time the original and the pruned model (interleaved) and compare with the prediction."""
+    pruned = pruned_bytes(model, an, keep)
+    ms = time_models({"original": model.to_proto().SerializeToString(), "pruned": pruned}, full_feeds(model),
+                     provider=provider, threads=threads, repeats=repeats, warmup=3)
+    widths = table.widths_of(an, keep)
+    pred = table.predict(widths)
+    return {"provider": provider, "original_ms": ms["original"], "pruned_ms": ms["pruned"],
+            "speedup": ms["original"] / ms["pruned"], "predicted_ms": pred,
+            "predicted_speedup": table.base_ms / pred if pred > 0 else float("nan"), "table_base_ms": table.base_ms,
+            "node_sum": table.node_sum(widths)}
+
+
+def correct(table: LatencyTable, check: dict) -> None:
+    """Refit the table's scale on a measured plan (times relative to the measured original)."""
+    table.calibrate(check["node_sum"], check["pruned_ms"] * table.base_ms / check["original_ms"])
+
+
+def check_plan(model, an, plan, keep: np.ndarray, lat: LatencyTarget, replan, tolerance: float = 0.05):
+    """Time a plan's result; when it misses a latency goal by more than ``tolerance``, refit the
+    table on the measurement and plan again (at most twice; the closest plan is kept).
+
+    Returns ``(plan, keep, report)``; the report holds predicted and measured ms and speed-ups.
+    """
+    from .planner import keep_atoms
+
+    table = lat.table
+
+    def timed(k):
+        return verify(model, an, k, table, provider=lat.provider, threads=lat.threads)
+
+    check = timed(keep)
+    goal = lat.goal_ms
+    if goal is not None:
+        want = table.base_ms / goal
+        check["target_speedup"] = want
+
+        def miss(c: dict) -> float:
+            return abs(c["speedup"] / want - 1)
+
+        for attempt in range(2):
+            if miss(check) <= tolerance:
+                break
+            log.info("latency: measured speed-up %.3f misses %.3f; refitting the table and planning again",
+                     check["speedup"], want)
+            correct(table, check)
+            p2 = replan()
+            k2 = keep_atoms(an, p2)
+            c2 = timed(k2)
+            c2["target_speedup"] = want
+            c2["replanned"] = attempt + 1
+            if miss(c2) < miss(check):
+                plan, keep, check = p2, k2, c2
+            else:
+                break
+    if check["speedup"] < 1:
+        check["slower"] = True
+        log.warning("the pruned model measured %.3f× the original's speed on %s: slower (%.3f ms vs %.3f ms)",
+                    check["speedup"], lat.provider, check["pruned_ms"], check["original_ms"])
+    return plan, keep, check
