@@ -63,6 +63,7 @@ class PruneResult:
     groups: tuple[dict, ...] = ()  # per group: name, kind, width before/after, FLOPs share (provenance.group_table)
     hidden: tuple = ()  # per hidden-size group: width before/after (hidden.summary)
     norm_refits: tuple[str, ...] = ()  # hidden size: one note per norm compensated or not
+    latency: dict | None = None  # predicted vs measured (latency targets, never_slower)
 
 
 @dataclass
