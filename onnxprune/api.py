@@ -20,8 +20,9 @@ from . import rewrite
 from .graph import Model, load_model, save_model
 from .analysis import Analysis, analyze
 from .cost import Cost, CostModel
-from .errors import OnnxPruneError, PlanError
+from .errors import OnnxPruneError
 from .importance import NEEDS, ScoreData, score_groups
+from .options import OptionError, Resolved, resolve, signature
 from .planner import Plan, dead_atoms, keep_atoms, make_plan, plan_dead_atoms
 
 __all__ = ["inspect", "plan", "prune", "sensitivity", "PruneResult", "Inspection"]
@@ -107,97 +108,94 @@ def inspect(path: str, *, protect: Sequence[str] = (), dims: dict[str, int] | No
                       tuple(find_blocks(m)))
 
 
-def _plan(m: Model, an: Analysis, *, criterion: str, ratio, target_flops, target_params, mode, round_to,
-          min_channels, reduce, normalize, seed, calib: _Calib, remove_dead: bool | None, dead_tol: float,
-          rank_by: str, sensitivity_ratios, need_stats: bool, heads=None, head_ratio=None):
+_NOT_PRUNE = ("validation",)  # the CLI's prune --validate is prune() then validate.compare_models()
+
+
+def _calib(o: Resolved) -> _Calib:
+    return _Calib(o.calib, o.calib_batch, o.image_spec, o.calib_limit, gradients=o.get("gradients"),
+                  hybrid_weights=tuple(o.get("hybrid_weights") or (1.0, 1.0, 1.0)))
+
+
+def _plan(m: Model, an: Analysis, o: Resolved, calib: _Calib, *, ratio, need_stats: bool):
     """Score and plan; returns (plan, recording or None)."""
     cal = calib.load(m)
-    sens = criterion == "sensitivity"
-    base = rank_by if sens else criterion
-    if remove_dead is None:
-        remove_dead = cal is not None
+    target_flops, target_params = o.get("target_flops"), o.target_params
+    sens = o.criterion == "sensitivity"
+    base = o.rank_by if sens else o.criterion
+    remove_dead = cal is not None if o.remove_dead is None else o.remove_dead
     if remove_dead and cal is None:
-        raise PlanError("removing dead channels needs calibration data: give --calib")
+        raise OptionError("removing dead channels needs calibration data: give {calib}")
     recording = None
     if cal is not None and (NEEDS.get(base) == "activations" or base == "hybrid" or remove_dead or need_stats):
         from .record import record_for
 
         recording = record_for(an, cal)
     grads = calib.load_gradients(m)
-    scores = score_groups(an, base, reduce=reduce, normalize=normalize, seed=seed,
+    scores = score_groups(an, base, reduce=o.reduce, normalize=o.normalize, seed=o.seed,
                           data=ScoreData(activations=recording, gradients=grads,
                                          hybrid_weights=tuple(calib.hybrid_weights)))
-    dead = dead_atoms(an, recording, dead_tol) if remove_dead and recording is not None else None
+    dead = dead_atoms(an, recording, o.dead_tol) if remove_dead and recording is not None else None
     group_ratios = None
     if sens:
         from .sensitivity import DEFAULT_RATIOS, allocate, measure
 
         if cal is None:
-            raise PlanError("criterion 'sensitivity' needs calibration data: give --calib")
+            raise OptionError("criterion 'sensitivity' needs calibration data: give {calib}")
         if target_flops is None and target_params is None:
-            raise PlanError("criterion 'sensitivity' allocates ratios for a target: give --target-flops or "
-                            "--target-params")
-        table = measure(an, cal, scores, ratios=sensitivity_ratios or DEFAULT_RATIOS)
+            raise OptionError("criterion 'sensitivity' allocates ratios for a target: give {target_flops} or "
+                              "{target_params}")
+        table = measure(an, cal, scores, ratios=o.sensitivity_ratios or DEFAULT_RATIOS)
         metric, target = ("flops", target_flops) if target_flops is not None else ("params", target_params)
-        group_ratios = allocate(an, table, scores, target=target, metric=metric, round_to=round_to,
-                                min_channels=min_channels)
+        group_ratios = allocate(an, table, scores, target=target, metric=metric, round_to=o.round_to,
+                                min_channels=o.min_channels)
         ratio = target_flops = target_params = None
-    p = make_plan(an, scores, criterion=criterion, ratio=ratio, target_flops=target_flops,
-                  target_params=target_params, mode=mode, round_to=round_to, min_channels=min_channels,
+    p = make_plan(an, scores, criterion=o.criterion, ratio=ratio, target_flops=target_flops,
+                  target_params=target_params, mode=o.mode, round_to=o.round_to, min_channels=o.min_channels,
                   notes=scores.notes, model_name=os.path.basename(m.path or ""), dead=dead,
-                  group_ratios=group_ratios, heads=heads, head_ratio=head_ratio)
+                  group_ratios=group_ratios, heads=o.heads, head_ratio=o.head_ratio)
     return p, recording
 
 
-def _options(kw: dict) -> dict:
-    calib = _Calib(kw.pop("calib", None), kw.pop("calib_batch", 32), kw.pop("image_spec", None),
-                   kw.pop("calib_limit", None), gradients=kw.pop("gradients", None),
-                   hybrid_weights=kw.pop("hybrid_weights", (1.0, 1.0, 1.0)))
-    return dict(calib=calib, remove_dead=kw.pop("remove_dead", None), dead_tol=kw.pop("dead_tol", 1e-6),
-                rank_by=kw.pop("rank_by", "l2"), sensitivity_ratios=kw.pop("sensitivity_ratios", None), **kw)
+def _default_ratio(o: Resolved, removes_something: bool) -> float | None:
+    """No size given but heads or blocks go: the channel ratio of the other groups is 0."""
+    if o.ratio is None and o.get("target_flops") is None and o.target_params is None and o.criterion != "sensitivity":
+        return 0.0 if removes_something else None
+    return o.ratio
 
 
-def plan(path: str, *, criterion: str = "l2", ratio: float | None = None, target_flops: float | None = None,
-         target_params: float | None = None, mode: str = "uniform", round_to: int = 1, min_channels: int = 1,
-         protect: Sequence[str] = (), reduce: str = "mean", normalize: str = "mean", seed: int = 0,
-         heads: int | None = None, head_ratio: float | None = None, dims: dict[str, int] | None = None,
-         **calibration) -> Plan:
+def plan(path: str, **options) -> Plan:
     """Make a plan for a model without changing it.
 
-    Calibration keywords (``calib``, ``calib_batch``, ``image_spec``, ``calib_limit``,
-    ``remove_dead``, ``dead_tol``, ``rank_by``, ``sensitivity_ratios``, ``gradients``,
-    ``hybrid_weights``) are as for :func:`prune`.
+    Options (keywords) are those of :func:`prune` that shape a plan; see ``onnxprune.options.OPTIONS``
+    for each one's default, range and meaning.
+
+    Raises:
+        TypeError: an option ``plan`` does not take.
+        OnnxPruneError: bad input or option values, contradictory options, an impossible target.
     """
+    o = resolve("plan", options)
     m = load_model(path)
-    opts = _options(dict(calibration))
-    _inferred(m, opts["calib"], dims)
-    an = analyze(m, protect=protect)
-    if heads is not None or head_ratio is not None:
-        ratio = 0.0 if ratio is None and target_flops is None and target_params is None else ratio
-    p, _ = _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops, target_params=target_params,
-                 mode=mode, round_to=round_to, min_channels=min_channels, reduce=reduce, normalize=normalize,
-                 seed=seed, need_stats=False, heads=heads, head_ratio=head_ratio, **opts)
+    cal = _calib(o)
+    _inferred(m, cal, o.dims)
+    an = analyze(m, protect=o.protect)
+    ratio = _default_ratio(o, o.heads is not None or o.head_ratio is not None)
+    p, _ = _plan(m, an, o, cal, ratio=ratio, need_stats=False)
     return p
 
 
-def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: str = "l2",
-          ratio: float | None = None, target_flops: float | None = None, target_params: float | None = None,
-          mode: str = "uniform", round_to: int = 1, min_channels: int = 1, protect: Sequence[str] = (),
-          reduce: str = "mean", normalize: str = "mean", seed: int = 0, external_data: bool | None = None,
-          calib: str | None = None, calib_batch: int = 32, image_spec: str | None = None,
-          calib_limit: int | None = None, recover: str = "none",
-          remove_dead: bool | None = None, dead_tol: float = 1e-6, rank_by: str = "l2",
-          sensitivity_ratios: Sequence[float] | None = None, remove_blocks: int = 0,
-          block_metric: str = "cosine", block_target_flops: float | None = None,
-          gradients=None, hybrid_weights: Sequence[float] = (1.0, 1.0, 1.0), heads: int | None = None,
-          head_ratio: float | None = None, dims: dict[str, int] | None = None) -> PruneResult:
+def prune(path: str, output: str, **options) -> PruneResult:
     """Prune a model file structurally and write the result (atomically, fully checked).
+
+    Options are keywords; each one's default, range and meaning is defined once in
+    ``onnxprune.options.OPTIONS`` (the CLI's flags come from the same table). ``ratio``,
+    ``heads`` and ``head_ratio`` say how much to *remove*; ``target_flops``, ``target_params``
+    and ``block_target_flops`` how much to *keep*. The main ones:
 
     Args:
         path: the input model; never modified.
         output: where to write the pruned model (must not be ``path``).
-        plan: a plan (or its JSON path) to apply instead of planning.
-        criterion: ``l1 l2 bn random activation apoz wanda sensitivity``.
+        plan: a plan (or its JSON path) to apply instead of planning (then no planning options).
+        criterion: ``l1 l2 bn random activation apoz wanda taylor fisher grad hybrid sensitivity``.
         calib: calibration ``.npz`` or image folder (``image_spec`` for preprocessing).
         recover: ``none``, ``bias`` (data-free from BatchNorm without ``calib``) or ``lsq``.
         remove_dead: remove channels constant on calibration data (default: when ``calib``).
@@ -210,47 +208,37 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
         remove_blocks: bypass this many residual blocks (ranked by ``block_metric``) first.
         block_target_flops: instead, bypass blocks (least important first) until this fraction of
             the FLOPs is left.
-        the rest: as in :func:`plan`.
 
     Raises:
-        OnnxPruneError: bad input, impossible target, stale plan, or a result failing the checker.
+        TypeError: an option ``prune`` does not take.
+        OnnxPruneError: bad input, bad or contradictory options, impossible target, stale plan, or
+            a result failing the checker.
     """
-    from .rewrite.recover import MODES, Recovery, data_free_means
+    from .rewrite.recover import Recovery, data_free_means
 
+    o = resolve("prune", options, skip_groups=_NOT_PRUNE)
     if os.path.exists(output) and os.path.exists(path) and os.path.samefile(path, output):
-        raise OnnxPruneError(f"-o {output} is the input model; choose another output path (the input is never modified)")
-    if recover not in MODES:
-        raise OnnxPruneError(f"unknown recovery '{recover}'; use one of {', '.join(MODES)}")
-    if recover == "lsq" and calib is None:
-        raise OnnxPruneError("--recover lsq needs calibration data: give --calib")
+        raise OnnxPruneError(f"the output {output} is the input model; choose another output path "
+                             "(the input is never modified)")
     m = load_model(path)
-    cal = _Calib(calib, calib_batch, image_spec, calib_limit, gradients=gradients,
-                 hybrid_weights=tuple(hybrid_weights))
-    first_cost = CostModel(_inferred(m, cal, dims)).count()
+    cal = _calib(o)
+    first_cost = CostModel(_inferred(m, cal, o.dims)).count()
     removed_blocks: tuple[str, ...] = ()
-    if (remove_blocks or block_target_flops is not None) and gradients is not None:
-        raise OnnxPruneError("a gradient record fits the model before blocks are removed; prune blocks and "
-                             "channels in two runs, recording gradients for the second")
-    if remove_blocks or block_target_flops is not None:
-        m, removed_blocks = _remove_blocks(m, remove_blocks, block_metric, cal, block_target_flops)
-    an = analyze(m, protect=protect)
+    if o.remove_blocks or o.block_target_flops is not None:
+        m, removed_blocks = _remove_blocks(m, o.remove_blocks, o.block_metric, cal, o.block_target_flops)
+    an = analyze(m, protect=o.protect)
     recording = None
-    if plan is None:
-        if ratio is None and target_flops is None and target_params is None and criterion != "sensitivity":
-            ratio = 0.0 if removed_blocks or heads is not None or head_ratio is not None else None
-        p, recording = _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops,
-                             target_params=target_params, mode=mode, round_to=round_to, min_channels=min_channels,
-                             reduce=reduce, normalize=normalize, seed=seed, calib=cal, remove_dead=remove_dead,
-                             dead_tol=dead_tol, rank_by=rank_by, sensitivity_ratios=sensitivity_ratios,
-                             need_stats=recover != "none", heads=heads, head_ratio=head_ratio)
+    if o.plan is None:
+        ratio = _default_ratio(o, bool(removed_blocks) or o.heads is not None or o.head_ratio is not None)
+        p, recording = _plan(m, an, o, cal, ratio=ratio, need_stats=o.recover != "none")
     else:
-        p = Plan.load(plan) if isinstance(plan, str) else plan
+        p = Plan.load(o.plan) if isinstance(o.plan, str) else o.plan
     keep = keep_atoms(an, p)
     cm = CostModel(m, an)
     after = cm.count(keep)
     folds = plan_dead_atoms(an, p)
     recovery = None
-    if recover != "none" or folds.any():
+    if o.recover != "none" or folds.any():
         if recording is None and cal.source is not None:
             from .record import record_for
 
@@ -258,12 +246,13 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
         means = ({k: st.mean for k, st in recording.stats.items()} if recording is not None
                  else data_free_means(an))
         grams = {}
-        if recover == "lsq":
+        if o.recover == "lsq":
             from .record import record_for
 
             consumers = list(dict.fromkeys(q.node for q in an.params if q.role == "in" and _loses_input(an, q, keep)))
             grams = record_for(an, cal.load(m), with_grams=consumers, stats=False).grams
-        recovery = Recovery(recover, means, grams, fold_atoms=folds)
+        recovery = Recovery(o.recover, means, grams, fold_atoms=folds)
+    external_data = o.external_data
     if external_data is None and m.external_data:
         external_data = True
     result = rewrite.apply(m, an, keep, recovery=recovery)
@@ -271,22 +260,30 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
     return PruneResult(output, p, first_cost, after, result.recovery, removed_blocks)
 
 
-def sensitivity(path: str, *, calib: str, rank_by: str = "l2", ratios: Sequence[float] | None = None,
-                calib_batch: int = 32, image_spec: str | None = None, calib_limit: int | None = None,
-                protect: Sequence[str] = ()):
-    """Measure each group's error at several removal ratios (``sensitivity.SensitivityTable``)."""
+def sensitivity(path: str, **options):
+    """Measure each group's error at several removal ratios (``sensitivity.SensitivityTable``).
+
+    Options: ``calib`` (required), ``rank_by``, ``ratios``, ``calib_batch``, ``image_spec``,
+    ``calib_limit``, ``protect``.
+    """
     from .sensitivity import DEFAULT_RATIOS, measure
 
+    o = resolve("sensitivity", options)
     m = load_model(path)
-    an = analyze(m, protect=protect)
-    cal = _Calib(calib, calib_batch, image_spec, calib_limit).load(m)
+    an = analyze(m, protect=o.protect)
+    cal = _calib(o).load(m)
     rec = None
-    if NEEDS.get(rank_by) == "activations":
+    if NEEDS.get(o.rank_by) == "activations":
         from .record import record_for
 
         rec = record_for(an, cal)
-    scores = score_groups(an, rank_by, data=ScoreData(activations=rec))
-    return measure(an, cal, scores, ratios=ratios or DEFAULT_RATIOS)
+    scores = score_groups(an, o.rank_by, data=ScoreData(activations=rec))
+    return measure(an, cal, scores, ratios=o.ratios or DEFAULT_RATIOS)
+
+
+plan.__signature__ = signature("plan", "path")
+prune.__signature__ = signature("prune", "path", "output", skip_groups=_NOT_PRUNE)
+sensitivity.__signature__ = signature("sensitivity", "path")
 
 
 def _inferred(m: Model, cal: _Calib | None = None, dims: dict[str, int] | None = None) -> Model:
@@ -314,12 +311,12 @@ def _remove_blocks(m: Model, n: int, metric: str, cal: _Calib, target: float | N
 
     blocks = find_blocks(m)
     if n > len(blocks):
-        raise PlanError(f"--remove-blocks {n}: the model has {len(blocks)} removable residual blocks")
+        raise OptionError(f"{{remove_blocks}} {n}: the model has {len(blocks)} removable residual blocks")
     if target is not None and not 0 < target <= 1:
-        raise PlanError(f"--block-target-flops {target} must be in (0, 1]: the fraction of FLOPs to keep")
+        raise OptionError(f"{{block_target_flops}} {target} must be in (0, 1]: the fraction of FLOPs to keep")
     data = cal.load(m)
     if data is None:
-        raise PlanError("ranking residual blocks needs calibration data: give --calib")
+        raise OptionError("ranking residual blocks needs calibration data: give {calib}")
     ranked = [b for b, _ in rank_blocks(m, blocks, data, metric)]
     if target is None:
         chosen = ranked[:n]
@@ -332,8 +329,8 @@ def _remove_blocks(m: Model, n: int, metric: str, cal: _Calib, target: float | N
             chosen.append(b)
             left -= block_flops(m, b)
         if left > target * total:
-            raise PlanError(f"bypassing all {len(blocks)} residual blocks keeps {left / total:.3f} of the FLOPs; "
-                            f"--block-target-flops {target} is out of reach (add channel pruning)")
+            raise OptionError(f"bypassing all {len(blocks)} residual blocks keeps {left / total:.3f} of the FLOPs; "
+                              f"{{block_target_flops}} {target} is out of reach (add channel pruning)")
     run_passes(m, [BypassBlocksPass(m, chosen)])
     finish(m)
     m.infer(concrete=m.concrete or None)  # the channel analysis that follows needs the concrete shapes again
