@@ -11,15 +11,16 @@ Two stages:
    cluster (``ray``: an address such as ``127.0.0.1:6379``). A Ray task gets the model and data
    files as bytes and sends the pruned model back, so the cluster's machines need onnxprune's
    dependencies but no shared file system.
-2. **time** — one point after the other on this machine, interleaved with the original model
-   (``validate.compare.measure_latency``), so that every latency is measured under the same
-   conditions (parallel timing would measure the contention).
+2. **time** — on this machine, after stage 1, all points and the original together: each round
+   runs every model once in a shuffled order, so that every latency is measured under the same
+   conditions (parallel timing would measure the contention; a busy machine slows whole
+   stretches of time). Timing is redone on every run, resumed or not.
 
 The output folder is the sweep's state (resumable: a rerun skips what is recorded)::
 
     DIR/sweep.json          settings: model digest, options, data (a rerun with other settings is refused)
     DIR/points/<key>.onnx   the pruned model of a point
-    DIR/points/<key>.json   its row; ``latency`` is filled by stage 2
+    DIR/points/<key>.json   its row (stage 1 done); ``latency`` is filled by stage 2
     DIR/results.json|.csv|.md   the table (quality, FLOPs, parameters, latency, Pareto front)
     DIR/sweep.png           quality vs latency, the Pareto front marked
 
@@ -247,20 +248,38 @@ def _run_ray(todo: list[Target], model: str, folder: str, prune_opts: dict, judg
 # timing, table, plot
 
 
-def _time_point(model: str, pruned: str, judge: dict, warmup: int, repeats: int) -> dict:
-    from .validate.compare import measure_latency
+def _time_points(model: str, pruned: dict[str, str], judge: dict, warmup: int, repeats: int) -> dict[str, dict]:
+    """Time the original and every point together: each round runs all of them once, in a shuffled order.
+
+    All models then see the same machine load (a busy machine slows whole stretches of time); each
+    point's ``ratio`` is its median over the original's median.
+    """
     from .validate.inputs import InputSpec, npz_dataset, random_dataset
     from .validate.runtime import make_session
 
-    sa, sb = make_session(model, "cpu"), make_session(pruned, "cpu")
-    specs = InputSpec.from_session(sa)
+    sessions = {"": make_session(model, "cpu")}
+    sessions.update({k: make_session(p, "cpu") for k, p in pruned.items()})
+    specs = InputSpec.from_session(sessions[""])
     ds = (npz_dataset(judge["data"], specs, labels_key=judge["labels_key"]) if judge["data"]
           else random_dataset(specs, seed=judge["validate_seed"], batch=judge["batch"], dims=judge["dims"]))
     feeds = ds.batches[0]
-    lat = measure_latency(sa, sb, feeds, warmup=warmup, repeats=repeats)
-    return {"original_ms": lat.original_ms["median"], "pruned_ms": lat.pruned_ms["median"],
-            "pruned_p90_ms": lat.pruned_ms["p90"], "ratio": lat.ratio, "repeats": repeats, "warmup": warmup,
-            "batch": int(next(iter(feeds.values())).shape[0]), "threads": _threads(), "provider": "cpu"}
+    names = {k: [o.name for o in s.get_outputs()] for k, s in sessions.items()}
+    times: dict[str, list[float]] = {k: [] for k in sessions}
+    rng = np.random.default_rng(0)
+    keys = list(sessions)
+    for r in range(warmup + repeats):
+        for i in rng.permutation(len(keys)):
+            k = keys[i]
+            t0 = time.perf_counter()
+            sessions[k].run(names[k], feeds)
+            if r >= warmup:
+                times[k].append((time.perf_counter() - t0) * 1e3)
+    base = float(np.median(times[""]))
+    common = {"original_ms": base, "repeats": repeats, "warmup": warmup, "provider": "cpu", "threads": _threads(),
+              "batch": int(next(iter(feeds.values())).shape[0])}
+    return {k: {**common, "pruned_ms": float(np.median(t)), "pruned_p90_ms": float(np.percentile(t, 90)),
+                "ratio": float(np.median(t)) / base if base else None}
+            for k, t in times.items() if k}
 
 
 def _threads() -> int:
@@ -332,11 +351,14 @@ def _plot(folder: str, model: str, rows: list[dict], quality: str) -> str | None
     base_q = 1.0 if quality == "cosine" else ok[0].get("accuracy_original")
     if base_q is not None:
         ax.scatter([1.0], [base_q], marker="*", s=160, c="#1f77b4", label="original", zorder=4)
+    labels: dict[tuple, list[str]] = {}  # points with the same result (e.g. rounding) share one label
     for r, x, y in zip(ok, xs, ys):
-        ax.annotate(f"{r['target']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        labels.setdefault((round(r["flops_ratio"], 6), y), [x]).append(f"{r['target']:g}")
+    for (_, y), (x, *names) in labels.items():
+        ax.annotate(",".join(names), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
     lat = ok[0]["latency"]
     ax.set_xlabel(f"latency relative to the original (median of {lat['repeats']} interleaved runs; "
-                  f"onnxruntime CPU, batch {lat['batch']}, {lat['threads']} threads)", fontsize=8)
+                  f"onnxruntime CPU, batch {lat['batch']}, {lat['threads']} thread(s))", fontsize=8)
     ax.set_ylabel("top-1 accuracy on held-out data" if quality == "accuracy"
                   else "output cosine similarity to the original (held-out data)")
     ax.set_title(f"{os.path.basename(model)}: FLOPs targets (labels: fraction kept)", fontsize=10)
@@ -379,6 +401,8 @@ def _digest(path: str) -> str:
 
 def _settings(model: str, prune_opts: dict, judge: dict) -> dict:
     def jsonable(v):
+        if isinstance(v, str) and os.path.exists(v):  # a file: the same one from any working directory
+            return os.path.abspath(v)
         return v if isinstance(v, (str, int, float, bool, type(None), list, dict)) else (
             list(v) if isinstance(v, tuple) else repr(v))
 
@@ -445,12 +469,11 @@ def sweep(model: str, folder: str, **options) -> SweepResult:
             _run_ray(todo, model, folder, prune_opts, judge, o.ray, done)
         else:
             _run_local(todo, model, folder, prune_opts, judge, o.jobs, done)
-    for t in targets:  # stage 2: timing, one point after the other
-        row = rows[t.key]
-        if "error" in row or row.get("latency"):
-            continue
-        row["latency"] = _time_point(model, _model_path(folder, t), judge, o.warmup, o.repeats)
-        _atomic_write(_row_path(folder, t), json.dumps(row, indent=1).encode())
+    timed = {t.key: _model_path(folder, t) for t in targets if "error" not in rows[t.key]}
+    if timed:  # stage 2: timing here, all points together (every run: the same conditions for all)
+        for key, lat in _time_points(model, timed, judge, o.warmup, o.repeats).items():
+            rows[key]["latency"] = lat
+            _atomic_write(os.path.join(folder, "points", key + ".json"), json.dumps(rows[key], indent=1).encode())
     out = [rows[t.key] for t in targets]
     quality = "accuracy" if all(r.get("accuracy") is not None for r in out if "error" not in r) and any(
         "error" not in r for r in out) else "cosine"
