@@ -44,7 +44,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import OnnxPruneError
-from .options import resolve, without
+from .options import resolve, signature, without
 
 __all__ = ["Target", "TARGET_KINDS", "SweepResult", "sweep", "pareto_front"]
 
@@ -486,3 +486,5 @@ def sweep(model: str, folder: str, **options) -> SweepResult:
     _write_tables(folder, result)
     return result
 
+
+sweep.__signature__ = signature("sweep", "model", "folder")
