@@ -44,10 +44,11 @@ def test_sweep_writes_table_and_plot_and_resumes(tmp_path, caplog):
     assert open(os.path.join(folder, "results.md")).read().startswith("| target |")
     assert len(open(os.path.join(folder, "results.csv")).read().splitlines()) == 4
     # resumable: a rerun with one more point only runs that point
-    stamp = os.path.getmtime(os.path.join(folder, "points", "flops-0.6000.json"))
+    stamp = os.path.getmtime(os.path.join(folder, "points", "flops-0.6000.onnx"))  # timing is redone, pruning not
     caplog.set_level("INFO", logger="onnxprune.sweep")
     res2 = sweep(MODEL, folder, targets=(0.6, 0.3, 0.01, 0.8), data=DATA, **FAST)
-    assert os.path.getmtime(os.path.join(folder, "points", "flops-0.6000.json")) == stamp
+    assert os.path.getmtime(os.path.join(folder, "points", "flops-0.6000.onnx")) == stamp
+    assert {r["key"]: r["prune_s"] for r in res2.rows if r["key"] in rows} == {k: r["prune_s"] for k, r in rows.items()}
     assert "3 of 4 point(s) already done" in caplog.text and len(res2.rows) == 4
     # other settings in the same folder are refused, naming what differs
     with pytest.raises(Exception, match="other settings.*prune_options"):
