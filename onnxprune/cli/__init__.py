@@ -238,7 +238,7 @@ def _cmd_sweep(a) -> int:
         print(f"{r['target']:>7g} {r['flops_ratio']:>6.3f} {r['params_ratio']:>6.3f} {r[res.quality]:>9.4f} "
               f"{lat.get('pruned_ms', float('nan')):>8.3f} {lat.get('ratio', float('nan')):>7.3f}  "
               f"{'*' if r['pareto'] else ''}")
-    print(f"table: {a.output}/results.md (.csv, .json); plot: {res.plot or 'none (no timed point)'}")
+    print(f"table: {a.output}/results.md (.csv, .json); plot: {res.plot or 'none (no timed point, or no matplotlib: the report extra)'}")
     return EXIT_OK
 
 
