@@ -115,6 +115,7 @@ def check(extra: str, src: str, work: str, example: tuple[str, str], log) -> dic
                 ray_proc.wait(60)
             except subprocess.TimeoutExpired:
                 ray_proc.kill()
+            shutil.rmtree(temp, ignore_errors=True)
     return {**row, "ok": rc == 0, "step": "example", "example_s": round(time.time() - t1, 1)}
 
 
