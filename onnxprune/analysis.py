@@ -611,6 +611,8 @@ def analyze(model: Model, *, protect: Iterable[str] = (), hidden: bool = False) 
     an._finish()
     unmatched = an.protect(protect)
     if unmatched:
-        raise PlanError(f"--protect pattern(s) {', '.join(map(repr, unmatched))} match no node or constant; "
-                        "check the names with 'onnxprune inspect'")
+        from .options import OptionError
+
+        raise OptionError(f"{{protect}} pattern(s) {', '.join(map(repr, unmatched))} match no node or constant; "
+                          "check the names with 'onnxprune inspect'")
     return an

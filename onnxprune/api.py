@@ -20,8 +20,9 @@ from . import rewrite
 from .graph import Model, load_model, save_model
 from .analysis import Analysis, analyze, group_kind
 from .cost import Cost, CostModel
-from .errors import OnnxPruneError, PlanError
+from .errors import OnnxPruneError
 from .importance import NEEDS, ScoreData, score_groups
+from .options import OptionError, Resolved, resolve, signature
 from .planner import Plan, dead_atoms, keep_atoms, make_plan, plan_dead_atoms
 
 __all__ = ["inspect", "plan", "prune", "sensitivity", "PruneResult", "Inspection"]
@@ -114,134 +115,100 @@ def inspect(path: str, *, protect: Sequence[str] = (), dims: dict[str, int] | No
                       tuple(find_blocks(m)))
 
 
-def _plan(m: Model, an: Analysis, *, criterion: str, ratio, target_flops, target_params, mode, round_to,
-          min_channels, reduce, normalize, seed, calib: _Calib, remove_dead: bool | None, dead_tol: float,
-          rank_by: str, sensitivity_ratios, need_stats: bool, heads=None, head_ratio=None, hidden=None,
-          hidden_ratio=None, lat=None):
-    """Score and plan; returns (plan, recording or None). ``lat``: a ``latency.LatencyTarget`` with its table."""
+_NOT_PRUNE = ("validation",)  # the CLI's prune --validate is prune() then validate.compare_models()
+
+
+def _calib(o: Resolved) -> _Calib:
+    return _Calib(o.calib, o.calib_batch, o.image_spec, o.calib_limit, gradients=o.get("gradients"),
+                  hybrid_weights=tuple(o.get("hybrid_weights") or (1.0, 1.0, 1.0)))
+
+
+def _plan(m: Model, an: Analysis, o: Resolved, calib: _Calib, *, ratio, need_stats: bool, round_to: int = 1,
+          lat=None):
+    """Score and plan; returns (plan, recording or None)."""
     cal = calib.load(m)
-    sens = criterion == "sensitivity"
-    base = rank_by if sens else criterion
-    if remove_dead is None:
-        remove_dead = cal is not None
+    target_flops, target_params = o.get("target_flops"), o.target_params
+    sens = o.criterion == "sensitivity"
+    base = o.rank_by if sens else o.criterion
+    remove_dead = cal is not None if o.remove_dead is None else o.remove_dead
     if remove_dead and cal is None:
-        raise PlanError("removing dead channels needs calibration data: give --calib")
+        raise OptionError("removing dead channels needs calibration data: give {calib}")
     recording = None
     if cal is not None and (NEEDS.get(base) == "activations" or base == "hybrid" or remove_dead or need_stats):
         from .record import record_for
 
         recording = record_for(an, cal)
     grads = calib.load_gradients(m)
-    scores = score_groups(an, base, reduce=reduce, normalize=normalize, seed=seed,
+    scores = score_groups(an, base, reduce=o.reduce, normalize=o.normalize, seed=o.seed,
                           data=ScoreData(activations=recording, gradients=grads,
                                          hybrid_weights=tuple(calib.hybrid_weights)))
-    if an.hidden and cal is not None and base in ("l1", "l2", "bn"):  # the stream by its activation statistics
-        from .record import record_for
-
-        recording = recording if recording is not None else record_for(an, cal)
-        _hidden_scores(an, scores, recording)
-    dead = dead_atoms(an, recording, dead_tol) if remove_dead and recording is not None else None
+    dead = dead_atoms(an, recording, o.dead_tol) if remove_dead and recording is not None else None
     group_ratios = None
     if sens:
         from .sensitivity import DEFAULT_RATIOS, allocate, measure
 
         if cal is None:
-            raise PlanError("criterion 'sensitivity' needs calibration data: give --calib")
+            raise OptionError("criterion 'sensitivity' needs calibration data: give {calib}")
         if target_flops is None and target_params is None:
-            raise PlanError("criterion 'sensitivity' allocates ratios for a target: give --target-flops or "
-                            "--target-params")
-        table = measure(an, cal, scores, ratios=sensitivity_ratios or DEFAULT_RATIOS)
+            raise OptionError("criterion 'sensitivity' allocates ratios for a target: give {target_flops} or "
+                              "{target_params}")
+        table = measure(an, cal, scores, ratios=o.sensitivity_ratios or DEFAULT_RATIOS)
         metric, target = ("flops", target_flops) if target_flops is not None else ("params", target_params)
         group_ratios = allocate(an, table, scores, target=target, metric=metric, round_to=round_to,
-                                min_channels=min_channels)
+                                min_channels=o.min_channels)
         ratio = target_flops = target_params = None
-    p = make_plan(an, scores, criterion=criterion, ratio=ratio, target_flops=target_flops,
-                  target_params=target_params, mode=mode, round_to=round_to, min_channels=min_channels,
+    p = make_plan(an, scores, criterion=o.criterion, ratio=ratio, target_flops=target_flops,
+                  target_params=target_params, mode=o.mode, round_to=round_to, min_channels=o.min_channels,
                   notes=scores.notes, model_name=os.path.basename(m.path or ""), dead=dead,
-                  group_ratios=group_ratios, heads=heads, head_ratio=head_ratio, hidden=hidden,
-                  hidden_ratio=hidden_ratio, target_latency=lat.goal_ms if lat is not None else None,
+                  group_ratios=group_ratios, heads=o.heads, head_ratio=o.head_ratio, hidden=o.hidden,
+                  hidden_ratio=o.hidden_ratio, target_latency=lat.goal_ms if lat is not None else None,
                   latency=lat.table if lat is not None else None)
     return p, recording
 
 
-def _hidden_scores(an: Analysis, scores, recording) -> None:
-    """Hidden-size groups scored by the mean |activation| of the stream (magnitude without data;
-    a data-driven --criterion given by the user is kept)."""
-    from .importance.activation import activation
-
-    for g in an.groups:
-        if g.kind != "hidden" or not g.prunable:
-            continue
-        rows = activation(an, g, ScoreData(activations=recording))
-        if rows.shape[0] == 0 or not np.isfinite(rows).any():
-            continue
-        with np.errstate(invalid="ignore"):
-            rows = rows / np.nanmean(rows, axis=1, keepdims=True)
-            s = np.nanmean(rows, axis=0)
-        scores[g.id] = np.where(np.isfinite(s), s, 0.0)
-        scores.notes[g.id] = "hidden size: scored by the stream's activation statistics on calibration data"
+def _default_ratio(o: Resolved, removes_something: bool) -> float | None:
+    """No size given but heads, hidden channels or blocks go: the channel ratio of the other groups is 0."""
+    if (o.ratio is None and o.get("target_flops") is None and o.target_params is None and o.criterion != "sensitivity"
+            and o.get("target_latency") is None and o.get("target_speedup") is None):
+        return 0.0 if removes_something else None
+    return o.ratio
 
 
-def _options(kw: dict) -> dict:
-    calib = _Calib(kw.pop("calib", None), kw.pop("calib_batch", 32), kw.pop("image_spec", None),
-                   kw.pop("calib_limit", None), gradients=kw.pop("gradients", None),
-                   hybrid_weights=kw.pop("hybrid_weights", (1.0, 1.0, 1.0)))
-    return dict(calib=calib, remove_dead=kw.pop("remove_dead", None), dead_tol=kw.pop("dead_tol", 1e-6),
-                rank_by=kw.pop("rank_by", "l2"), sensitivity_ratios=kw.pop("sensitivity_ratios", None), **kw)
-
-
-def plan(path: str, *, criterion: str = "l2", ratio: float | None = None, target_flops: float | None = None,
-         target_params: float | None = None, mode: str = "uniform", round_to: int | str = "auto",
-         min_channels: int = 1, protect: Sequence[str] = (), reduce: str = "mean", normalize: str = "mean",
-         seed: int = 0, heads: int | None = None, head_ratio: float | None = None, dims: dict[str, int] | None = None,
-         hidden: int | None = None, hidden_ratio: float | None = None, target_latency: float | None = None,
-         target_speedup: float | None = None, never_slower: bool = False, latency_provider: str = "cpu",
-         latency_threads: int = 0, **calibration) -> Plan:
+def plan(path: str, **options) -> Plan:
     """Make a plan for a model without changing it.
 
-    Calibration keywords (``calib``, ``calib_batch``, ``image_spec``, ``calib_limit``,
-    ``remove_dead``, ``dead_tol``, ``rank_by``, ``sensitivity_ratios``, ``gradients``,
-    ``hybrid_weights``) and latency keywords are as for :func:`prune`. ``hidden``/``hidden_ratio``:
-    hidden-size pruning (channels of the LayerNorm/RMSNorm-coupled residual stream; not exact, ``hidden.py``).
+    Options (keywords) are those of :func:`prune` that shape a plan; see ``onnxprune.options.OPTIONS``
+    for each one's default, range and meaning.
+
+    Raises:
+        TypeError: an option ``plan`` does not take.
+        OnnxPruneError: bad input or option values, contradictory options, an impossible target.
     """
+    o = resolve("plan", options)
     m = load_model(path)
-    opts = _options(dict(calibration))
-    _inferred(m, opts["calib"], dims)
-    hidden_mode = hidden is not None or hidden_ratio is not None
-    an = analyze(m, protect=protect, hidden=hidden_mode)
-    round_to, lat = _latency_setup(m, an, round_to, target_latency, target_speedup, never_slower, latency_provider,
-                                   latency_threads, planning=True)
-    opts["lat"] = lat
-    if heads is not None or head_ratio is not None or hidden_mode:
-        ratio = 0.0 if ratio is None and target_flops is None and target_params is None else ratio
-    p, _ = _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops, target_params=target_params,
-                 mode=mode, round_to=round_to, min_channels=min_channels, reduce=reduce, normalize=normalize,
-                 seed=seed, need_stats=False, heads=heads, head_ratio=head_ratio, hidden=hidden,
-                 hidden_ratio=hidden_ratio, **opts)
+    cal = _calib(o)
+    _inferred(m, cal, o.dims)
+    hidden_mode = o.hidden is not None or o.hidden_ratio is not None
+    an = analyze(m, protect=o.protect, hidden=hidden_mode)
+    round_to, lat = _latency_setup(m, an, o, planning=True)
+    ratio = _default_ratio(o, o.heads is not None or o.head_ratio is not None or hidden_mode)
+    p, _ = _plan(m, an, o, cal, ratio=ratio, need_stats=False, round_to=round_to, lat=lat)
     return p
 
 
-def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: str = "l2",
-          ratio: float | None = None, target_flops: float | None = None, target_params: float | None = None,
-          mode: str = "uniform", round_to: int | str = "auto", min_channels: int = 1, protect: Sequence[str] = (),
-          reduce: str = "mean", normalize: str = "mean", seed: int = 0, external_data: bool | None = None,
-          calib: str | None = None, calib_batch: int = 32, image_spec: str | None = None,
-          calib_limit: int | None = None, recover: str = "none",
-          remove_dead: bool | None = None, dead_tol: float = 1e-6, rank_by: str = "l2",
-          sensitivity_ratios: Sequence[float] | None = None, remove_blocks: int = 0,
-          block_metric: str = "cosine", block_target_flops: float | None = None,
-          gradients=None, hybrid_weights: Sequence[float] = (1.0, 1.0, 1.0), heads: int | None = None,
-          head_ratio: float | None = None, dims: dict[str, int] | None = None, hidden: int | None = None,
-          hidden_ratio: float | None = None, hidden_compensate: bool = True, target_latency: float | None = None,
-          target_speedup: float | None = None, never_slower: bool = False, latency_provider: str = "cpu",
-          latency_threads: int = 0) -> PruneResult:
+def prune(path: str, output: str, **options) -> PruneResult:
     """Prune a model file structurally and write the result (atomically, fully checked).
+
+    Options are keywords; each one's default, range and meaning is defined once in
+    ``onnxprune.options.OPTIONS`` (the CLI's flags come from the same table). ``ratio``,
+    ``heads`` and ``head_ratio`` say how much to *remove*; ``target_flops``, ``target_params``
+    and ``block_target_flops`` how much to *keep*. The main ones:
 
     Args:
         path: the input model; never modified.
         output: where to write the pruned model (must not be ``path``).
-        plan: a plan (or its JSON path) to apply instead of planning.
-        criterion: ``l1 l2 bn random activation apoz wanda sensitivity``.
+        plan: a plan (or its JSON path) to apply instead of planning (then no planning options).
+        criterion: ``l1 l2 bn random activation apoz wanda taylor fisher grad hybrid sensitivity``.
         calib: calibration ``.npz`` or image folder (``image_spec`` for preprocessing).
         recover: ``none``, ``bias`` (data-free from BatchNorm without ``calib``) or ``lsq``.
         remove_dead: remove channels constant on calibration data (default: when ``calib``).
@@ -251,75 +218,48 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
         hybrid_weights: magnitude, gradient, activation weights of ``hybrid``.
         heads: remove this many attention heads per head group (``head_ratio``: a fraction);
             ``ratio``/targets then apply to the other groups.
-        hidden: remove this many channels of every hidden-size group (the LayerNorm/RMSNorm-coupled
-            residual stream; ``hidden_ratio``: a fraction). Not exact: the norms re-normalise over
-            the kept channels (``hidden.py``); with ``hidden_compensate`` their γ/β are refitted
-            (least squares on ``calib``, else a mean/variance rescale on seeded random inputs).
         remove_blocks: bypass this many residual blocks (ranked by ``block_metric``) first.
         block_target_flops: instead, bypass blocks (least important first) until this fraction of
             the FLOPs is left.
-        round_to: kept widths are multiples of this; ``auto`` (default): the channel step the
-            kernels of ``latency_provider`` are fastest at on this machine (8 or 16, measured once
-            and cached, see :mod:`onnxprune.latency`).
-        target_latency / target_speedup: plan against a latency table measured on
-            ``latency_provider`` with ``latency_threads`` at the concrete input shape, then time the
-            result against the original (interleaved) and replan (at most twice) when it misses.
-        never_slower: measure the table for a ratio/FLOPs/params target too: widths that save no
-            time are not cut and a result measured slower than the original is reported.
-        the rest: as in :func:`plan`.
 
     Raises:
-        OnnxPruneError: bad input, impossible target, stale plan, or a result failing the checker.
+        TypeError: an option ``prune`` does not take.
+        OnnxPruneError: bad input, bad or contradictory options, impossible target, stale plan, or
+            a result failing the checker.
     """
-    options = {k: v for k, v in locals().items() if k not in ("path", "output")}  # recorded in the model
+    from .rewrite.recover import Recovery, data_free_means
+
+    o = resolve("prune", options, skip_groups=_NOT_PRUNE)
     from .provenance import group_table, provenance_props
-    from .rewrite.recover import MODES, Recovery, data_free_means
 
     if os.path.exists(output) and os.path.exists(path) and os.path.samefile(path, output):
-        raise OnnxPruneError(f"-o {output} is the input model; choose another output path (the input is never modified)")
-    if recover not in MODES:
-        raise OnnxPruneError(f"unknown recovery '{recover}'; use one of {', '.join(MODES)}")
-    if recover == "lsq" and calib is None:
-        raise OnnxPruneError("--recover lsq needs calibration data: give --calib")
+        raise OnnxPruneError(f"the output {output} is the input model; choose another output path "
+                             "(the input is never modified)")
     m = load_model(path)
-    cal = _Calib(calib, calib_batch, image_spec, calib_limit, gradients=gradients,
-                 hybrid_weights=tuple(hybrid_weights))
-    first_cost = CostModel(_inferred(m, cal, dims)).count()
+    cal = _calib(o)
+    first_cost = CostModel(_inferred(m, cal, o.dims)).count()
     removed_blocks: tuple[str, ...] = ()
-    if (remove_blocks or block_target_flops is not None) and gradients is not None:
-        raise OnnxPruneError("a gradient record fits the model before blocks are removed; prune blocks and "
-                             "channels in two runs, recording gradients for the second")
-    if remove_blocks or block_target_flops is not None:
-        m, removed_blocks = _remove_blocks(m, remove_blocks, block_metric, cal, block_target_flops)
-    hidden_mode = hidden is not None or hidden_ratio is not None
+    if o.remove_blocks or o.block_target_flops is not None:
+        m, removed_blocks = _remove_blocks(m, o.remove_blocks, o.block_metric, cal, o.block_target_flops)
+    hidden_mode = o.hidden is not None or o.hidden_ratio is not None
+    plan = o.plan
     if plan is not None:
         plan = Plan.load(plan) if isinstance(plan, str) else plan
         hidden_mode = bool(plan.settings.get("hidden_mode"))
-    an = analyze(m, protect=protect, hidden=hidden_mode)
-    round_to, lat = _latency_setup(m, an, round_to, target_latency, target_speedup, never_slower, latency_provider,
-                                   latency_threads, planning=plan is None)
+    an = analyze(m, protect=o.protect, hidden=hidden_mode)
+    round_to, lat = _latency_setup(m, an, o, planning=plan is None)
     recording = None
     if plan is None:
-        if ratio is None and target_flops is None and target_params is None and criterion != "sensitivity":
-            ratio = 0.0 if removed_blocks or heads is not None or head_ratio is not None or hidden_mode else None
-        p, recording = _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops,
-                             target_params=target_params, mode=mode, round_to=round_to, min_channels=min_channels,
-                             reduce=reduce, normalize=normalize, seed=seed, calib=cal, remove_dead=remove_dead,
-                             dead_tol=dead_tol, rank_by=rank_by, sensitivity_ratios=sensitivity_ratios,
-                             need_stats=recover != "none", heads=heads, head_ratio=head_ratio, hidden=hidden,
-                             hidden_ratio=hidden_ratio, lat=lat)
+        ratio = _default_ratio(o, bool(removed_blocks) or o.heads is not None or o.head_ratio is not None
+                               or hidden_mode)
+        p, recording = _plan(m, an, o, cal, ratio=ratio, need_stats=o.recover != "none", round_to=round_to, lat=lat)
     else:
         p = plan
     keep = keep_atoms(an, p)
     lat_check = None
     if lat is not None and lat.table is not None:
         def replan() -> Plan:
-            return _plan(m, an, criterion=criterion, ratio=ratio, target_flops=target_flops,
-                         target_params=target_params, mode=mode, round_to=round_to, min_channels=min_channels,
-                         reduce=reduce, normalize=normalize, seed=seed, calib=cal, remove_dead=remove_dead,
-                         dead_tol=dead_tol, rank_by=rank_by, sensitivity_ratios=sensitivity_ratios,
-                         need_stats=False, heads=heads, head_ratio=head_ratio, hidden=hidden,
-                         hidden_ratio=hidden_ratio, lat=lat)[0]
+            return _plan(m, an, o, cal, ratio=ratio, need_stats=False, round_to=round_to, lat=lat)[0]
 
         from .latency import check_plan
 
@@ -328,7 +268,7 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
     after = cm.count(keep)
     folds = plan_dead_atoms(an, p)
     recovery = None
-    if recover != "none" or folds.any():
+    if o.recover != "none" or folds.any():
         if recording is None and cal.source is not None:
             from .record import record_for
 
@@ -336,17 +276,18 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
         means = ({k: st.mean for k, st in recording.stats.items()} if recording is not None
                  else data_free_means(an))
         grams = {}
-        if recover == "lsq":
+        if o.recover == "lsq":
             from .record import record_for
 
             consumers = list(dict.fromkeys(q.node for q in an.params if q.role == "in" and _loses_input(an, q, keep)))
             grams = record_for(an, cal.load(m), with_grams=consumers, stats=False).grams
-        recovery = Recovery(recover, means, grams, fold_atoms=folds)
+        recovery = Recovery(o.recover, means, grams, fold_atoms=folds)
+    external_data = o.external_data
     if external_data is None and m.external_data:
         external_data = True
     table = tuple(group_table(an, keep, cm))
     hidden_notes: list[str] = []
-    if an.hidden and hidden_compensate and not keep.all():
+    if an.hidden and o.hidden_compensate and not keep.all():
         from . import hidden as _hidden
 
         data = cal.load(m)
@@ -358,40 +299,47 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
 
         hidden_rows = tuple(_hidden_summary(an, p))
     result = rewrite.apply(m, an, keep, recovery=recovery)
-    m.ir.metadata_props.update(provenance_props(p, options, path))
+    m.ir.metadata_props.update(provenance_props(p, {n: o[n] for n in sorted(o.given)}, path))
     save_model(m, output, external_data=external_data)
     return PruneResult(output, p, first_cost, after, result.recovery, removed_blocks, table, hidden_rows,
                        tuple(hidden_notes), lat_check)
 
 
-def sensitivity(path: str, *, calib: str, rank_by: str = "l2", ratios: Sequence[float] | None = None,
-                calib_batch: int = 32, image_spec: str | None = None, calib_limit: int | None = None,
-                protect: Sequence[str] = ()):
-    """Measure each group's error at several removal ratios (``sensitivity.SensitivityTable``)."""
+def sensitivity(path: str, **options):
+    """Measure each group's error at several removal ratios (``sensitivity.SensitivityTable``).
+
+    Options: ``calib`` (required), ``rank_by``, ``ratios``, ``calib_batch``, ``image_spec``,
+    ``calib_limit``, ``protect``.
+    """
     from .sensitivity import DEFAULT_RATIOS, measure
 
+    o = resolve("sensitivity", options)
     m = load_model(path)
-    an = analyze(m, protect=protect)
-    cal = _Calib(calib, calib_batch, image_spec, calib_limit).load(m)
+    an = analyze(m, protect=o.protect)
+    cal = _calib(o).load(m)
     rec = None
-    if NEEDS.get(rank_by) == "activations":
+    if NEEDS.get(o.rank_by) == "activations":
         from .record import record_for
 
         rec = record_for(an, cal)
-    scores = score_groups(an, rank_by, data=ScoreData(activations=rec))
-    return measure(an, cal, scores, ratios=ratios or DEFAULT_RATIOS)
+    scores = score_groups(an, o.rank_by, data=ScoreData(activations=rec))
+    return measure(an, cal, scores, ratios=o.ratios or DEFAULT_RATIOS)
 
 
-def _latency_setup(m: Model, an: Analysis, round_to, target_latency, target_speedup, never_slower, provider,
-                   threads, *, planning: bool):
+plan.__signature__ = signature("plan", "path")
+prune.__signature__ = signature("prune", "path", "output", skip_groups=_NOT_PRUNE)
+sensitivity.__signature__ = signature("sensitivity", "path")
+
+
+def _latency_setup(m: Model, an: Analysis, o: Resolved, *, planning: bool):
     """Resolve ``round_to`` (``auto``) and measure the latency table when a latency goal asks for it."""
     from .latency import LatencyTarget, resolve_round_to
 
-    lat = LatencyTarget(provider, threads, target_latency, target_speedup, never_slower)
+    lat = LatencyTarget(o.latency_provider, o.latency_threads, o.target_latency, o.target_speedup, o.never_slower)
     lat.check()
     if not planning:
-        return (round_to if isinstance(round_to, int) else 1), None
-    round_to = resolve_round_to(round_to, provider, threads)
+        return (o.round_to if isinstance(o.round_to, int) else 1), None
+    round_to = resolve_round_to(o.round_to, o.latency_provider, o.latency_threads)
     if not lat.wanted:
         return round_to, None
     lat.measure(m, an, round_to)
@@ -426,12 +374,12 @@ def _remove_blocks(m: Model, n: int, metric: str, cal: _Calib, target: float | N
 
     blocks = find_blocks(m)
     if n > len(blocks):
-        raise PlanError(f"--remove-blocks {n}: the model has {len(blocks)} removable residual blocks")
+        raise OptionError(f"{{remove_blocks}} {n}: the model has {len(blocks)} removable residual blocks")
     if target is not None and not 0 < target <= 1:
-        raise PlanError(f"--block-target-flops {target} must be in (0, 1]: the fraction of FLOPs to keep")
+        raise OptionError(f"{{block_target_flops}} {target} must be in (0, 1]: the fraction of FLOPs to keep")
     data = cal.load(m)
     if data is None:
-        raise PlanError("ranking residual blocks needs calibration data: give --calib")
+        raise OptionError("ranking residual blocks needs calibration data: give {calib}")
     ranked = [b for b, _ in rank_blocks(m, blocks, data, metric)]
     if target is None:
         chosen = ranked[:n]
@@ -444,8 +392,8 @@ def _remove_blocks(m: Model, n: int, metric: str, cal: _Calib, target: float | N
             chosen.append(b)
             left -= block_flops(m, b)
         if left > target * total:
-            raise PlanError(f"bypassing all {len(blocks)} residual blocks keeps {left / total:.3f} of the FLOPs; "
-                            f"--block-target-flops {target} is out of reach (add channel pruning)")
+            raise OptionError(f"bypassing all {len(blocks)} residual blocks keeps {left / total:.3f} of the FLOPs; "
+                              f"{{block_target_flops}} {target} is out of reach (add channel pruning)")
     run_passes(m, [BypassBlocksPass(m, chosen)])
     finish(m)
     m.infer(concrete=m.concrete or None)  # the channel analysis that follows needs the concrete shapes again

@@ -26,8 +26,11 @@ import numpy as np
 from .analysis import Analysis
 from .cost import Cost, CostModel
 from .errors import PlanError
+from .options import OptionError
 
-__all__ = ["GroupPlan", "Plan", "make_plan", "keep_atoms", "dead_atoms", "plan_dead_atoms"]
+__all__ = ["GroupPlan", "Plan", "make_plan", "keep_atoms", "dead_atoms", "plan_dead_atoms", "MODES"]
+
+MODES = ("uniform", "global")  # same ratio in every group, or one ranking over all prunable channels
 
 PLAN_VERSION = 1
 
@@ -237,20 +240,21 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
     """
     if heads is not None or head_ratio is not None:
         if heads is not None and head_ratio is not None:
-            raise PlanError("give one of --heads and --head-ratio")
+            raise OptionError("give only one of {heads}, {head_ratio}")
         head_groups = [g for g in an.groups if g.kind == "heads" and g.prunable]
         if not head_groups:
             raise PlanError("the model has no prunable attention-head group (see 'onnxprune inspect')")
         group_ratios = dict(group_ratios or {})
         for g in head_groups:
             if heads is not None and not 0 <= heads < g.size:
-                raise PlanError(f"--heads {heads}: group {g.id} ({an.group_name(g)}) has {g.size} heads; keep at least one")
+                raise OptionError(f"{{heads}} {heads}: group {g.id} ({an.group_name(g)}) has {g.size} heads; "
+                                  "keep at least one")
             group_ratios[g.id] = heads / g.size if heads is not None else float(head_ratio)
     if hidden is not None or hidden_ratio is not None:
         if hidden is not None and hidden_ratio is not None:
-            raise PlanError("give one of --hidden and --hidden-ratio")
+            raise OptionError("give only one of {hidden}, {hidden_ratio}")
         if hidden_ratio is not None and not 0 <= hidden_ratio < 1:
-            raise PlanError(f"--hidden-ratio {hidden_ratio} must be in [0, 1): the fraction of hidden channels to remove")
+            raise OptionError(f"{{hidden_ratio}} {hidden_ratio} must be in [0, 1): the fraction of hidden channels to remove")
         hidden_groups = [g for g in an.groups if g.kind == "hidden" and g.prunable]
         if not hidden_groups:
             pinned = [g for g in an.groups if g.kind == "hidden"]
@@ -260,7 +264,7 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
         group_ratios = dict(group_ratios or {})
         for g in hidden_groups:
             if hidden is not None and not 0 <= hidden < g.size:
-                raise PlanError(f"--hidden {hidden}: group {g.id} ({an.group_name(g)}) has {g.size} channels; "
+                raise OptionError(f"{{hidden}} {hidden}: group {g.id} ({an.group_name(g)}) has {g.size} channels; "
                                 "keep at least one")
             group_ratios[g.id] = hidden / g.size if hidden is not None else float(hidden_ratio)
     if dead is not None and an.hidden:  # a constant stream channel still moves the norms: not dead
@@ -272,18 +276,18 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
         ratio = 0.0
     given = [x is not None for x in (ratio, target_flops, target_params, target_latency)]
     if sum(given) != 1:
-        raise PlanError("give exactly one of --ratio, --target-flops, --target-params, --target-latency/--target-speedup")
+        raise OptionError("give exactly one of {ratio}, {target_flops}, {target_params}, {target_latency}")
     if target_latency is not None and latency is None:
         raise PlanError("a latency target needs a measured latency table (latency.measure_table)")
     if ratio is not None and not 0 <= ratio < 1:
-        raise PlanError(f"--ratio {ratio} must be in [0, 1): the fraction of channels to remove")
-    for name, v in (("--target-flops", target_flops), ("--target-params", target_params)):
+        raise OptionError(f"{{ratio}} {ratio} must be in [0, 1): the fraction of channels to remove")
+    for name, v in (("target_flops", target_flops), ("target_params", target_params)):
         if v is not None and not 0 < v <= 1:
-            raise PlanError(f"{name} {v} must be in (0, 1]: the fraction of the original to keep")
-    if mode not in ("uniform", "global"):
+            raise OptionError(f"{{{name}}} {v} must be in (0, 1]: the fraction of the original to keep")
+    if mode not in MODES:
         raise PlanError(f"unknown mode '{mode}'; use uniform or global")
     if round_to < 1 or min_channels < 1:
-        raise PlanError("--round-to and --min-channels must be ≥ 1")
+        raise OptionError("{round_to} and {min_channels} must be ≥ 1")
     opts = _Options(ratio, target_flops, target_params, mode, round_to, min_channels, group_ratios or {},
                     saves=latency.group_saves if latency is not None else None)
     cm = CostModel(an.model, an)

@@ -186,8 +186,10 @@ def allocate(an: Analysis, table: SensitivityTable, scores: dict[int, np.ndarray
             if cost < best_cost:
                 best, best_cost = gid, cost
         if best is None:
-            raise PlanError(f"the sensitivity levels cannot reach {metric} {target:.3f} of the original "
-                            f"(best {frac():.3f}); add higher --sensitivity-ratios or relax the target")
+            from .options import OptionError
+
+            raise OptionError(f"the sensitivity levels cannot reach {metric} {target:.3f} of the original "
+                              f"(best {frac():.3f}); add higher {{sensitivity_ratios}} or relax the target")
         level[best] += 1
     if best is not None:
         moved = best

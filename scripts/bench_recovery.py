@@ -130,7 +130,8 @@ def main() -> int:
                     out = os.path.join(work, f"{model_name}-{crit}-{target}-{rec}.onnx")
                     t0 = time.perf_counter()
                     res = onnxprune.prune(path, out, criterion=crit, target_flops=target, calib=calib,
-                                          recover=rec, round_to=1, sensitivity_ratios=(0.2, 0.4, 0.6, 0.8),
+                                          recover=rec, round_to=1,
+                                          sensitivity_ratios=(0.2, 0.4, 0.6, 0.8) if crit == "sensitivity" else None,
                                           gradients=grads if crit == "taylor" else None,
                                           calib_batch=8 if model_name == "minilm" else 32)
                     seconds = time.perf_counter() - t0

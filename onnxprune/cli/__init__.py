@@ -9,8 +9,9 @@ import json
 import sys
 
 from .. import __version__, api
+from .. import options
 from ..errors import OnnxPruneError
-from ..importance import CRITERIA, NORMALIZE, REDUCE
+from ..options import OptionError
 from ..provenance import SCHEMA_VERSION
 
 __all__ = ["main"]
@@ -23,118 +24,14 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USER, f"onnxprune: error: {message} (see '{self.prog} --help')\n")
 
 
-def _planning(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("planning")
-    t = g.add_mutually_exclusive_group()
-    t.add_argument("--ratio", type=float, help="fraction of channels to remove, e.g. 0.5")
-    t.add_argument("--target-flops", type=float, help="fraction of the original FLOPs to keep, e.g. 0.6")
-    t.add_argument("--target-params", type=float, help="fraction of the original parameters to keep")
-    g.add_argument("--heads", type=int, metavar="N", help="remove N attention heads from every head group "
-                   "(--ratio and targets then apply to the other groups)")
-    g.add_argument("--head-ratio", type=float, metavar="R", help="remove this fraction of every head group's heads")
-    _hidden_args(g)
-    g.add_argument("--criterion", default="l2", choices=(*CRITERIA, "sensitivity"),
-                   help="channel importance (default l2); activation/apoz/wanda/sensitivity need --calib, "
-                        "taylor/fisher/grad need --gradients")
-    g.add_argument("--mode", default="uniform", choices=("uniform", "global"),
-                   help="same ratio in every group, or one global ranking (default uniform)")
-    g.add_argument("--round-to", default="auto", metavar="N|auto",
-                   help="kept widths become multiples of N; auto (default): the step the target's kernels are "
-                        "fastest at, measured once per machine and provider (8 or 16)")
-    g.add_argument("--min-channels", type=int, default=1, help="smallest kept width of a group")
-    g.add_argument("--protect", action="append", default=[], metavar="GLOB",
-                   help="keep every channel of nodes/constants matching this name glob (repeatable)")
-    g.add_argument("--reduce", default="mean", choices=tuple(REDUCE), help="how a group's members combine")
-    g.add_argument("--normalize", default="mean", choices=tuple(NORMALIZE), help="score scaling across groups")
-    g.add_argument("--seed", type=int, default=0, help="seed for the random criterion")
-    c = p.add_argument_group("calibration (scoring and recovery; never the data you judge the result on)")
-    c.add_argument("--calib", help=".npz of input samples (first axis = samples) or a folder of images")
-    c.add_argument("--image-spec", help="preprocessing of calibration images, e.g. "
-                   "size=224,mean=0.485/0.456/0.406,std=0.229/0.224/0.225,layout=NCHW")
-    c.add_argument("--calib-batch", type=int, default=32, help="calibration batch size")
-    c.add_argument("--calib-limit", type=int, help="use at most this many calibration samples")
-    c.add_argument("--remove-dead", dest="remove_dead", action="store_true", default=None,
-                   help="remove channels constant on calibration data, folding them into biases (default with --calib)")
-    c.add_argument("--keep-dead", dest="remove_dead", action="store_false", help="do not remove dead channels")
-    c.add_argument("--dead-tol", type=float, default=1e-6, help="relative range under which a channel is constant")
-    c.add_argument("--rank-by", default="l2", choices=CRITERIA, help="within-group ranking for --criterion sensitivity")
-    c.add_argument("--gradients", help="gradient record (.npz from onnxprune.torch.record_gradients) for "
-                   "taylor/fisher/grad/hybrid")
-    c.add_argument("--hybrid-weights", default="1,1,1", metavar="M,G,A",
-                   help="weights of magnitude, gradient and activation scores in --criterion hybrid")
-    c.add_argument("--sensitivity-ratios", type=float, nargs="+", metavar="R",
-                   help="removal ratios measured per group (default 0.2 0.4 0.6 0.8)")
+def _planning(p: argparse.ArgumentParser, command: str) -> None:
+    """Planning and calibration flags, from the one option table (``onnxprune.options``)."""
+    options.add_arguments(p, command, groups=("planning", "calibration"))
 
 
-def _hidden_args(g) -> None:
-    g.add_argument("--hidden", type=int, metavar="N", help="hidden-size pruning: remove N channels of the residual "
-                   "stream (LayerNorm/RMSNorm-coupled; not exact: norms re-normalise over the kept channels)")
-    g.add_argument("--hidden-ratio", type=float, metavar="R", help="hidden-size pruning: remove this fraction of "
-                   "the residual stream's channels (--ratio and targets apply to the other groups)")
-def _deployment(p: argparse.ArgumentParser, *, prune: bool) -> None:
-    g = p.add_argument_group("deployment target (latency measured on it, cached under $XDG_CACHE_HOME/onnxprune)")
-    t = g.add_mutually_exclusive_group()
-    t.add_argument("--target-latency", type=float, metavar="MS", help="plan to this latency (ms) on the target")
-    t.add_argument("--target-speedup", type=float, metavar="X", help="plan to X times faster than the original")
-    g.add_argument("--never-slower", action="store_true", help="with --ratio/--target-flops/--target-params: "
-                   "measure the target too, cut only widths that save time, report a slower result")
-    g.add_argument("--latency-provider", default="cpu", help="provider the latency is measured on (cpu, cuda, "
-                   "tensorrt; default cpu)")
-    g.add_argument("--latency-threads", type=int, default=0, help="intra-op threads while measuring (0: all)")
-    if prune:
-        g.add_argument("--quantize", choices=("int8", "fp16"), help="quantize after pruning (int8: static QDQ with "
-                       "the --calib data, dynamic for MatMul-heavy models or without --calib; fp16: float16 weights "
-                       "and compute); the pruned fp32 model is written next to -o as *.fp32.onnx")
-        g.add_argument("--quant-method", default="auto", choices=("auto", "static", "dynamic"),
-                       help="int8 method (auto: static with --calib unless MatMul-heavy)")
-
-
-def _deployment_kwargs(a) -> dict:
-    from ..validate.runtime import parse_providers
-
-    return dict(target_latency=a.target_latency, target_speedup=a.target_speedup, never_slower=a.never_slower,
-                latency_provider=parse_providers(a.latency_provider)[0], latency_threads=a.latency_threads)
-
-
-def _validation(p: argparse.ArgumentParser, *, with_flag: bool) -> None:
-    g = p.add_argument_group("validation")
-    if with_flag:
-        g.add_argument("--validate", action="store_true", help="compare the result with the input model")
-        g.add_argument("--keep-failed", action="store_true", help="keep the output when validation fails "
-                       "(by default it is removed)")
-    g.add_argument("--providers", default="cpu", help="comma list of onnxruntime execution providers, short or "
-                   "full names: cpu, cuda, tensorrt, openvino, CUDAExecutionProvider... (default cpu)")
-    g.add_argument("--data", help=".npz of inputs (first axis = samples) and optional 'labels'")
-    g.add_argument("--labels-key", default="labels", help="name of the labels array in --data")
-    g.add_argument("--batch", type=int, default=1, help="batch size of random inputs")
-    g.add_argument("--dim", action="append", default=[], metavar="NAME=N", help="value of a named dynamic dim")
-    g.add_argument("--atol", action="append", metavar="[OUTPUT:]X", help="fail above this absolute error")
-    g.add_argument("--rtol", action="append", metavar="[OUTPUT:]X", help="relative tolerance with --atol")
-    from ..validate import DEFAULTS
-
-    g.add_argument("--min-cosine", type=_limit, default=DEFAULTS.min_cosine, metavar="X|off",
-                   help=f"fail when an output's cosine similarity is lower (default {DEFAULTS.min_cosine})")
-    g.add_argument("--min-agreement", type=_limit, default=DEFAULTS.min_agreement, metavar="X|off",
-                   help=f"fail when the top-1/decision agreement is lower (default {DEFAULTS.min_agreement})")
-    g.add_argument("--max-accuracy-drop", type=_limit, default=DEFAULTS.max_accuracy_drop, metavar="X|off",
-                   help=f"fail when accuracy (with labels) drops more than this (default {DEFAULTS.max_accuracy_drop})")
-    g.add_argument("--latency-batch", type=int, metavar="N", help="samples per timed run, random or --data alike "
-                   "(default --batch, or the model's fixed batch)")
-    g.add_argument("--threads", type=int, metavar="N", help="onnxruntime intra-op threads (default one per CPU)")
-    g.add_argument("--repeats", type=int, default=30, help="timed runs per model (interleaved)")
-    g.add_argument("--warmup", type=int, default=5, help="untimed runs per model first")
-    g.add_argument("--no-latency", action="store_true", help="skip timing")
-    g.add_argument("--strict-providers", action="store_true", help="an unavailable provider fails validation")
-    g.add_argument("--validate-seed", type=int, default=0, help="seed of random inputs")
-
-
-def _limit(text: str) -> float | None:
-    if text.lower() in ("off", "none"):
-        return None
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number or 'off', got '{text}'") from None
+def _validation(p: argparse.ArgumentParser, command: str) -> None:
+    """Validation flags, from the one option table (``onnxprune.options``)."""
+    options.add_arguments(p, command, groups=("validation",))
 
 
 def _frac(a: int, b: int) -> str:
@@ -160,41 +57,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("inspect", help="channel groups, barriers and cost of a model")
     s.add_argument("model")
-    s.add_argument("--dim", action="append", default=[], metavar="NAME=N",
-                   help="value of a named dynamic input dim for the concrete shapes costs are counted at")
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    s.add_argument("--protect", action="append", default=[], metavar="GLOB")
+    options.add_arguments(s, "inspect")
     s.add_argument("--members", action="store_true", help="list each group's weights")
     s.add_argument("--hidden", action="store_true", help="analyse in hidden-size mode (LayerNorm/RMSNorm-coupled "
                    "residual streams as hidden groups, listed apart)")
 
     s = sub.add_parser("plan", help="write a pruning plan (JSON) without changing the model")
     s.add_argument("model")
-    s.add_argument("--dim", action="append", default=[], metavar="NAME=N",
-                   help="value of a named dynamic input dim for the concrete shapes costs are counted at")
     s.add_argument("-o", "--output", required=True, help="plan file to write")
     s.add_argument("--json", action="store_true", help="machine-readable summary")
-    _planning(s)
-    _deployment(s, prune=False)
+    options.add_arguments(s, "plan", groups=("planning", "calibration", "deployment"))
 
     s = sub.add_parser("prune", help="prune a model (from options or an edited plan)")
     s.add_argument("model")
     s.add_argument("-o", "--output", required=True, help="pruned model to write")
-    s.add_argument("--plan", help="apply this plan instead of planning")
     s.add_argument("--save-plan", help="also write the plan used")
     s.add_argument("--report", metavar="PATH", help="also write a before/after report (.html, or .md for CI logs)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    _planning(s)
-    r = s.add_argument_group("recovery and layer removal")
-    r.add_argument("--recover", default="none", choices=("none", "bias", "lsq"),
-                   help="bias compensation (data-free from BatchNorm without --calib) or least-squares refits")
-    r.add_argument("--remove-blocks", type=int, default=0, metavar="N", help="bypass the N least important "
-                   "residual blocks (needs --calib)")
-    r.add_argument("--block-target-flops", type=float, metavar="F", help="bypass residual blocks, least important "
-                   "first, until this fraction of the FLOPs is left (needs --calib)")
-    r.add_argument("--block-metric", default="cosine", choices=("cosine", "error"), help="how blocks are ranked")
-    _deployment(s, prune=True)
-    _validation(s, with_flag=True)
+    options.add_arguments(s, "prune", groups=("planning", "calibration", "recovery", "deployment", "quantization"))
+    _validation(s, "prune")
 
     s = sub.add_parser("sparsify", help="zero single weights with the smallest recorded gradients (size-only)")
     s.add_argument("model")
@@ -209,20 +91,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sensitivity", help="measure each group's error at several removal ratios")
     s.add_argument("model")
-    s.add_argument("--calib", required=True, help=".npz of input samples (optional 'labels') or image folder")
     s.add_argument("-o", "--output", help="write the table as JSON")
-    s.add_argument("--rank-by", default="l2", choices=CRITERIA, help="which channels go first within a group")
-    s.add_argument("--ratios", type=float, nargs="+", help="removal ratios (default 0.2 0.4 0.6 0.8)")
-    s.add_argument("--image-spec")
-    s.add_argument("--calib-batch", type=int, default=32)
-    s.add_argument("--calib-limit", type=int)
     s.add_argument("--json", action="store_true")
+    options.add_arguments(s, "sensitivity")
+
+    s = sub.add_parser("sweep", help="prune at several FLOPs targets; judge, time and plot quality vs latency")
+    s.add_argument("model")
+    s.add_argument("-o", "--output", default="sweep", metavar="DIR",
+                   help="folder for the points, table and plot (a rerun continues it; default ./sweep)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    options.add_arguments(s, "sweep")
 
     s = sub.add_parser("validate", help="compare a pruned model with its original")
     s.add_argument("original")
     s.add_argument("pruned")
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    _validation(s, with_flag=False)
+    _validation(s, "validate")
 
     s = sub.add_parser("report", help="a before/after report with figures (self-contained HTML, or Markdown)")
     s.add_argument("original")
@@ -230,57 +114,37 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="report file: .html (figures embedded) or .md")
     s.add_argument("--profile-runs", type=int, default=20, help="profiled runs per model for per-op latency")
     s.add_argument("--json", action="store_true", help="also print the report's data as JSON")
-    _validation(s, with_flag=False)
+    _validation(s, "validate")
     return p
 
 
-def _planning_kwargs(a) -> dict:
-    return dict(criterion=a.criterion, ratio=a.ratio, target_flops=a.target_flops, target_params=a.target_params,
-                mode=a.mode, round_to=a.round_to, min_channels=a.min_channels, protect=a.protect,
-                reduce=a.reduce, normalize=a.normalize, seed=a.seed, heads=a.heads, head_ratio=a.head_ratio,
-                hidden=a.hidden, hidden_ratio=a.hidden_ratio,
-                calib=a.calib, image_spec=a.image_spec,
-                calib_batch=a.calib_batch, calib_limit=a.calib_limit, remove_dead=a.remove_dead,
-                dead_tol=a.dead_tol, rank_by=a.rank_by, sensitivity_ratios=a.sensitivity_ratios,
-                gradients=a.gradients, hybrid_weights=_floats(a.hybrid_weights, "--hybrid-weights", 3),
-                dims=_dims(a.dim))
+def _read_options(a) -> None:
+    """``a.given``: the options typed on the command line; ``a.opts``: all of them, checked as the library does."""
+    command = "validate" if a.command == "report" else a.command  # a report validates first
+    a.given = options.from_namespace(a, command)
+    a.opts = options.resolve(command, a.given)
 
 
-def _floats(text: str, flag: str, n: int) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != n or any(v < 0 for v in values):
-        raise OnnxPruneError(f"{flag} '{text}': expected {n} non-negative numbers separated by commas")
-    return values
-
-
-def _dims(specs: list[str]) -> dict[str, int]:
-    out = {}
-    for s in specs:
-        name, eq, value = s.partition("=")
-        if not eq or not value.isdigit():
-            raise OnnxPruneError(f"--dim '{s}': expected NAME=N, e.g. batch=4")
-        out[name] = int(value)
-    return out
+def _off(v):
+    return None if v == "off" else v
 
 
 def _validate(a, original: str, pruned: str, keep_errors: bool = False):
     from ..validate import Tolerances, compare_models, parse_tolerances
     from ..validate.runtime import parse_providers
 
-    tol = Tolerances(parse_tolerances(a.atol, "--atol"), parse_tolerances(a.rtol, "--rtol"), a.min_cosine,
-                     a.min_agreement, a.max_accuracy_drop)
-    return compare_models(original, pruned, providers=parse_providers(a.providers), data=a.data,
-                          seed=a.validate_seed, batch=a.batch, dims=_dims(a.dim), tol=tol, latency=not a.no_latency,
-                          warmup=a.warmup, repeats=a.repeats, strict_providers=a.strict_providers,
-                          labels_key=a.labels_key, latency_batch=a.latency_batch, threads=a.threads,
+    o = a.opts
+    tol = Tolerances(parse_tolerances(o.atol, "--atol"), parse_tolerances(o.rtol, "--rtol"), _off(o.min_cosine),
+                     _off(o.min_agreement), _off(o.max_accuracy_drop))
+    return compare_models(original, pruned, providers=parse_providers(o.providers), data=o.data,
+                          seed=o.validate_seed, batch=o.batch, dims=o.dims, tol=tol, latency=not o.no_latency,
+                          warmup=o.warmup, repeats=o.repeats, strict_providers=o.strict_providers,
+                          labels_key=o.labels_key, latency_batch=o.latency_batch, threads=o.threads,
                           keep_errors=keep_errors)
 
 
 def _cmd_inspect(a) -> int:
-    ins = api.inspect(a.model, protect=a.protect, dims=_dims(a.dim), hidden=a.hidden)
+    ins = api.inspect(a.model, protect=a.opts.protect, dims=a.opts.dims, hidden=a.hidden)
     d = ins.to_dict()
     if a.json:
         print(json.dumps({"schema_version": SCHEMA_VERSION, **d}, indent=1))
@@ -324,7 +188,7 @@ def _plan_summary(plan) -> str:
 
 
 def _cmd_plan(a) -> int:
-    plan = api.plan(a.model, **_planning_kwargs(a), **_deployment_kwargs(a))
+    plan = api.plan(a.model, **a.given)
     plan.save(a.output)
     if a.json:
         from ..provenance import plan_digest
@@ -344,19 +208,9 @@ def _cmd_plan(a) -> int:
 
 
 def _cmd_prune(a) -> int:
-    if a.plan and (a.ratio is not None or a.target_flops is not None or a.target_params is not None):
-        raise OnnxPruneError("--plan already says what to remove; drop --ratio/--target-flops/--target-params")
-    if (not a.plan and a.ratio is None and a.target_flops is None and a.target_params is None
-            and not a.remove_blocks and a.block_target_flops is None and a.heads is None and a.head_ratio is None
-            and a.hidden is None and a.hidden_ratio is None and a.target_latency is None and a.target_speedup is None):
-        raise OnnxPruneError("say how much to prune: --ratio, --target-flops, --target-params, --remove-blocks, "
-                             "or --plan FILE")
-    kw = _planning_kwargs(a)
-    if a.quantize:
-        return _prune_quantize(a, kw)
-    res = api.prune(a.model, a.output, plan=a.plan, recover=a.recover, remove_blocks=a.remove_blocks,
-                    block_metric=a.block_metric, block_target_flops=a.block_target_flops, **kw,
-                    **_deployment_kwargs(a))
+    if a.opts.quantize:
+        return _prune_quantize(a)
+    res = api.prune(a.model, a.output, **options.without(a.given, "validation", "quantization"))
     if a.save_plan:
         res.plan.save(a.save_plan)
     b, f = res.before, res.after
@@ -378,7 +232,7 @@ def _cmd_prune(a) -> int:
             print(f"hidden size: {h['channels']} -> {h['kept']} (group {h['group']}, {h['norm_sites']} norms "
                   "re-normalise over the kept channels; not exact)")
         if res.recovery:
-            print(f"recovery ({a.recover}): {len(res.recovery)} consumer(s) updated")
+            print(f"recovery ({a.opts.recover}): {len(res.recovery)} consumer(s) updated")
         if res.latency:
             print(_latency_line(res.latency))
         if res.norm_refits:
@@ -389,7 +243,7 @@ def _cmd_prune(a) -> int:
         print(format_groups(res.groups))
     code = EXIT_OK
     report = None
-    if a.validate:
+    if a.opts.validate:
         from ..validate import format_report
 
         report = _validate(a, a.model, a.output, keep_errors=bool(a.report))
@@ -400,7 +254,7 @@ def _cmd_prune(a) -> int:
         code = EXIT_OK if report.passed else EXIT_VALIDATION
     if a.report:
         _write_report(a, a.model, a.output, a.report, report)
-    if code == EXIT_VALIDATION and not a.keep_failed:
+    if code == EXIT_VALIDATION and not a.opts.keep_failed:
         from ..graph.io import remove_saved
 
         remove_saved(a.output)
@@ -421,21 +275,20 @@ def _latency_line(d: dict) -> str:
     return line
 
 
-def _prune_quantize(a, kw: dict) -> int:
+def _prune_quantize(a) -> int:
     """prune → quantize: the fp32 pruned model next to -o, the quantized one at -o, one validation table."""
     import os
 
     from ..quantize import fp32_path, quantize
 
     mid = fp32_path(a.output)
-    res = api.prune(a.model, mid, plan=a.plan, recover=a.recover, remove_blocks=a.remove_blocks,
-                    block_metric=a.block_metric, block_target_flops=a.block_target_flops, **kw,
-                    **_deployment_kwargs(a))
+    res = api.prune(a.model, mid, **options.without(a.given, "validation", "quantization"))
     if a.save_plan:
         res.plan.save(a.save_plan)
-    q = quantize(mid, a.output, a.quantize, method=a.quant_method, calib=a.calib, calib_batch=a.calib_batch,
-                 image_spec=a.image_spec, calib_limit=a.calib_limit)
-    summary = {"output": a.output, "pruned_fp32": mid, "removed_channels": res.plan.n_removed,
+    o = a.opts
+    q = quantize(mid, a.output, o.quantize, method=o.quant_method, calib=o.calib, calib_batch=o.calib_batch,
+                 image_spec=o.image_spec, calib_limit=o.calib_limit)
+    summary = {"schema_version": SCHEMA_VERSION, "output": a.output, "pruned_fp32": mid, "removed_channels": res.plan.n_removed,
                "quantization": q.as_dict(), "before": res.before.as_dict(), "after": res.after.as_dict(),
                "latency": res.latency}
     if not a.json:
@@ -445,7 +298,7 @@ def _prune_quantize(a, kw: dict) -> int:
             print(_latency_line(res.latency))
         print(f"wrote {a.output}: {q.summary()} ({os.path.getsize(a.output):,} bytes)")
     code = EXIT_OK
-    if a.validate:
+    if a.opts.validate:
         from ..validate import format_report
         from ..validate.report import format_three
 
@@ -454,7 +307,7 @@ def _prune_quantize(a, kw: dict) -> int:
         summary["validation"] = {"pruned": pruned.to_dict(), "quantized": quant.to_dict()}
         if not a.json:
             print()
-            print(format_three(pruned, quant, a.quantize))
+            print(format_three(pruned, quant, o.quantize))
         code = EXIT_OK if pruned.passed and quant.passed else EXIT_VALIDATION
         if not a.json and not quant.passed:
             print(format_report(quant))
@@ -475,7 +328,7 @@ def _write_report(a, original: str, pruned: str, output: str, validation=None) -
     from ..validate.visual import build_report, write_report
 
     data = build_report(original, pruned, validation=validation or _validate(a, original, pruned, keep_errors=True),
-                        profile_runs=getattr(a, "profile_runs", 20), threads=a.threads)
+                        profile_runs=getattr(a, "profile_runs", 20), threads=a.opts.threads)
     write_report(data, output)
     if not getattr(a, "json", False):
         print(f"report written to {output}")
@@ -506,15 +359,34 @@ def _cmd_sparsify(a) -> int:
 
 
 def _cmd_sensitivity(a) -> int:
-    table = api.sensitivity(a.model, calib=a.calib, rank_by=a.rank_by, ratios=a.ratios, calib_batch=a.calib_batch,
-                            image_spec=a.image_spec, calib_limit=a.calib_limit)
+    table = api.sensitivity(a.model, **a.given)
     if a.output:
         table.save(a.output)
     print(json.dumps({"schema_version": SCHEMA_VERSION, **table.to_dict()}, indent=1) if a.json else table.format())
     return EXIT_OK
 
 
-COMMANDS = {"inspect": _cmd_inspect, "plan": _cmd_plan, "prune": _cmd_prune, "validate": _cmd_validate,
+def _cmd_sweep(a) -> int:
+    from ..sweep import sweep
+
+    res = sweep(a.model, a.output, **a.given)
+    if a.json:
+        print(json.dumps({"schema_version": SCHEMA_VERSION, **res.to_dict()}, indent=1))
+        return EXIT_OK
+    print(f"{'target':>7} {'FLOPs':>6} {'params':>6} {res.quality:>9} {'ms':>8} {'latency':>7}  pareto")
+    for r in res.rows:
+        if "error" in r:
+            print(f"{r['target']:>7g}  failed: {r['error']}")
+            continue
+        lat = r.get("latency") or {}
+        print(f"{r['target']:>7g} {r['flops_ratio']:>6.3f} {r['params_ratio']:>6.3f} {r[res.quality]:>9.4f} "
+              f"{lat.get('pruned_ms', float('nan')):>8.3f} {lat.get('ratio', float('nan')):>7.3f}  "
+              f"{'*' if r['pareto'] else ''}")
+    print(f"table: {a.output}/results.md (.csv, .json); plot: {res.plot or 'none (no timed point, or no matplotlib: the report extra)'}")
+    return EXIT_OK
+
+
+COMMANDS = {"sweep": _cmd_sweep, "inspect": _cmd_inspect, "plan": _cmd_plan, "prune": _cmd_prune, "validate": _cmd_validate,
             "sensitivity": _cmd_sensitivity, "sparsify": _cmd_sparsify, "report": _cmd_report}
 
 
@@ -528,9 +400,12 @@ def main(argv: list[str] | None = None) -> int:
 
         use_global_thread_pool(getattr(args, "threads", None))
     try:
+        if args.command in options.COMMANDS or args.command == "report":
+            _read_options(args)
         return COMMANDS[args.command](args)
-    except OnnxPruneError as e:  # user error: one line, no traceback
-        print(f"onnxprune: error: {e}", file=sys.stderr)
+    except OnnxPruneError as e:  # user error: one line, no traceback; options named by their flags
+        msg = e.render(options.flag) if isinstance(e, OptionError) else str(e)
+        print(f"onnxprune: error: {msg}", file=sys.stderr)
         return EXIT_USER
     except Exception as e:  # anything else is a bug in onnxprune: say so, traceback with --debug
         if getattr(args, "debug", False):

@@ -82,8 +82,10 @@ def score_groups(an: Analysis, criterion: str = "l2", *, reduce: str = "mean", n
         raise PlanError(f"unknown normalisation '{normalize}'; choose one of {', '.join(NORMALIZE)}")
     need = NEEDS.get(criterion)
     if need and (data is None or getattr(data, need) is None):
-        flag = {"activations": "--calib", "gradients": "--gradients"}[need]
-        raise PlanError(f"criterion '{criterion}' needs recorded {need}: give {flag}")
+        from ..options import OptionError
+
+        opt = {"activations": "calib", "gradients": "gradients"}[need]
+        raise OptionError(f"criterion '{criterion}' needs recorded {need}: give {{{opt}}}")
     data = data or ScoreData()
     rng = np.random.default_rng(seed)
     out = Scores()
