@@ -131,10 +131,13 @@ def round_to_value(v):
     if isinstance(v, str):
         if v.strip().lower() == "auto":
             return "auto"
-        v = int(v) if v.strip().isdigit() else v
-    if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+        try:
+            v = int(v)
+        except ValueError:
+            raise ValueError(f"expected an integer ≥ 1 or 'auto', got {v!r}") from None
+    if isinstance(v, bool) or not isinstance(v, int):
         raise ValueError(f"expected an integer ≥ 1 or 'auto', got {v!r}")
-    return v
+    return v  # the range check says when it is < 1
 
 
 round_to_value.__name__ = "N|auto"

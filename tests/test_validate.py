@@ -108,7 +108,7 @@ def test_prune_prints_a_group_table_and_json_has_schema(mlp, tmp_path, capsys):
     d = _json(capsys)
     assert d["schema_version"] == 1 and d["groups"][0]["before"] == 32 and d["kept"]
     plan = str(tmp_path / "plan.json")
-    assert main(["plan", mlp, "-o", plan, "--ratio", "0.25", "--json"]) == 0
+    assert main(["plan", mlp, "-o", plan, "--ratio", "0.25", "--round-to", "8", "--json"]) == 0
     d = _json(capsys)
     assert d["schema_version"] == 1 and d["groups"][0]["after"] == 24 and len(d["plan_digest"]) == 64
     assert main(["inspect", mlp, "--json"]) == 0

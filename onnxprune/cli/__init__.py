@@ -107,6 +107,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("pruned")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     _validation(s, "validate")
+    options.add_arguments(s, "validate", groups=("planning",))  # --dim
 
     s = sub.add_parser("report", help="a before/after report with figures (self-contained HTML, or Markdown)")
     s.add_argument("original")
@@ -115,6 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--profile-runs", type=int, default=20, help="profiled runs per model for per-op latency")
     s.add_argument("--json", action="store_true", help="also print the report's data as JSON")
     _validation(s, "validate")
+    options.add_arguments(s, "validate", groups=("planning",))  # --dim
     return p
 
 
