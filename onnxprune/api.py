@@ -115,7 +115,7 @@ def inspect(path: str, *, protect: Sequence[str] = (), dims: dict[str, int] | No
                       tuple(find_blocks(m)))
 
 
-_NOT_PRUNE = ("validation",)  # the CLI's prune --validate is prune() then validate.compare_models()
+_NOT_PRUNE = ("validation", "quantization", "report")  # the CLI's prune --validate is prune() then validate.compare_models()
 
 
 def _calib(o: Resolved) -> _Calib:
@@ -142,6 +142,11 @@ def _plan(m: Model, an: Analysis, o: Resolved, calib: _Calib, *, ratio, need_sta
     scores = score_groups(an, base, reduce=o.reduce, normalize=o.normalize, seed=o.seed,
                           data=ScoreData(activations=recording, gradients=grads,
                                          hybrid_weights=tuple(calib.hybrid_weights)))
+    if an.hidden and cal is not None and base in ("l1", "l2", "bn"):  # the stream by its activation statistics
+        from .record import record_for
+
+        recording = recording if recording is not None else record_for(an, cal)
+        _hidden_scores(an, scores, recording)
     dead = dead_atoms(an, recording, o.dead_tol) if remove_dead and recording is not None else None
     group_ratios = None
     if sens:
@@ -164,6 +169,24 @@ def _plan(m: Model, an: Analysis, o: Resolved, calib: _Calib, *, ratio, need_sta
                   hidden_ratio=o.hidden_ratio, target_latency=lat.goal_ms if lat is not None else None,
                   latency=lat.table if lat is not None else None)
     return p, recording
+
+
+def _hidden_scores(an: Analysis, scores, recording) -> None:
+    """Hidden-size groups scored by the mean |activation| of the stream (magnitude without data;
+    a data-driven --criterion given by the user is kept)."""
+    from .importance.activation import activation
+
+    for g in an.groups:
+        if g.kind != "hidden" or not g.prunable:
+            continue
+        rows = activation(an, g, ScoreData(activations=recording))
+        if rows.shape[0] == 0 or not np.isfinite(rows).any():
+            continue
+        with np.errstate(invalid="ignore"):
+            rows = rows / np.nanmean(rows, axis=1, keepdims=True)
+            s = np.nanmean(rows, axis=0)
+        scores[g.id] = np.where(np.isfinite(s), s, 0.0)
+        scores.notes[g.id] = "hidden size: scored by the stream's activation statistics on calibration data"
 
 
 def _default_ratio(o: Resolved, removes_something: bool) -> float | None:
@@ -221,6 +244,19 @@ def prune(path: str, output: str, **options) -> PruneResult:
         remove_blocks: bypass this many residual blocks (ranked by ``block_metric``) first.
         block_target_flops: instead, bypass blocks (least important first) until this fraction of
             the FLOPs is left.
+
+        hidden: remove this many channels of every hidden-size group (the LayerNorm/RMSNorm-coupled
+            residual stream; ``hidden_ratio``: a fraction). Not exact: the norms re-normalise over
+            the kept channels (``hidden.py``); with ``hidden_compensate`` their γ/β are refitted
+            (least squares on ``calib``, else a mean/variance rescale on seeded random inputs).
+        round_to: kept widths are multiples of this; ``auto`` (default): the channel step the
+            kernels of ``latency_provider`` are fastest at on this machine (8 or 16, measured once
+            and cached, see :mod:`onnxprune.latency`).
+        target_latency / target_speedup: plan against a latency table measured on
+            ``latency_provider`` with ``latency_threads`` at the concrete input shape, then time the
+            result against the original (interleaved) and replan (at most twice) when it misses.
+        never_slower: measure the table for a ratio/FLOPs/params target too: widths that save no
+            time are not cut and a result measured slower than the original is reported.
 
     Raises:
         TypeError: an option ``prune`` does not take.

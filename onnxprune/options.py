@@ -287,6 +287,8 @@ OPTIONS: tuple[Option, ...] = (
     # validation (prune --validate, validate, and each point of a sweep)
     _opt("validate", bool, False, "compare the result with the input model", group="validation", cli="flag",
          commands=frozenset({PRUNE})),
+    _opt("report", str, None, "also write a before/after report (.html with figures, or .md for CI logs); "
+         "validates as --validate does", group="report", metavar="PATH", commands=frozenset({PRUNE})),
     _opt("keep_failed", bool, False, "keep the output when validation fails (by default it is removed)",
          group="validation", cli="flag", commands=frozenset({PRUNE})),
     _opt("providers", str, "cpu", "comma list of onnxruntime execution providers, short or full names: cpu, cuda, "
@@ -466,7 +468,7 @@ RULES: tuple[Rule, ...] = (
     Rule(frozenset({PRUNE}), lambda v, g: (
         "validation options ({}) only apply with {{validate}}".format(
             ", ".join("{" + n + "}" for n in sorted(g) if _BY_NAME[n].group == "validation"))
-        if "validate" not in g and any(_BY_NAME[n].group == "validation" for n in g) else None)),
+        if not {"validate", "report"} & g and any(_BY_NAME[n].group == "validation" for n in g) else None)),
     Rule(frozenset({SWEEP}), lambda v, g: None if "targets" in g else "give the sweep's points: {targets}"),
     Rule(frozenset({SWEEP}), _one_of("jobs", "ray")),
     Rule(frozenset({SENS}), lambda v, g: None if "calib" in g else "measuring sensitivity needs calibration data: "
@@ -622,6 +624,7 @@ _GROUP_TITLES = {
     "sweep": "sweep",
     "deployment": "deployment target (latency measured on it, cached under $XDG_CACHE_HOME/onnxprune)",
     "quantization": "quantization after pruning",
+    "report": "report",
 }
 
 

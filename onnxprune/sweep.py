@@ -101,12 +101,18 @@ def _prune_and_judge(model: str, out: str, prune_opts: dict, target: Target, jud
     b, a = res.before, res.after
     row.update(flops_ratio=a.flops / b.flops if b.flops else None, params_ratio=a.params / b.params if b.params else None,
                removed_channels=res.plan.n_removed, removed_blocks=len(res.removed_blocks))
+    def limit(name):
+        v = judge.get(name)
+        return None if v == "off" else v
+
     tol = Tolerances(parse_tolerances(judge["atol"], "atol"), parse_tolerances(judge["rtol"], "rtol"),
-                     judge["min_cosine"], judge["max_accuracy_drop"])
+                     min_cosine=limit("min_cosine"), min_agreement=limit("min_agreement"),
+                     max_accuracy_drop=limit("max_accuracy_drop"))
     rep = compare_models(model, out, providers=["cpu"], data=judge["data"], seed=judge["validate_seed"],
                          batch=judge["batch"], dims=judge["dims"], tol=tol, latency=False, labels_key=judge["labels_key"])
     p = rep.providers[0]
-    row.update(passed=rep.passed, failures=[*rep.failures, *p.failures, *(f for o in p.outputs for f in o.failures)],
+    row.update(passed=rep.passed, failures=[str(f) for f in (*rep.failures, *p.failures,
+                                                           *(f for o in p.outputs for f in o.failures))],
                accuracy_original=p.accuracy_original, accuracy=p.accuracy_pruned,
                cosine=min((o.cosine for o in p.outputs), default=None),
                top1_agreement=min((o.top1_agreement for o in p.outputs if o.top1_agreement is not None), default=None),
@@ -441,7 +447,7 @@ def sweep(model: str, folder: str, **options) -> SweepResult:
     o = resolve("sweep", options)
     if not os.path.isfile(model):
         raise OnnxPruneError(f"no such model file: {model}")
-    judge = o.pick(("data", "labels_key", "batch", "dims", "validate_seed", "atol", "rtol", "min_cosine",
+    judge = o.pick(("data", "labels_key", "batch", "dims", "validate_seed", "atol", "rtol", "min_cosine", "min_agreement",
                     "max_accuracy_drop"))
     prune_opts = without({k: o[k] for k in o.given}, "validation", "sweep")
     if o.ray:  # fail before any work

@@ -85,7 +85,8 @@ def test_cli_prune_quantize_validates_three_models(tmp_path, capsys):
     out = str(tmp_path / "d.int8.onnx")
     code = main(["prune", MODEL, "-o", out, "--ratio", "0.25", "--round-to", "8", "--calib", CALIB,
                  "--recover", "bias", "--quantize", "int8", "--validate", "--data", DATA, "--repeats", "3",
-                 "--warmup", "1"])
+                 "--warmup", "1", "--max-accuracy-drop", "0.03", "--min-cosine", "0.95",
+                 "--min-agreement", "0.97"])  # the three-model table is what this test is about
     text = capsys.readouterr().out
     assert code == 0, text
     assert os.path.exists(out) and os.path.exists(fp32_path(out))

@@ -73,9 +73,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("-o", "--output", required=True, help="pruned model to write")
     s.add_argument("--save-plan", help="also write the plan used")
-    s.add_argument("--report", metavar="PATH", help="also write a before/after report (.html, or .md for CI logs)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    options.add_arguments(s, "prune", groups=("planning", "calibration", "recovery", "deployment", "quantization"))
+    options.add_arguments(s, "prune", groups=("planning", "calibration", "recovery", "deployment", "quantization",
+                                                    "report"))
     _validation(s, "prune")
 
     s = sub.add_parser("sparsify", help="zero single weights with the smallest recorded gradients (size-only)")
@@ -212,7 +212,7 @@ def _cmd_plan(a) -> int:
 def _cmd_prune(a) -> int:
     if a.opts.quantize:
         return _prune_quantize(a)
-    res = api.prune(a.model, a.output, **options.without(a.given, "validation", "quantization"))
+    res = api.prune(a.model, a.output, **options.without(a.given, "validation", "quantization", "report"))
     if a.save_plan:
         res.plan.save(a.save_plan)
     b, f = res.before, res.after
@@ -248,14 +248,14 @@ def _cmd_prune(a) -> int:
     if a.opts.validate:
         from ..validate import format_report
 
-        report = _validate(a, a.model, a.output, keep_errors=bool(a.report))
+        report = _validate(a, a.model, a.output, keep_errors=bool(a.opts.report))
         summary["validation"] = report.to_dict()
         if not a.json:
             print()
             print(format_report(report))
         code = EXIT_OK if report.passed else EXIT_VALIDATION
-    if a.report:
-        _write_report(a, a.model, a.output, a.report, report)
+    if a.opts.report:
+        _write_report(a, a.model, a.output, a.opts.report, report)
     if code == EXIT_VALIDATION and not a.opts.keep_failed:
         from ..graph.io import remove_saved
 
@@ -284,7 +284,7 @@ def _prune_quantize(a) -> int:
     from ..quantize import fp32_path, quantize
 
     mid = fp32_path(a.output)
-    res = api.prune(a.model, mid, **options.without(a.given, "validation", "quantization"))
+    res = api.prune(a.model, mid, **options.without(a.given, "validation", "quantization", "report"))
     if a.save_plan:
         res.plan.save(a.save_plan)
     o = a.opts
@@ -393,7 +393,10 @@ COMMANDS = {"sweep": _cmd_sweep, "inspect": _cmd_inspect, "plan": _cmd_plan, "pr
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # a usage error (one line already on stderr), --help or --version
+        return e.code if isinstance(e.code, int) else EXIT_USER
     from ..logs import configure
 
     configure(quiet=args.quiet, verbose=args.verbose)
