@@ -20,7 +20,9 @@ from . import rewrite
 from .graph import Model, load_model, save_model
 from .analysis import Analysis, analyze
 from .cost import Cost, CostModel
+from .checks import fractions, integer, number
 from .errors import OnnxPruneError, PlanError
+from .outputs import check_output, refuse_input_files
 from .importance import NEEDS, ScoreData, score_groups
 from .planner import Plan, dead_atoms, keep_atoms, make_plan, plan_dead_atoms
 
@@ -72,6 +74,7 @@ class _Calib:
     data: object = field(default=None, repr=False)
     gradients: object = None  # path or GradientRecord
     hybrid_weights: tuple = (1.0, 1.0, 1.0)
+    drop_nonfinite: bool = False
 
     def load_gradients(self, model: Model):
         if self.gradients is None:
@@ -89,7 +92,8 @@ class _Calib:
             from .calib import load_calibration
 
             self.data = load_calibration(self.source, model, batch_size=self.batch_size,
-                                         image_spec=self.image_spec, limit=self.limit)
+                                         image_spec=self.image_spec, limit=self.limit,
+                                         drop_nonfinite=self.drop_nonfinite)
         return self.data
 
 
@@ -101,6 +105,7 @@ def inspect(path: str, *, protect: Sequence[str] = (), dims: dict[str, int] | No
     """
     from .blocks import find_blocks
 
+    check_planning_options(dims=dims)
     m = _inferred(load_model(path), None, dims)
     an = analyze(m, protect=protect)
     return Inspection(path, m.opset, m.ir.ir_version, len(m.graph), CostModel(m).count(), an,
@@ -152,7 +157,10 @@ def _plan(m: Model, an: Analysis, *, criterion: str, ratio, target_flops, target
 def _options(kw: dict) -> dict:
     calib = _Calib(kw.pop("calib", None), kw.pop("calib_batch", 32), kw.pop("image_spec", None),
                    kw.pop("calib_limit", None), gradients=kw.pop("gradients", None),
-                   hybrid_weights=kw.pop("hybrid_weights", (1.0, 1.0, 1.0)))
+                   hybrid_weights=kw.pop("hybrid_weights", (1.0, 1.0, 1.0)),
+                   drop_nonfinite=kw.pop("drop_nonfinite", False))
+    check_calibration_options(calib.batch_size, calib.limit, kw.get("dead_tol", 1e-6),
+                              kw.get("sensitivity_ratios"), calib.hybrid_weights)
     return dict(calib=calib, remove_dead=kw.pop("remove_dead", None), dead_tol=kw.pop("dead_tol", 1e-6),
                 rank_by=kw.pop("rank_by", "l2"), sensitivity_ratios=kw.pop("sensitivity_ratios", None), **kw)
 
@@ -168,8 +176,9 @@ def plan(path: str, *, criterion: str = "l2", ratio: float | None = None, target
     ``remove_dead``, ``dead_tol``, ``rank_by``, ``sensitivity_ratios``, ``gradients``,
     ``hybrid_weights``) are as for :func:`prune`.
     """
-    m = load_model(path)
+    check_planning_options(seed=seed, heads=heads, head_ratio=head_ratio, dims=dims)
     opts = _options(dict(calibration))
+    m = load_model(path)
     _inferred(m, opts["calib"], dims)
     an = analyze(m, protect=protect)
     if heads is not None or head_ratio is not None:
@@ -190,7 +199,8 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
           sensitivity_ratios: Sequence[float] | None = None, remove_blocks: int = 0,
           block_metric: str = "cosine", block_target_flops: float | None = None,
           gradients=None, hybrid_weights: Sequence[float] = (1.0, 1.0, 1.0), heads: int | None = None,
-          head_ratio: float | None = None, dims: dict[str, int] | None = None) -> PruneResult:
+          head_ratio: float | None = None, dims: dict[str, int] | None = None,
+          drop_nonfinite: bool = False) -> PruneResult:
     """Prune a model file structurally and write the result (atomically, fully checked).
 
     Args:
@@ -210,6 +220,7 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
         remove_blocks: bypass this many residual blocks (ranked by ``block_metric``) first.
         block_target_flops: instead, bypass blocks (least important first) until this fraction of
             the FLOPs is left.
+        drop_nonfinite: skip calibration samples holding NaN/Inf (else such data is refused).
         the rest: as in :func:`plan`.
 
     Raises:
@@ -223,9 +234,15 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
         raise OnnxPruneError(f"unknown recovery '{recover}'; use one of {', '.join(MODES)}")
     if recover == "lsq" and calib is None:
         raise OnnxPruneError("--recover lsq needs calibration data: give --calib")
+    check_planning_options(seed=seed, heads=heads, head_ratio=head_ratio, dims=dims)
+    check_calibration_options(calib_batch, calib_limit, dead_tol, sensitivity_ratios, hybrid_weights)
+    integer("--remove-blocks", remove_blocks, low=0)
+    number("--block-target-flops", block_target_flops, low=0, high=1, low_open=True, optional=True)
+    check_output(output, "the pruned model")
     m = load_model(path)
+    reads = refuse_input_files(output, path, m)
     cal = _Calib(calib, calib_batch, image_spec, calib_limit, gradients=gradients,
-                 hybrid_weights=tuple(hybrid_weights))
+                 hybrid_weights=tuple(hybrid_weights), drop_nonfinite=drop_nonfinite)
     first_cost = CostModel(_inferred(m, cal, dims)).count()
     removed_blocks: tuple[str, ...] = ()
     if (remove_blocks or block_target_flops is not None) and gradients is not None:
@@ -267,19 +284,21 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
     if external_data is None and m.external_data:
         external_data = True
     result = rewrite.apply(m, an, keep, recovery=recovery)
-    save_model(m, output, external_data=external_data)
+    save_model(m, output, external_data=external_data, avoid=reads)
     return PruneResult(output, p, first_cost, after, result.recovery, removed_blocks)
 
 
 def sensitivity(path: str, *, calib: str, rank_by: str = "l2", ratios: Sequence[float] | None = None,
                 calib_batch: int = 32, image_spec: str | None = None, calib_limit: int | None = None,
-                protect: Sequence[str] = ()):
+                protect: Sequence[str] = (), drop_nonfinite: bool = False):
     """Measure each group's error at several removal ratios (``sensitivity.SensitivityTable``)."""
     from .sensitivity import DEFAULT_RATIOS, measure
 
+    ratios = fractions("--ratios", ratios)
+    check_calibration_options(calib_batch, calib_limit, 0.0, None, (1.0,))
     m = load_model(path)
     an = analyze(m, protect=protect)
-    cal = _Calib(calib, calib_batch, image_spec, calib_limit).load(m)
+    cal = _Calib(calib, calib_batch, image_spec, calib_limit, drop_nonfinite=drop_nonfinite).load(m)
     rec = None
     if NEEDS.get(rank_by) == "activations":
         from .record import record_for
@@ -287,6 +306,25 @@ def sensitivity(path: str, *, calib: str, rank_by: str = "l2", ratios: Sequence[
         rec = record_for(an, cal)
     scores = score_groups(an, rank_by, data=ScoreData(activations=rec))
     return measure(an, cal, scores, ratios=ratios or DEFAULT_RATIOS)
+
+
+def check_planning_options(*, seed=0, heads=None, head_ratio=None, dims=None) -> None:
+    """Range checks of planning options (the CLI's and the API's)."""
+    integer("--seed", seed, low=0)
+    integer("--heads", heads, low=0, optional=True)
+    number("--head-ratio", head_ratio, low=0, high=1, high_open=True, optional=True)
+    for name, v in (dims or {}).items():
+        integer(f"--dim {name}", v, low=1)
+
+
+def check_calibration_options(calib_batch, calib_limit, dead_tol, sensitivity_ratios, hybrid_weights) -> None:
+    """Range checks of calibration options (the CLI's and the API's)."""
+    integer("--calib-batch", calib_batch, low=1)
+    integer("--calib-limit", calib_limit, low=1, optional=True)
+    number("--dead-tol", dead_tol, low=0)
+    fractions("--sensitivity-ratios", sensitivity_ratios)
+    for w in hybrid_weights:
+        number("--hybrid-weights", w, low=0)
 
 
 def _inferred(m: Model, cal: _Calib | None = None, dims: dict[str, int] | None = None) -> Model:

@@ -10,6 +10,7 @@ import sys
 
 from .. import __version__, api
 from ..errors import OnnxPruneError
+from ..outputs import check_output, interrupt_on_signals
 from ..importance import CRITERIA, NORMALIZE, REDUCE
 
 __all__ = ["main"]
@@ -53,6 +54,7 @@ def _planning(p: argparse.ArgumentParser) -> None:
                    help="remove channels constant on calibration data, folding them into biases (default with --calib)")
     c.add_argument("--keep-dead", dest="remove_dead", action="store_false", help="do not remove dead channels")
     c.add_argument("--dead-tol", type=float, default=1e-6, help="relative range under which a channel is constant")
+    _drop_nonfinite(c)
     c.add_argument("--rank-by", default="l2", choices=CRITERIA, help="within-group ranking for --criterion sensitivity")
     c.add_argument("--gradients", help="gradient record (.npz from onnxprune.torch.record_gradients) for "
                    "taylor/fisher/grad/hybrid")
@@ -60,6 +62,11 @@ def _planning(p: argparse.ArgumentParser) -> None:
                    help="weights of magnitude, gradient and activation scores in --criterion hybrid")
     c.add_argument("--sensitivity-ratios", type=float, nargs="+", metavar="R",
                    help="removal ratios measured per group (default 0.2 0.4 0.6 0.8)")
+
+
+def _drop_nonfinite(g) -> None:
+    g.add_argument("--drop-nonfinite", action="store_true",
+                   help="skip calibration samples holding NaN/Inf (default: refuse such data)")
 
 
 def _validation(p: argparse.ArgumentParser, *, with_flag: bool) -> None:
@@ -151,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--image-spec")
     s.add_argument("--calib-batch", type=int, default=32)
     s.add_argument("--calib-limit", type=int)
+    _drop_nonfinite(s)
     s.add_argument("--json", action="store_true")
 
     s = sub.add_parser("validate", help="compare a pruned model with its original")
@@ -169,7 +177,7 @@ def _planning_kwargs(a) -> dict:
                 calib_batch=a.calib_batch, calib_limit=a.calib_limit, remove_dead=a.remove_dead,
                 dead_tol=a.dead_tol, rank_by=a.rank_by, sensitivity_ratios=a.sensitivity_ratios,
                 gradients=a.gradients, hybrid_weights=_floats(a.hybrid_weights, "--hybrid-weights", 3),
-                dims=_dims(a.dim))
+                dims=_dims(a.dim), drop_nonfinite=a.drop_nonfinite)
 
 
 def _floats(text: str, flag: str, n: int) -> tuple[float, ...]:
@@ -241,6 +249,7 @@ def _plan_summary(plan) -> str:
 
 
 def _cmd_plan(a) -> int:
+    check_output(a.output, "the plan")
     plan = api.plan(a.model, **_planning_kwargs(a))
     plan.save(a.output)
     print(f"plan written to {a.output}: {_plan_summary(plan)}")
@@ -254,6 +263,8 @@ def _cmd_prune(a) -> int:
             and not a.remove_blocks and a.block_target_flops is None and a.heads is None and a.head_ratio is None):
         raise OnnxPruneError("say how much to prune: --ratio, --target-flops, --target-params, --remove-blocks, "
                              "or --plan FILE")
+    if a.save_plan:
+        check_output(a.save_plan, "the plan")
     kw = _planning_kwargs(a)
     res = api.prune(a.model, a.output, plan=a.plan, recover=a.recover, remove_blocks=a.remove_blocks,
                     block_metric=a.block_metric, block_target_flops=a.block_target_flops, **kw)
@@ -307,8 +318,10 @@ def _cmd_sparsify(a) -> int:
 
 
 def _cmd_sensitivity(a) -> int:
+    if a.output:
+        check_output(a.output, "the sensitivity table")
     table = api.sensitivity(a.model, calib=a.calib, rank_by=a.rank_by, ratios=a.ratios, calib_batch=a.calib_batch,
-                            image_spec=a.image_spec, calib_limit=a.calib_limit)
+                            image_spec=a.image_spec, calib_limit=a.calib_limit, drop_nonfinite=a.drop_nonfinite)
     if a.output:
         table.save(a.output)
     print(json.dumps(table.to_dict(), indent=1) if a.json else table.format())
@@ -321,11 +334,12 @@ COMMANDS = {"inspect": _cmd_inspect, "plan": _cmd_plan, "prune": _cmd_prune, "va
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if argv is None:  # a process of our own: share one ORT thread pool between timed sessions
-        from ..validate.runtime import use_global_thread_pool
-
-        use_global_thread_pool()
     try:
+        if argv is None:  # a process of our own: SIGTERM/SIGHUP clean up like Ctrl-C; one ORT thread pool
+            from ..validate.runtime import use_global_thread_pool
+
+            interrupt_on_signals()
+            use_global_thread_pool()
         return COMMANDS[args.command](args)
     except OnnxPruneError as e:  # user error: one line, no traceback
         print(f"onnxprune: error: {e}", file=sys.stderr)
@@ -340,7 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      "; run again with --debug for the traceback"),
               file=sys.stderr)
         return EXIT_BUG
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: temporary files are gone, the old output stays
+        print("onnxprune: interrupted; no output was changed unless it was complete", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into head & co.
         import os

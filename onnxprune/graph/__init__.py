@@ -360,10 +360,10 @@ def load_model(path: str | os.PathLike) -> Model:
 
 
 def save_model(model: Model | ir.Model | onnx.ModelProto, path: str | os.PathLike, *,
-               external_data: bool | None = None, check: bool = True) -> None:
+               external_data: bool | None = None, check: bool = True, avoid=frozenset()) -> None:
     """Write a model atomically (checked, then renamed into place); see :func:`.io.save_ir`."""
     if isinstance(model, Model):
         model = model.ir
     elif isinstance(model, onnx.ModelProto):
         model = ir.serde.deserialize_model(model)
-    save_ir(model, path, external_data=external_data, check=check)
+    save_ir(model, path, external_data=external_data, check=check, avoid=avoid)

@@ -5,12 +5,15 @@ Loading parses the protobuf without external data, checks every external-data re
 hands the graph to onnx-ir, whose external tensors memory-map their data lazily.
 
 Saving writes to a temporary folder next to the output, runs
-``onnx.checker.check_model(full_check=True)`` on the written file, then renames into place.
+``onnx.checker.check_model(full_check=True)`` on the written file, then renames into place: the
+data under a fresh name when an old output pair exists, then the model, then the old data goes.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
+import secrets
 import shutil
 import stat
 import tempfile
@@ -19,7 +22,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from ..errors import UnsupportedModelError, ValidationError
+from ..errors import OnnxPruneError, UnsupportedModelError, ValidationError
 
 __all__ = ["load_ir", "save_ir", "MIN_OPSET", "one_line"]
 
@@ -182,35 +185,75 @@ def _check(model: str | onnx.ModelProto, path: str) -> None:
                               f"nothing was written to {path}") from None
 
 
+def _old_data_files(path: str) -> list[str]:
+    """The data files an existing output at ``path`` references that this writer named
+    (``<name>.data`` or ``<name>.<hex>.data`` beside it): removed once the new output is in place."""
+    folder, name = os.path.split(path)
+    if not os.path.isfile(path) or os.path.islink(path):
+        return []
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception:  # not a model (or unreadable): it references nothing
+        return []
+    ours = re.compile(re.escape(name) + r"(\.[0-9a-f]{8})?\.data")
+    out = []
+    for t in _tensors(proto.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), "")
+            full = os.path.join(folder, loc)
+            if ours.fullmatch(loc) and os.path.isfile(full) and not os.path.islink(full) and full not in out:
+                out.append(full)
+    return out
+
+
 def save_ir(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
-            check: bool = True) -> None:
-    """Write a model atomically: to a temporary folder, check it, then rename into place.
+            check: bool = True, avoid: set[str] | frozenset[str] = frozenset()) -> None:
+    """Write a model atomically: to a temporary folder beside the output, check it, then rename.
+
+    The weights file (with ``external_data``) is ``<name>.data``, or ``<name>.<8 hex>.data`` when that
+    name is taken (an existing output pair, or a file the input reads): the new data is renamed in
+    under its fresh name, then the model in one rename, then the old output's data is removed, with
+    SIGINT/SIGTERM/SIGHUP held meanwhile. A reader sees the old pair or the new one, never a mix.
 
     Args:
         model: the model (its IR version is lowered to one onnxruntime reads, if newer).
-        path: destination; its ``.data`` companion is ``<name>.data``.
-        external_data: weights in ``<name>.data``; by default when the model read external data
+        path: destination.
+        external_data: weights in a ``.data`` file; by default when the model read external data
             or would pass the 2 GB protobuf limit.
         check: run the full checker on the written file before renaming.
+        avoid: real paths never written or removed (the files the input model reads).
 
     Raises:
-        ValidationError: the folder is missing, or the checker rejected the model; nothing is
-            written.
+        ValidationError: the folder is missing or not writable, or the checker rejected the
+            model; nothing is written.
     """
+    from ..outputs import check_output, deferred_signals
+
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path) or "."
-    if not os.path.isdir(folder):
-        raise ValidationError(f"{path}: folder {folder} does not exist")
+    try:
+        check_output(path, "the model")
+    except OnnxPruneError as e:
+        raise ValidationError(str(e)) from None
+    if os.path.realpath(path) in avoid:
+        raise ValidationError(f"{path} is a file the input model reads; choose another output path")
     if external_data is None:
         external_data = has_external_tensors(model) or weights_bytes(model) > _TWO_GB - (64 << 20)
     if model.ir_version > MAX_RUNTIME_IR:
         log.info("IR version %d lowered to %d (onnxruntime compatibility)", model.ir_version, MAX_RUNTIME_IR)
         model.ir_version = MAX_RUNTIME_IR
     name = os.path.basename(path)
+    data_name = name + ".data"
+    taken = os.path.lexists(os.path.join(folder, data_name)) or os.path.realpath(os.path.join(folder, data_name)) in avoid
+    if external_data and taken:
+        while True:
+            data_name = f"{name}.{secrets.token_hex(4)}.data"
+            if not os.path.lexists(os.path.join(folder, data_name)):
+                break
+    old_data = _old_data_files(path)
     tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=folder)
     try:
         tmp = os.path.join(tmpdir, name)
-        data_name = name + ".data"
         if external_data:
             ir.save(model, tmp, external_data=data_name, size_threshold_bytes=1024)
             if check:
@@ -221,8 +264,15 @@ def save_ir(model: ir.Model, path: str | os.PathLike, *, external_data: bool | N
                 _check(proto, path)
             with open(tmp, "wb") as f:
                 f.write(proto.SerializeToString())
-        if external_data:
-            os.replace(os.path.join(tmpdir, data_name), os.path.join(folder, data_name))
-        os.replace(tmp, path)
+        tmp_data = os.path.join(tmpdir, data_name)
+        new_data = os.path.join(folder, data_name)
+        with deferred_signals():
+            if external_data and os.path.exists(tmp_data):  # no file when every tensor stayed inline
+                os.replace(tmp_data, new_data)
+            os.replace(tmp, path)
+            for f in old_data:
+                if f != new_data and os.path.realpath(f) not in avoid:
+                    os.remove(f)
+            shutil.rmtree(tmpdir, ignore_errors=True)
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)

@@ -219,6 +219,24 @@ def measure_latency(sess_a, sess_b, feeds: dict, *, warmup: int = 5, repeats: in
     return Latency(sa, sb, sb["median"] / sa["median"] if sa["median"] else float("nan"), repeats, warmup)
 
 
+def check_validation_options(*, batch=1, warmup=0, repeats=1, seed=0, dims=None, tol=None) -> None:
+    """Range checks of validation options (the CLI's and the API's)."""
+    from ..checks import integer, number
+
+    integer("--batch", batch, low=1)
+    integer("--warmup", warmup, low=0)
+    integer("--repeats", repeats, low=1)
+    integer("--validate-seed", seed, low=0)
+    for name, v in (dims or {}).items():
+        integer(f"--dim {name}", v, low=1)
+    if tol is not None:
+        for flag, table in (("--atol", tol.atol), ("--rtol", tol.rtol)):
+            for v in (table.values() if isinstance(table, dict) else [table]):
+                number(flag, v, low=0, optional=True)
+        number("--min-cosine", tol.min_cosine, low=-1, high=1, optional=True)
+        number("--max-accuracy-drop", tol.max_accuracy_drop, low=0, high=1, optional=True)
+
+
 def compare_models(original: str, pruned: str, *, providers: list[str] = ("cpu",), data: str | None = None,
                    seed: int = 0, batch: int = 1, dims: dict[str, int] | None = None, tol: Tolerances = Tolerances(),
                    latency: bool = True, warmup: int = 5, repeats: int = 30, strict_providers: bool = False,
@@ -235,6 +253,7 @@ def compare_models(original: str, pruned: str, *, providers: list[str] = ("cpu",
         latency: time both models (interleaved).
         strict_providers: an unavailable provider fails the report instead of being noted.
     """
+    check_validation_options(batch=batch, warmup=warmup, repeats=repeats, seed=seed, dims=dims, tol=tol)
     orig_stats, pruned_stats = model_stats(original), model_stats(pruned)
     declared = _declared_outputs(pruned)
     report = Report(orig_stats, pruned_stats, "", [])
@@ -254,6 +273,8 @@ def compare_models(original: str, pruned: str, *, providers: list[str] = ("cpu",
             specs = InputSpec.from_session(sa)
             dataset = (npz_dataset(data, specs, labels_key=labels_key) if data
                        else random_dataset(specs, seed=seed, batch=batch, dims=dims))
+            if dataset.n_samples == 0:
+                raise OnnxPruneError(f"validation inputs {dataset.source} hold no samples; nothing to compare")
             report.inputs = dataset.source
         outs_a = _run_all(sa, dataset)
         try:
