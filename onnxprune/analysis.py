@@ -29,7 +29,7 @@ import logging
 import onnx_ir as ir
 
 from .graph import Model, Shape, inp, one_line, out
-from .errors import PlanError
+from .errors import PlanError, UnsupportedModelError
 from .rules import registry
 
 __all__ = ["Analysis", "Chan", "Group", "ParamAxis", "analyze"]
@@ -528,6 +528,19 @@ def _apply_rule(an: Analysis, ctx: NodeContext, rule) -> None:
         ctx.barrier(f"not understood ({type(e).__name__}: {one_line(e)[:160]}){hint}")
 
 
+def _refuse_zero_width(model: Model) -> None:
+    """A weight (rank ≥ 2 constant) with a zero-size axis is a zero-width layer: refused by name."""
+    for node in model.graph:
+        tensors = [(v.name, v.const_value) for v in node.inputs if v is not None and v.const_value is not None]
+        if node.op_type == "Constant" and "value" in node.attributes:
+            tensors.append((node.outputs[0].name, node.attributes["value"].value))
+        for name, t in tensors:
+            shape = list(getattr(t, "shape", None) or [])
+            if len(shape) >= 2 and 0 in shape:
+                raise UnsupportedModelError(f"node '{model.node_name(node)}' ({node.op_type}): weight '{name}' has "
+                                            f"shape {shape}, a zero-width layer; remove the empty layer and re-export")
+
+
 def analyze(model: Model, *, protect: Iterable[str] = ()) -> Analysis:
     """Find the channel groups of a model.
 
@@ -540,6 +553,7 @@ def analyze(model: Model, *, protect: Iterable[str] = ()) -> Analysis:
     """
     if not model.shapes:
         model.infer()
+    _refuse_zero_width(model)
     an = Analysis(model)
     rules = registry()
     for node in model.graph:

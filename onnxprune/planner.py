@@ -128,18 +128,18 @@ def _num(v) -> bool:
 
 
 def _strs(v) -> bool:
-    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+    return isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
 
 
 _GROUP_FIELDS = {"group": _int, "name": lambda v: isinstance(v, str), "size": _int, "remove": None,
                  "pinned": _int, "reasons": _strs, "members": _strs,
-                 "scores": lambda v: isinstance(v, list) and all(_num(x) for x in v),
+                 "scores": lambda v: isinstance(v, (list, tuple)) and all(_num(x) for x in v),
                  "note": lambda v: isinstance(v, str), "dead": None}
 _GROUP_TYPES = {"group": "a whole number", "name": "a string", "size": "a whole number", "pinned": "a whole number",
                 "reasons": "a list of strings", "members": "a list of strings", "scores": "a list of finite numbers",
                 "note": "a string"}
 _PLAN_FIELDS = {"version": _int, "signature": lambda v: isinstance(v, str), "criterion": lambda v: isinstance(v, str),
-                "groups": lambda v: isinstance(v, list), "settings": lambda v: isinstance(v, dict),
+                "groups": lambda v: isinstance(v, (list, tuple)), "settings": lambda v: isinstance(v, dict),
                 "estimate": lambda v: isinstance(v, dict), "model": lambda v: isinstance(v, str)}
 
 
@@ -184,7 +184,7 @@ def check_plan_dict(d) -> None:
         seen.add(gid)
         for key in ("remove", "dead"):
             idx = g.get(key, [])
-            if not isinstance(idx, list) or not all(_int(i) for i in idx):
+            if not isinstance(idx, (list, tuple)) or not all(_int(i) for i in idx):
                 raise PlanError(f"{where} (group {gid}): '{key}' must be a list of whole channel indices, got "
                                 f"{json.dumps(idx)[:60]}")
             bad = [i for i in idx if not 0 <= i < size]

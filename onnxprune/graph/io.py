@@ -206,6 +206,18 @@ def _old_data_files(path: str) -> list[str]:
     return out
 
 
+def _inline_attribute_tensors(model: ir.Model) -> None:
+    """Read external tensors held by node attributes (``Constant`` values) into memory: the writer
+    externalises initializers only, and their old location is relative to the *input's* folder."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for key, a in list(node.attributes.items()):
+            if a.type == ir.AttributeType.TENSOR and isinstance(a.value, ir.ExternalTensor):
+                node.attributes[key] = ir.AttrTensor(key, ir.Tensor(a.value.numpy(), name=a.value.name))
+            elif a.type == ir.AttributeType.TENSORS and any(isinstance(t, ir.ExternalTensor) for t in a.value):
+                node.attributes[key] = ir.AttrTensors(key, [ir.Tensor(t.numpy(), name=t.name)
+                                                            if isinstance(t, ir.ExternalTensor) else t for t in a.value])
+
+
 def save_ir(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
             check: bool = True, avoid: set[str] | frozenset[str] = frozenset()) -> None:
     """Write a model atomically: to a temporary folder beside the output, check it, then rename.
@@ -242,6 +254,7 @@ def save_ir(model: ir.Model, path: str | os.PathLike, *, external_data: bool | N
     if model.ir_version > MAX_RUNTIME_IR:
         log.info("IR version %d lowered to %d (onnxruntime compatibility)", model.ir_version, MAX_RUNTIME_IR)
         model.ir_version = MAX_RUNTIME_IR
+    _inline_attribute_tensors(model)
     name = os.path.basename(path)
     data_name = name + ".data"
     taken = os.path.lexists(os.path.join(folder, data_name)) or os.path.realpath(os.path.join(folder, data_name)) in avoid
