@@ -200,12 +200,18 @@ def _dims(specs: list[str]) -> dict[str, int]:
     return out
 
 
+def _tolerances(a):
+    from ..validate import Tolerances, parse_tolerances
+
+    return Tolerances(parse_tolerances(a.atol, "--atol"), parse_tolerances(a.rtol, "--rtol"), a.min_cosine,
+                      a.max_accuracy_drop)
+
+
 def _validate(a, original: str, pruned: str):
-    from ..validate import Tolerances, compare_models, parse_tolerances
+    from ..validate import compare_models
     from ..validate.runtime import parse_providers
 
-    tol = Tolerances(parse_tolerances(a.atol, "--atol"), parse_tolerances(a.rtol, "--rtol"), a.min_cosine,
-                     a.max_accuracy_drop)
+    tol = _tolerances(a)
     return compare_models(original, pruned, providers=parse_providers(a.providers), data=a.data,
                           seed=a.validate_seed, batch=a.batch, dims=_dims(a.dim), tol=tol, latency=not a.no_latency,
                           warmup=a.warmup, repeats=a.repeats, strict_providers=a.strict_providers,
@@ -265,6 +271,11 @@ def _cmd_prune(a) -> int:
                              "or --plan FILE")
     if a.save_plan:
         check_output(a.save_plan, "the plan")
+    if a.validate:  # before the work: a bad validation option must not come after the model is written
+        from ..validate.compare import check_validation_options
+
+        check_validation_options(batch=a.batch, warmup=a.warmup, repeats=a.repeats, seed=a.validate_seed,
+                                 dims=_dims(a.dim), tol=_tolerances(a))
     kw = _planning_kwargs(a)
     res = api.prune(a.model, a.output, plan=a.plan, recover=a.recover, remove_blocks=a.remove_blocks,
                     block_metric=a.block_metric, block_target_flops=a.block_target_flops, **kw)

@@ -280,7 +280,7 @@ def save_ir(model: ir.Model, path: str | os.PathLike, *, external_data: bool | N
         tmp_data = os.path.join(tmpdir, data_name)
         new_data = os.path.join(folder, data_name)
         with deferred_signals():
-            if external_data and os.path.exists(tmp_data):  # no file when every tensor stayed inline
+            if external_data and os.path.exists(tmp_data) and os.path.getsize(tmp_data):  # none: all inline
                 os.replace(tmp_data, new_data)
             os.replace(tmp, path)
             for f in old_data:
