@@ -280,9 +280,16 @@ def save_ir(model: ir.Model, path: str | os.PathLike, *, external_data: bool | N
         tmp_data = os.path.join(tmpdir, data_name)
         new_data = os.path.join(folder, data_name)
         with deferred_signals():
+            moved = False
             if external_data and os.path.exists(tmp_data) and os.path.getsize(tmp_data):  # none: all inline
-                os.replace(tmp_data, new_data)
-            os.replace(tmp, path)
+                os.replace(tmp_data, new_data)  # a fresh name: nothing is overwritten
+                moved = True
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                if moved:
+                    os.remove(new_data)  # the old pair stays whole
+                raise
             for f in old_data:
                 if f != new_data and os.path.realpath(f) not in avoid:
                     os.remove(f)
