@@ -541,6 +541,22 @@ def _refuse_zero_width(model: Model) -> None:
                                             f"shape {shape}, a zero-width layer; remove the empty layer and re-export")
 
 
+def _refuse_misdeclared_outputs(model: Model) -> None:
+    """A graph output declared with a static dim the graph does not compute is refused by name
+    (the rewrite's post-condition would otherwise blame itself for it)."""
+    for v in model.graph.outputs:
+        if v.shape is None:
+            continue
+        actual = model.sym.get(v.name)
+        if actual is None:
+            continue
+        declared = [d if isinstance(d, int) else None for d in v.shape]
+        if len(declared) != len(actual) or any(d is not None and isinstance(a, int) and d != a
+                                               for d, a in zip(declared, actual)):
+            raise UnsupportedModelError(f"graph output '{v.name}' is declared with shape {declared} but the graph "
+                                        f"computes {list(actual)}; fix the declaration or re-export the model")
+
+
 def analyze(model: Model, *, protect: Iterable[str] = ()) -> Analysis:
     """Find the channel groups of a model.
 
@@ -554,6 +570,7 @@ def analyze(model: Model, *, protect: Iterable[str] = ()) -> Analysis:
     if not model.shapes:
         model.infer()
     _refuse_zero_width(model)
+    _refuse_misdeclared_outputs(model)
     an = Analysis(model)
     rules = registry()
     for node in model.graph:

@@ -66,6 +66,34 @@ def _expected_bytes(t: onnx.TensorProto) -> int | None:
     return n * itemsize
 
 
+_FIELDS = {"float_data": 1, "int32_data": 1, "int64_data": 1, "double_data": 1, "uint64_data": 1}
+
+
+def check_inline_data(proto: onnx.ModelProto, path: str) -> None:
+    """Refuse tensors whose stored data does not fit their dims and type (raw bytes or typed values)."""
+    for t in _tensors(proto.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in (onnx.TensorProto.STRING, 0):
+            continue
+        n = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
+        if any(d < 0 for d in t.dims):
+            raise UnsupportedModelError(f"{path}: tensor '{t.name}' has a negative dim {list(t.dims)}")
+        if t.HasField("raw_data"):
+            want = _expected_bytes(t)
+            if want is not None and len(t.raw_data) != want:
+                raise UnsupportedModelError(f"{path}: tensor '{t.name}' holds {len(t.raw_data)} bytes, its shape "
+                                            f"{list(t.dims)} and type need {want}; re-export the model")
+            continue
+        counts = [len(getattr(t, f)) for f in _FIELDS if len(getattr(t, f))]
+        have = counts[0] if counts else 0
+        if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+            have //= 2
+        if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.FLOAT4E2M1):
+            continue  # packed two per value
+        if have != n:
+            raise UnsupportedModelError(f"{path}: tensor '{t.name}' holds {have} values, its shape {list(t.dims)} "
+                                        f"needs {n}; re-export the model")
+
+
 def check_external_data(proto: onnx.ModelProto, base_dir: str, path: str) -> bool:
     """Refuse external-data references that leave the model folder or the data file.
 
@@ -142,6 +170,7 @@ def load_ir(path: str | os.PathLike) -> tuple[ir.Model, bool]:
         raise UnsupportedModelError(f"{path}: the graph has no nodes; is this an ONNX model?")
     base_dir = os.path.dirname(os.path.abspath(path))
     external = check_external_data(proto, base_dir, path)
+    check_inline_data(proto, path)
     try:  # the parsed proto when it holds everything (no second parse); the path for external data
         onnx.checker.check_model(path if external or os.path.getsize(path) > _TWO_GB - (64 << 20) else proto)
     except Exception as e:
