@@ -381,3 +381,23 @@ def test_gradient_record_given_as_npy(tmp_path):
             "--gradients", tmp_path / "g.npy", match="a .npy array")
     refused("sparsify", MODEL, "-o", tmp_path / "o.onnx", "--ratio", "0.5", "--gradients", tmp_path / "g.npy",
             match="a .npy array")
+
+
+# ------------------------------------------------------------------ bugs are bugs
+@pytest.mark.parametrize("exc", [ZeroDivisionError("x"), KeyError("k"), RecursionError(), MemoryError()])
+def test_unexpected_exceptions_are_bugs_with_their_own_exit_code(monkeypatch, exc):
+    def boom(*a, **k):
+        raise exc
+
+    monkeypatch.setattr(api, "inspect", boom)
+    rc, err = cli("inspect", MODEL)
+    assert rc == 3 and "internal error (a bug" in err and "Traceback" not in err, err
+    assert err.count("\n") == 1, err
+    rc, err = cli("--debug", "inspect", MODEL)
+    assert rc == 3 and "Traceback" in err and type(exc).__name__ in err, err
+
+
+def test_user_errors_stay_one_line_with_debug(tmp_path):
+    rc, err = cli("--debug", "prune", MODEL, "-o", tmp_path / "o.onnx", "--ratio", "0.5", "--calib-batch", "0",
+                  "--calib", CALIB)
+    assert rc == 1 and "Traceback" not in err and err.count("\n") == 1, err

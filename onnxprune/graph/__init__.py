@@ -19,6 +19,7 @@ Only ``rewrite/`` calls the mutating methods (``slice_const``, ``set_const``, ``
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from collections.abc import Iterable
 
@@ -191,6 +192,19 @@ class Model:
                 arr = None
         self._const_cache[name] = arr
         return arr
+
+    def release_pages(self, name: str) -> None:
+        """Drop the resident pages of a memory-mapped external tensor behind ``name`` (read again
+        from the page cache on the next access): reading every weight of a multi-GB model once
+        then costs the largest tensors read together, not the whole file."""
+        v = self.value_of(self.resolve(name))
+        t = None if v is None else v.const_value
+        raw = getattr(t, "raw", None) if isinstance(t, ir.ExternalTensor) else None
+        if raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                raw.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):  # closed or not supported: nothing to release
+                pass
 
     def const_shape(self, name: str) -> tuple[int, ...] | None:
         v = self.value_of(self.resolve(name))
