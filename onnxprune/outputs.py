@@ -38,9 +38,10 @@ def check_output(path: str | os.PathLike, what: str = "the output") -> str:
     if not os.path.isdir(folder):
         raise OnnxPruneError(f"{path}: folder {folder} does not exist; create it first")
     try:  # the only reliable test (ACLs, read-only mounts, root): create and remove a file
-        fd, probe = tempfile.mkstemp(prefix=".onnxprune-probe-", dir=folder)
-        os.close(fd)
-        os.remove(probe)
+        with deferred_signals():  # a signal in between must not leave the probe behind
+            fd, probe = tempfile.mkstemp(prefix=".onnxprune-probe-", dir=folder)
+            os.close(fd)
+            os.remove(probe)
     except OSError as e:
         raise OnnxPruneError(f"{path}: cannot write into {folder} ({e.strerror}); choose a writable folder") from None
     return path

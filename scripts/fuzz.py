@@ -63,7 +63,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--devcache", default="/tmp/devcache")
     ap.add_argument("--torch", action="store_true", help="also fuzz a torch export")
-    ap.add_argument("--show", type=int, default=20, help="crashes printed in full")
+    ap.add_argument("--only", type=int, nargs="+", help="run just these case numbers (to reproduce a crash)")
     a = ap.parse_args()
     logging.disable(logging.CRITICAL)
     models = sources(a.devcache, a.torch)
@@ -71,7 +71,7 @@ def main() -> int:
     tally, by_kind = Tally(), collections.Counter()
     t0 = time.time()
     with tempfile.TemporaryDirectory(prefix="onnxprune-fuzz-") as work:
-        for k in range(a.cases):
+        for k in (a.only or range(a.cases)):
             rng = random.Random(f"{a.seed}:{k}")
             src = names[k % len(names)]
             outcome, muts = fuzz_one(models[src], rng, os.path.join(work, "case"))

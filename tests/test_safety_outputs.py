@@ -162,8 +162,8 @@ def test_a_signal_during_the_write_leaves_the_old_output_or_the_new_one(tmp_path
     proc = _start(["prune", tmp_path / "m.onnx", "-o", out, "--ratio", "0.25"], tmp_path)
     deadline = time.time() + 60
     while time.time() < deadline and proc.poll() is None:
-        if any(f.startswith(".onnxprune-") for f in os.listdir(tmp_path)):
-            break  # the writer is at work: interrupt it there
+        if any(f.startswith(".onnxprune-") and (tmp_path / f).is_dir() for f in os.listdir(tmp_path)):
+            break  # the writer is at work (its temporary folder exists): interrupt it there
         time.sleep(0.001)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)

@@ -177,6 +177,9 @@ def load_ir(path: str | os.PathLike) -> tuple[ir.Model, bool]:
         raise UnsupportedModelError(f"{path}: fails the ONNX checker: {one_line(e)}; fix or re-export the "
                                     "model") from None
     opset = default_opset(proto)
+    if opset > onnx.defs.onnx_opset_version():
+        raise UnsupportedModelError(f"{path}: opset {opset} is newer than the newest released one "
+                                    f"({onnx.defs.onnx_opset_version()}); export with a released opset")
     if opset < MIN_OPSET:
         raise UnsupportedModelError(
             f"{path}: opset {opset} is older than {MIN_OPSET}; convert it first with "
@@ -235,16 +238,31 @@ def _old_data_files(path: str) -> list[str]:
     return out
 
 
+def _in_memory(t: ir.ExternalTensor) -> ir.Tensor:
+    """A copy in memory (no view of the memory map, which may then close)."""
+    return ir.Tensor(np.array(t.numpy()), dtype=t.dtype, name=t.name)
+
+
 def _inline_attribute_tensors(model: ir.Model) -> None:
     """Read external tensors held by node attributes (``Constant`` values) into memory: the writer
     externalises initializers only, and their old location is relative to the *input's* folder."""
     for node in ir.traversal.RecursiveGraphIterator(model.graph):
         for key, a in list(node.attributes.items()):
             if a.type == ir.AttributeType.TENSOR and isinstance(a.value, ir.ExternalTensor):
-                node.attributes[key] = ir.AttrTensor(key, ir.Tensor(a.value.numpy(), name=a.value.name))
+                node.attributes[key] = ir.AttrTensor(key, _in_memory(a.value))
             elif a.type == ir.AttributeType.TENSORS and any(isinstance(t, ir.ExternalTensor) for t in a.value):
-                node.attributes[key] = ir.AttrTensors(key, [ir.Tensor(t.numpy(), name=t.name)
-                                                            if isinstance(t, ir.ExternalTensor) else t for t in a.value])
+                node.attributes[key] = ir.AttrTensors(key, [_in_memory(t) if isinstance(t, ir.ExternalTensor) else t
+                                                            for t in a.value])
+
+
+def _copy_small_external(model: ir.Model, threshold: int) -> None:
+    """External initializers the writer will inline: copied into memory here (the writer would
+    close their memory map, which fails while an array of the analysis still views it)."""
+    for graph in model.graphs():
+        for v in graph.initializers.values():
+            t = v.const_value
+            if isinstance(t, ir.ExternalTensor) and t.nbytes <= threshold:
+                v.const_value = _in_memory(t)
 
 
 def save_ir(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
@@ -293,10 +311,13 @@ def save_ir(model: ir.Model, path: str | os.PathLike, *, external_data: bool | N
             if not os.path.lexists(os.path.join(folder, data_name)):
                 break
     old_data = _old_data_files(path)
-    tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=folder)
+    tmpdir = None
     try:
+        with deferred_signals():  # a signal right after mkdtemp must still find it removed
+            tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=folder)
         tmp = os.path.join(tmpdir, name)
         if external_data:
+            _copy_small_external(model, 1024)
             ir.save(model, tmp, external_data=data_name, size_threshold_bytes=1024)
             if check:
                 _check(tmp, path)
@@ -324,4 +345,5 @@ def save_ir(model: ir.Model, path: str | os.PathLike, *, external_data: bool | N
                     os.remove(f)
             shutil.rmtree(tmpdir, ignore_errors=True)
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)

@@ -276,7 +276,7 @@ def run_case(model_path: str, out_dir: str, argv_tail: list[str], watch: list[st
     from ..cli import main
 
     out = os.path.join(out_dir, "out.onnx")
-    argv = ["prune", model_path, "-o", out, *argv_tail]
+    argv = ["--debug", "prune", model_path, "-o", out, *argv_tail]  # a bug shows its traceback
     before = {w: _listing(w) for w in watch}
     before[os.path.dirname(model_path)] = _listing(os.path.dirname(model_path))
     err, sink = io.StringIO(), io.StringIO()
