@@ -47,17 +47,19 @@ def check_output(path: str | os.PathLike, what: str = "the output") -> str:
     return path
 
 
-def write_text(path: str | os.PathLike, text: str, what: str = "the output") -> str:
-    """Write ``text`` atomically: a unique temporary file in the same folder, then one rename."""
+def write_text(path: str | os.PathLike, text: str | bytes, what: str = "the output") -> str:
+    """Write ``text`` (or bytes) atomically: a unique temporary file in the same folder, then one rename."""
     path = check_output(path, what)
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
+    tmp = None
     try:
-        with os.fdopen(fd, "w") as f:
+        with deferred_signals():
+            fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=os.path.dirname(path))
+        with os.fdopen(fd, "wb" if isinstance(text, bytes) else "w") as f:
             f.write(text)
         with deferred_signals():
             os.replace(tmp, path)
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.remove(tmp)
     return path
 
