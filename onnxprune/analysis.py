@@ -547,10 +547,10 @@ def _refuse_misdeclared_outputs(model: Model) -> None:
     for v in model.graph.outputs:
         if v.shape is None:
             continue
-        actual = model.sym.get(v.name)
+        actual = model.sym.get(v.name) or model.shapes.get(v.name)
         if actual is None:
             continue
-        declared = [d if isinstance(d, int) else None for d in v.shape]
+        declared = [d if isinstance(d, int) and d >= 0 else None for d in v.shape]
         if len(declared) != len(actual) or any(d is not None and isinstance(a, int) and d != a
                                                for d, a in zip(declared, actual)):
             raise UnsupportedModelError(f"graph output '{v.name}' is declared with shape {declared} but the graph "

@@ -42,7 +42,7 @@ def test_mutated_models_keep_the_contract(tmp_path, source, seed):
         outcome, mutations = fuzz_one(_model(source), random.Random(seed), str(tmp_path / "case"))
     finally:
         logging.disable(logging.NOTSET)
-    assert outcome.kind in ("error", "valid"), f"{source} seed {seed} {mutations}: {outcome.detail}"
+    assert outcome.kind in ("error", "valid", "ort_input"), f"{source} seed {seed} {mutations}: {outcome.detail}"
 
 
 @pytest.mark.parametrize("seed", range(4))

@@ -71,8 +71,17 @@ _FIELDS = {"float_data": 1, "int32_data": 1, "int64_data": 1, "double_data": 1, 
 
 def check_inline_data(proto: onnx.ModelProto, path: str) -> None:
     """Refuse tensors whose stored data does not fit their dims and type (raw bytes or typed values)."""
+    known = set(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        for v in values:
+            if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type not in known:
+                raise UnsupportedModelError(f"{path}: graph {kind} '{v.name}' has no valid element type "
+                                            f"({v.type.tensor_type.elem_type}); re-export the model")
     for t in _tensors(proto.graph):
-        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type in (onnx.TensorProto.STRING, 0):
+        if t.data_type not in known:
+            raise UnsupportedModelError(f"{path}: tensor '{t.name}' has no valid element type ({t.data_type}); "
+                                        "re-export the model")
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
             continue
         n = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
         if any(d < 0 for d in t.dims):

@@ -223,7 +223,7 @@ class RefreshShapesPass(ModelPass):
             actual = self.m.sym.get(v.name)
             if actual is None:
                 continue
-            declared = [d if isinstance(d, int) else None for d in v.shape]
+            declared = [d if isinstance(d, int) and d >= 0 else None for d in v.shape]
             for d, a in zip(declared, actual):
                 if d is not None and isinstance(a, int) and d != a:
                     raise BugError(f"graph output '{v.name}' would change shape from {declared} to {list(actual)}")

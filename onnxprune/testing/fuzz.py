@@ -259,7 +259,8 @@ def mutate(proto: onnx.ModelProto, rng: random.Random, n: int | None = None) -> 
 # --------------------------------------------------------------------------- the contract
 @dataclass
 class Outcome:
-    kind: str  # "error" (clean one-line refusal), "valid" (checked output), "crash"
+    kind: str  # "error" (clean one-line refusal), "valid" (checked output), "ort_input" (a checked output
+    # onnxruntime rejects as it rejects the input), "crash"
     detail: str = ""
     argv: list = field(default_factory=list)
 
@@ -308,15 +309,24 @@ def run_case(model_path: str, out_dir: str, argv_tail: list[str], watch: list[st
         onnx.checker.check_model(out, full_check=True)
     except Exception as e:
         return Outcome("crash", f"output fails the checker: {' '.join(str(e).split())[:500]}", argv)
+    err = _ort_error(out)
+    if err:
+        if _ort_error(model_path):  # the input fails the same way: not something pruning broke
+            return Outcome("ort_input", f"onnxruntime rejects the input too: {err}", argv)
+        return Outcome("crash", f"onnxruntime cannot load the output: {err}", argv)
+    return Outcome("valid", "", argv)
+
+
+def _ort_error(path: str) -> str:
     try:
         import onnxruntime as ort
 
         so = ort.SessionOptions()
         so.log_severity_level = 4
-        ort.InferenceSession(out, so, providers=["CPUExecutionProvider"])
+        ort.InferenceSession(path, so, providers=["CPUExecutionProvider"])
     except Exception as e:
-        return Outcome("crash", f"onnxruntime cannot load the output: {' '.join(str(e).split())[:500]}", argv)
-    return Outcome("valid", "", argv)
+        return " ".join(str(e).split())[:500]
+    return ""
 
 
 OPTIONS = [["--ratio", "0.5"], ["--ratio", "0.3", "--round-to", "4"], ["--target-flops", "0.6"],
@@ -329,6 +339,7 @@ class Tally:
     cases: int = 0
     errors: int = 0
     valid: int = 0
+    ort_input: int = 0
     crashes: list = field(default_factory=list)
 
     def add(self, o: Outcome) -> None:
@@ -337,12 +348,14 @@ class Tally:
             self.errors += 1
         elif o.kind == "valid":
             self.valid += 1
+        elif o.kind == "ort_input":
+            self.ort_input += 1
         else:
             self.crashes.append(o)
 
     def line(self) -> str:
-        return (f"cases {self.cases}, clean errors {self.errors}, valid outputs {self.valid}, "
-                f"crashes {len(self.crashes)}")
+        return (f"cases {self.cases}, clean errors {self.errors}, valid outputs {self.valid}, checked outputs "
+                f"onnxruntime rejects like their input {self.ort_input}, crashes {len(self.crashes)}")
 
 
 def fuzz_one(proto: onnx.ModelProto, rng: random.Random, workdir: str) -> tuple[Outcome, list[str]]:
