@@ -198,3 +198,51 @@ runpy.run_module("onnxprune", run_name="__main__", alter_sys=True)
                           timeout=60)
     assert "Traceback" not in proc.stderr, proc.stderr
     assert proc.returncode == 130 and proc.stderr.strip() == "onnxprune: interrupted", proc.stderr
+
+
+# ----------------------------------------------------------------------------- one loader, every command
+def _hostile(folder, where: str) -> str:
+    """A model whose tensor (``where``: a Constant inside an If branch, or a sparse initializer)
+    points at ``../secret.bin`` outside its folder."""
+    from onnx import helper
+
+    (folder.parent / "secret.bin").write_bytes(np.ones(64, np.float32).tobytes())
+    t = onnx.TensorProto(name="c", data_type=TensorProto.FLOAT, dims=[4])
+    t.data_location = TensorProto.EXTERNAL
+    for k, v in (("location", "../secret.bin"), ("offset", "0"), ("length", "16")):
+        t.external_data.add(key=k, value=v)
+    n = Net("h", seed=0)
+    x = n.input("x", [1, 3, 8, 8])
+    y = n.output(n.conv(n.relu(n.conv(x, 3, 8, 3)), 8, 4, 1))
+    proto = n.build()
+    if where == "subgraph":
+        branch = helper.make_graph([helper.make_node("Constant", [], ["k"], value=t)], "b", [],
+                                   [helper.make_tensor_value_info("k", TensorProto.FLOAT, [4])])
+        proto.graph.node.append(helper.make_node("If", ["cond"], ["picked"], then_branch=branch, else_branch=branch))
+        proto.graph.input.append(helper.make_tensor_value_info("cond", TensorProto.BOOL, []))
+    else:
+        idx = numpy_helper.from_array(np.array([0, 1], np.int64), "c_idx")
+        vals = onnx.TensorProto()
+        vals.CopyFrom(t)
+        vals.dims[:] = [2]
+        proto.graph.sparse_initializer.append(helper.make_sparse_tensor(vals, idx, [4]))
+    path = folder / "h.onnx"
+    onnx.save(proto, str(path))
+    return str(path)
+
+
+@pytest.mark.parametrize("where", ["subgraph", "sparse"])
+def test_every_command_refuses_a_tensor_outside_the_model_folder(tmp_path, where):
+    from test_safety import CALIB, refused  # noqa: F401 - shared helpers
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = _hostile(folder, where)
+    out = folder / "o.onnx"
+    calib = str(tmp_path / "c.npz")
+    np.savez(calib, x=np.zeros((2, 3, 8, 8), np.float32))
+    for argv in (("inspect", path), ("plan", path, "-o", folder / "p.json", "--ratio", "0.5"),
+                 ("prune", path, "-o", out, "--ratio", "0.5"), ("sensitivity", path, "--calib", calib),
+                 ("validate", path, path, "--no-latency")):
+        refused(*argv, match="outside the model's folder")
+    assert sorted(os.listdir(folder)) == ["h.onnx"]

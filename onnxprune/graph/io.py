@@ -40,14 +40,21 @@ def one_line(e: BaseException) -> str:
 
 
 def _tensors(graph: onnx.GraphProto):
-    """Every TensorProto of a graph: initializers, Constant/attribute tensors, subgraphs."""
+    """Every TensorProto of a graph: initializers (sparse ones too), Constant/attribute tensors, subgraphs."""
     yield from graph.initializer
+    for sp in graph.sparse_initializer:
+        yield from (sp.values, sp.indices)
     for node in graph.node:
         for a in node.attribute:
             if a.type == onnx.AttributeProto.TENSOR:
                 yield a.t
             elif a.type == onnx.AttributeProto.TENSORS:
                 yield from a.tensors
+            elif a.type == onnx.AttributeProto.SPARSE_TENSOR:
+                yield from (a.sparse_tensor.values, a.sparse_tensor.indices)
+            elif a.type == onnx.AttributeProto.SPARSE_TENSORS:
+                for sp in a.sparse_tensors:
+                    yield from (sp.values, sp.indices)
             elif a.type == onnx.AttributeProto.GRAPH:
                 yield from _tensors(a.g)
             elif a.type == onnx.AttributeProto.GRAPHS:
