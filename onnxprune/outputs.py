@@ -91,9 +91,10 @@ def _raise_interrupt(signum, frame):
 
 
 def interrupt_on_signals() -> None:
-    """SIGTERM and SIGHUP raise ``KeyboardInterrupt`` (like SIGINT), so cleanup code runs."""
+    """SIGTERM and SIGHUP raise ``KeyboardInterrupt`` (like SIGINT), so cleanup code runs; a signal
+    the caller ignores (``nohup``) stays ignored."""
     for name in ("SIGTERM", "SIGHUP"):
-        if hasattr(signal, name):
+        if hasattr(signal, name) and signal.getsignal(getattr(signal, name)) == signal.SIG_DFL:
             signal.signal(getattr(signal, name), _raise_interrupt)
 
 

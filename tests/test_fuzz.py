@@ -33,7 +33,7 @@ def _model(name: str) -> onnx.ModelProto:
     return _CACHE[name]
 
 
-@settings(max_examples=150, deadline=None, derandomize=True,
+@settings(max_examples=100, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(source=st.sampled_from(sorted(SOURCES)), seed=st.integers(0, 2**32 - 1))
 def test_mutated_models_keep_the_contract(tmp_path, source, seed):
