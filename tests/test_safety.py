@@ -401,3 +401,15 @@ def test_user_errors_stay_one_line_with_debug(tmp_path):
     rc, err = cli("--debug", "prune", MODEL, "-o", tmp_path / "o.onnx", "--ratio", "0.5", "--calib-batch", "0",
                   "--calib", CALIB)
     assert rc == 1 and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_bias_disagreeing_with_the_graph_under_recovery(tmp_path):
+    """Found by fuzzing: a Gemm bias of 125 for 128 outputs crashed bias recovery."""
+    p = onnx.load(MODEL)
+    t = next(t for t in p.graph.initializer if t.name == "11.bias")
+    t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(t)[:125], t.name))
+    onnx.save(p, str(tmp_path / "m.onnx"))
+    out = tmp_path / "o.onnx"
+    refused("prune", tmp_path / "m.onnx", "-o", out, "--ratio", "0.5", "--recover", "bias",
+            match="bias '11.bias' has shape [125], the node has 128 output channels")
+    assert not out.exists()
