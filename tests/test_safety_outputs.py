@@ -68,6 +68,9 @@ def test_input_data_named_like_the_outputs_data_is_untouched(tmp_path):
             for e in t.external_data if e.key == "location"}
     assert locs and "out.onnx.data" not in locs  # a fresh name, derived from the output's
     assert all(loc.startswith("out.onnx.") for loc in locs)
+    from onnxprune.validate.compare import model_stats
+
+    assert model_stats(str(out)).file_bytes == os.path.getsize(out) + sum(os.path.getsize(tmp_path / f) for f in locs)
     onnxprune.prune(str(src), str(out), ratio=0.25)  # replace that pair: the input's data still untouched
     assert _sha(tmp_path / "out.onnx.data") == before and not _leftovers(tmp_path)
 

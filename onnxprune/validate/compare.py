@@ -129,20 +129,13 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
-def _file_bytes(path: str) -> int:
-    total = os.path.getsize(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    for suffix in (".data",):
-        p = os.path.join(folder, os.path.basename(path) + suffix)
-        if os.path.exists(p):
-            total += os.path.getsize(p)
-    return total
-
-
 def model_stats(path: str) -> ModelStats:
+    from ..outputs import input_files
+
     m = load_model(path)
     c = count(m)
-    return ModelStats(path, c.params, c.macs, c.flops, _file_bytes(path))
+    size = sum(os.path.getsize(f) for f in input_files(path, m) if os.path.isfile(f))  # the model + its data files
+    return ModelStats(path, c.params, c.macs, c.flops, size)
 
 
 def _declared_outputs(path: str) -> dict[str, list]:
