@@ -2,9 +2,19 @@
 
 Flow: ``rules → analysis → importance → planner → rewrite → validate``.
 """
-from .api import Inspection, PruneResult, inspect, plan, prune
 from .errors import OnnxPruneError, PlanError, UnsupportedModelError, ValidationError
-from .planner import GroupPlan, Plan
+
+try:
+    from .api import Inspection, PruneResult, inspect, plan, prune
+    from .planner import GroupPlan, Plan
+except KeyboardInterrupt:  # Ctrl-C while the command line imports its modules: no traceback
+    import os as _os
+    import sys as _sys
+
+    if _sys.argv and _os.path.basename(_sys.argv[0]) in ("onnxprune", "-m", "__main__.py"):
+        print("onnxprune: interrupted", file=_sys.stderr)
+        raise SystemExit(130) from None
+    raise
 
 __version__ = "0.1.0"
 

@@ -29,7 +29,7 @@ import logging
 import onnx_ir as ir
 
 from .graph import Model, Shape, inp, one_line, out
-from .errors import PlanError
+from .errors import PlanError, UnsupportedModelError
 from .rules import registry
 from . import hidden as _hidden
 
@@ -573,6 +573,37 @@ def group_kind(an: Analysis, g: Group) -> str:
     return "channels"
 
 
+
+
+def _refuse_zero_width(model: Model) -> None:
+    """A weight (rank ≥ 2 constant) with a zero-size axis is a zero-width layer: refused by name."""
+    for node in model.graph:
+        tensors = [(v.name, v.const_value) for v in node.inputs if v is not None and v.const_value is not None]
+        if node.op_type == "Constant" and "value" in node.attributes:
+            tensors.append((node.outputs[0].name, node.attributes["value"].value))
+        for name, t in tensors:
+            shape = list(getattr(t, "shape", None) or [])
+            if len(shape) >= 2 and 0 in shape:
+                raise UnsupportedModelError(f"node '{model.node_name(node)}' ({node.op_type}): weight '{name}' has "
+                                            f"shape {shape}, a zero-width layer; remove the empty layer and re-export")
+
+
+def _refuse_misdeclared_outputs(model: Model) -> None:
+    """A graph output declared with a static dim the graph does not compute is refused by name
+    (the rewrite's post-condition would otherwise blame itself for it)."""
+    for v in model.graph.outputs:
+        if v.shape is None:
+            continue
+        actual = model.sym.get(v.name) or model.shapes.get(v.name)
+        if actual is None:
+            continue
+        declared = [d if isinstance(d, int) and d >= 0 else None for d in v.shape]
+        if len(declared) != len(actual) or any(d is not None and isinstance(a, int) and d != a
+                                               for d, a in zip(declared, actual)):
+            raise UnsupportedModelError(f"graph output '{v.name}' is declared with shape {declared} but the graph "
+                                        f"computes {list(actual)}; fix the declaration or re-export the model")
+
+
 def analyze(model: Model, *, protect: Iterable[str] = (), hidden: bool = False) -> Analysis:
     """Find the channel groups of a model.
 
@@ -587,6 +618,8 @@ def analyze(model: Model, *, protect: Iterable[str] = (), hidden: bool = False) 
     """
     if not model.shapes:
         model.infer()
+    _refuse_zero_width(model)
+    _refuse_misdeclared_outputs(model)
     an = Analysis(model)
     an.hidden = hidden
     rules = registry()

@@ -21,6 +21,7 @@ from .graph import Model, load_model, save_model
 from .analysis import Analysis, analyze, group_kind
 from .cost import Cost, CostModel
 from .errors import OnnxPruneError
+from .outputs import check_output, refuse_input_files
 from .importance import NEEDS, ScoreData, score_groups
 from .options import OptionError, Resolved, resolve, signature
 from .planner import Plan, dead_atoms, keep_atoms, make_plan, plan_dead_atoms
@@ -78,6 +79,7 @@ class _Calib:
     data: object = field(default=None, repr=False)
     gradients: object = None  # path or GradientRecord
     hybrid_weights: tuple = (1.0, 1.0, 1.0)
+    drop_nonfinite: bool = False
 
     def load_gradients(self, model: Model):
         if self.gradients is None:
@@ -95,7 +97,8 @@ class _Calib:
             from .calib import load_calibration
 
             self.data = load_calibration(self.source, model, batch_size=self.batch_size,
-                                         image_spec=self.image_spec, limit=self.limit)
+                                         image_spec=self.image_spec, limit=self.limit,
+                                         drop_nonfinite=self.drop_nonfinite)
         return self.data
 
 
@@ -120,7 +123,8 @@ _NOT_PRUNE = ("validation", "quantization", "report")  # the CLI's prune --valid
 
 def _calib(o: Resolved) -> _Calib:
     return _Calib(o.calib, o.calib_batch, o.image_spec, o.calib_limit, gradients=o.get("gradients"),
-                  hybrid_weights=tuple(o.get("hybrid_weights") or (1.0, 1.0, 1.0)))
+                  hybrid_weights=tuple(o.get("hybrid_weights") or (1.0, 1.0, 1.0)),
+                  drop_nonfinite=bool(o.get("drop_nonfinite")))
 
 
 def _plan(m: Model, an: Analysis, o: Resolved, calib: _Calib, *, ratio, need_stats: bool, round_to: int = 1,
@@ -271,7 +275,9 @@ def prune(path: str, output: str, **options) -> PruneResult:
     if os.path.exists(output) and os.path.exists(path) and os.path.samefile(path, output):
         raise OnnxPruneError(f"the output {output} is the input model; choose another output path "
                              "(the input is never modified)")
+    check_output(output, "the pruned model")
     m = load_model(path)
+    reads = refuse_input_files(output, path, m)
     cal = _calib(o)
     first_cost = CostModel(_inferred(m, cal, o.dims)).count()
     removed_blocks: tuple[str, ...] = ()
@@ -336,7 +342,7 @@ def prune(path: str, output: str, **options) -> PruneResult:
         hidden_rows = tuple(_hidden_summary(an, p))
     result = rewrite.apply(m, an, keep, recovery=recovery)
     m.ir.metadata_props.update(provenance_props(p, {n: o[n] for n in sorted(o.given)}, path))
-    save_model(m, output, external_data=external_data)
+    save_model(m, output, external_data=external_data, avoid=reads)
     return PruneResult(output, p, first_cost, after, result.recovery, removed_blocks, table, hidden_rows,
                        tuple(hidden_notes), lat_check)
 

@@ -19,10 +19,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import OnnxPruneError
+from .validate.inputs import InputSpec, check_arrays, read_npz
 
 __all__ = ["ImageSpec", "Calibration", "load_calibration"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
+MAX_IMAGE_PIXELS = 64_000_000  # refuse larger images (decompression bombs) before decoding them
+MAX_IMAGE_SIDE = 16384  # largest resize target
 
 
 @dataclass(frozen=True)
@@ -59,20 +62,67 @@ class ImageSpec:
             except (ValueError, IndexError):
                 raise OnnxPruneError(f"image spec '{part}': expected size=H[xW], mean=a/b/c, std=a/b/c, "
                                      "layout=NCHW|NHWC, mode=RGB|L or scale=X") from None
-        return cls(**kw)
+        spec = cls(**kw)
+        spec.check()
+        return spec
+
+    def check(self) -> None:
+        """Refuse sizes < 1, a zero/non-finite std or scale, and per-channel lists of the wrong length."""
+        if not all(0 < int(s) <= MAX_IMAGE_SIDE for s in self.size):
+            raise OnnxPruneError(f"image spec size={'x'.join(map(str, self.size))}: each side must be in "
+                                 f"1..{MAX_IMAGE_SIDE}")
+        channels = 3 if self.mode == "RGB" else 1
+        for key in ("mean", "std"):
+            v = np.asarray(getattr(self, key), dtype=np.float64)
+            if v.size not in (1, channels) or not np.isfinite(v).all():
+                raise OnnxPruneError(f"image spec {key}={'/'.join(map(str, getattr(self, key)))}: expected 1 or "
+                                     f"{channels} finite values for mode={self.mode}")
+        if not all(float(v) != 0 for v in self.std):
+            raise OnnxPruneError(f"image spec std={'/'.join(map(str, self.std))}: a zero std divides by zero")
+        if not (np.isfinite(self.scale) and self.scale > 0):
+            raise OnnxPruneError(f"image spec scale={self.scale}: expected a positive number")
+
+    def sample_shape(self) -> tuple[int, int, int]:
+        c = 3 if self.mode == "RGB" else 1
+        h, w = self.size
+        return (c, h, w) if self.layout == "NCHW" else (h, w, c)
+
+    @staticmethod
+    def probe(path: str) -> None:
+        """Open an image's header: a one-line error naming the file when it is not a readable image
+        or is larger than ``MAX_IMAGE_PIXELS``."""
+        Image = _pil()
+        try:
+            with Image.open(path) as im:
+                w, h = im.size
+        except Exception as e:  # UnidentifiedImageError, DecompressionBombError, OSError...
+            raise OnnxPruneError(f"{path}: cannot read as an image ({type(e).__name__}: "
+                                 f"{' '.join(str(e).split())[:200]})") from None
+        if w * h > MAX_IMAGE_PIXELS:
+            raise OnnxPruneError(f"{path}: {w}x{h} pixels, more than the {MAX_IMAGE_PIXELS:,} allowed "
+                                 "(a decompression bomb?); resize it first")
 
     def load(self, path: str) -> np.ndarray:
+        self.probe(path)
         try:
-            from PIL import Image
-        except ImportError:
-            raise OnnxPruneError("reading calibration images needs Pillow: pip install pillow") from None
-        with Image.open(path) as im:
-            im = im.convert(self.mode).resize((self.size[1], self.size[0]))
-            a = np.asarray(im, dtype=np.float32) / self.scale
+            with _pil().open(path) as im:
+                im = im.convert(self.mode).resize((self.size[1], self.size[0]))
+                a = np.asarray(im, dtype=np.float32) / self.scale
+        except Exception as e:  # truncated or corrupt pixel data
+            raise OnnxPruneError(f"{path}: cannot decode the image ({type(e).__name__}: "
+                                 f"{' '.join(str(e).split())[:200]})") from None
         if a.ndim == 2:
             a = a[:, :, None]
         a = (a - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return a.transpose(2, 0, 1) if self.layout == "NCHW" else a
+
+
+def _pil():
+    try:
+        from PIL import Image
+    except ImportError:
+        raise OnnxPruneError("reading calibration images needs Pillow: pip install pillow") from None
+    return Image
 
 
 class Calibration:
@@ -84,10 +134,18 @@ class Calibration:
         batch_size: samples per batch.
         image_spec: preprocessing for an image folder.
         limit: use at most this many samples.
+        specs: the model's inputs (name, shape, dtype): the data is checked against them.
+        drop_nonfinite: skip samples holding NaN/Inf instead of refusing the data.
     """
 
     def __init__(self, source: str, input_names: list[str], *, batch_size: int = 32,
-                 image_spec: ImageSpec | None = None, limit: int | None = None, fixed_batch: bool = False) -> None:
+                 image_spec: ImageSpec | None = None, limit: int | None = None, fixed_batch: bool = False,
+                 specs: list[InputSpec] | None = None, drop_nonfinite: bool = False) -> None:
+        from .checks import integer
+
+        integer("--calib-batch", batch_size, low=1)
+        integer("--calib-limit", limit, low=1, optional=True)
+        specs = specs if specs is not None else [InputSpec(n, None, None) for n in input_names]
         self.source = source
         self.batch_size = batch_size
         self.input_names = input_names
@@ -100,27 +158,34 @@ class Calibration:
             if not self.files:
                 raise OnnxPruneError(f"{source}: no {'/'.join(IMAGE_EXTS)} images in this folder")
             self.spec = image_spec or ImageSpec()
+            self.spec.check()
+            for f in self.files:  # headers only: a bad file is named before any work starts
+                ImageSpec.probe(f)
+            s = specs[0]
+            shape = self.spec.sample_shape()
+            if s.shape is not None and (len(s.shape) != 4 or any(isinstance(d, int) and d > 0 and d != n for d, n
+                                                                 in zip(s.shape[1:], shape))):
+                raise OnnxPruneError(f"{source}: images become samples of shape {list(shape)} with image spec "
+                                     f"{self.spec}; the model's input '{s.name}' has shape {list(s.shape)}")
+            if s.dtype is not None and np.dtype(s.dtype).kind != "f":
+                raise OnnxPruneError(f"{source}: the model's input '{s.name}' takes {np.dtype(s.dtype)}, "
+                                     "images give float32; give an .npz")
             self.arrays = None
             n = len(self.files)
         elif os.path.isfile(source):
-            try:
-                data = np.load(source)
-            except (OSError, ValueError) as e:
-                raise OnnxPruneError(f"{source}: cannot read as .npz ({e})") from None
-            keys = [k for k in data.files if k != "labels"]
+            data = read_npz(source, "calibration data")
+            keys = [k for k in data if k != "labels"]
             if len(input_names) == 1 and len(keys) == 1:
-                self.arrays = {input_names[0]: data[keys[0]]}
+                arrays = {input_names[0]: data[keys[0]]}
             else:
-                missing = [n for n in input_names if n not in data.files]
+                missing = [n for n in input_names if n not in data]
                 if missing:
                     raise OnnxPruneError(f"{source}: no array for input(s) {', '.join(missing)}; "
-                                         f"it has {', '.join(data.files)}")
-                self.arrays = {n: data[n] for n in input_names}
-            sizes = {a.shape[0] for a in self.arrays.values()}
-            if len(sizes) != 1:
-                raise OnnxPruneError(f"{source}: arrays have different sample counts {sorted(sizes)}")
-            n = sizes.pop()
-            self.labels = data["labels"] if "labels" in data.files else None
+                                         f"it has {', '.join(data) or 'no arrays'}")
+                arrays = {n: data[n] for n in input_names}
+            self.arrays, self.labels = check_arrays(source, arrays, specs, drop_nonfinite=drop_nonfinite,
+                                                    labels=data.get("labels"))
+            n = next(iter(self.arrays.values())).shape[0]
         else:
             raise OnnxPruneError(f"{source}: no such calibration file or folder")
         if n == 0:
@@ -152,7 +217,7 @@ class Calibration:
 
 
 def load_calibration(source: str, model, *, batch_size: int = 32, image_spec: str | ImageSpec | None = None,
-                     limit: int | None = None) -> Calibration:
+                     limit: int | None = None, drop_nonfinite: bool = False) -> Calibration:
     """Calibration batches for ``model`` (a ``graph.Model``)."""
     spec = ImageSpec.parse(image_spec) if isinstance(image_spec, str) else image_spec
     fixed = set()
@@ -161,5 +226,9 @@ def load_calibration(source: str, model, *, batch_size: int = 32, image_spec: st
             dims = list(v.shape) if v.shape is not None else []
             fixed.add(int(dims[0]) if len(dims) and isinstance(dims[0], int) and dims[0] > 0 else None)
     static = fixed.pop() if len(fixed) == 1 and None not in fixed else None
+    from .checks import integer
+
+    integer("--calib-batch", batch_size, low=1)
     return Calibration(source, list(model.graph_inputs), batch_size=static or batch_size, image_spec=spec,
-                       limit=limit, fixed_batch=static is not None)
+                       limit=limit, fixed_batch=static is not None, specs=InputSpec.from_model(model),
+                       drop_nonfinite=drop_nonfinite)

@@ -69,28 +69,45 @@ class GradientRecord:
 
         arrays = {f"{name}::{k}": v for name, d in self.stats.items() for k, v in d.items()}
         arrays["__meta__"] = np.array(json.dumps(self.meta))
-        tmp = f"{path}.tmp{os.getpid()}.npz"
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, path)
+        import tempfile
+
+        from .outputs import check_output, deferred_signals
+
+        path = check_output(path, "the gradient record")
+        fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp.npz", dir=os.path.dirname(path))
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez_compressed(f, **arrays)
+            with deferred_signals():
+                os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
 
     @classmethod
     def load(cls, path: str) -> GradientRecord:
-        try:
-            data = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise OnnxPruneError(f"{path}: cannot read a gradient record ({e})") from None
-        if "__meta__" not in data.files:
+        from .validate.inputs import read_npz
+
+        data = read_npz(path, "the gradient record", "onnxprune.torch.record_gradients(...) (an .npz)")
+        if "__meta__" not in data:
             raise OnnxPruneError(f"{path}: no __meta__ entry; not an onnxprune gradient record")
-        meta = json.loads(str(data["__meta__"]))
+        try:
+            meta = json.loads(str(data["__meta__"]))
+        except ValueError:
+            meta = None
+        if not isinstance(meta, dict):
+            raise OnnxPruneError(f"{path}: its __meta__ entry is not a JSON object; not an onnxprune gradient record")
         if meta.get("format") != FORMAT:
             raise OnnxPruneError(f"{path}: format {meta.get('format')!r}, expected {FORMAT!r}")
         rec = cls(meta=meta)
-        for key in data.files:
+        for key in data:
             if key == "__meta__":
                 continue
             name, sep, stat = key.rpartition("::")
             if not sep:
                 raise OnnxPruneError(f"{path}: entry '{key}' is not '<initializer>::<statistic>'")
+            if data[key].dtype.kind not in "fiu":
+                raise OnnxPruneError(f"{path}: entry '{key}' has dtype {data[key].dtype}, expected numbers")
             rec.stats.setdefault(name, {})[stat] = data[key]
         bad = [f"{n}::{k}" for n, d in rec.stats.items() for k, v in d.items() if not np.isfinite(v).all()]
         if bad:

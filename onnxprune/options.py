@@ -243,7 +243,7 @@ OPTIONS: tuple[Option, ...] = (
          cli="append", metavar="GLOB", commands=PLANNING | {SENS, "inspect"}),
     _opt("reduce", str, "mean", "how a group's members combine", choices=_reductions, plans=True),
     _opt("normalize", str, "mean", "score scaling across groups", choices=_normalisations, plans=True),
-    _opt("seed", int, 0, "seed for the random criterion", plans=True),
+    _opt("seed", int, 0, "seed for the random criterion", range=AT_LEAST_0, plans=True),
     _opt("dims", int, None, "value of a named dynamic input dim (NAME=N, repeatable) for the concrete shapes "
          "costs are counted at", flags=("--dim",), cli="dims", metavar="NAME=N", commands=PLANNING | {VALIDATE, "inspect"},
          range=AT_LEAST_1),
@@ -261,6 +261,8 @@ OPTIONS: tuple[Option, ...] = (
          cli="bool", flags=("--remove-dead", "--keep-dead"), plans=True),
     _opt("dead_tol", float, 1e-6, "relative range under which a channel is constant", group="calibration",
          range=AT_LEAST_0, plans=True),
+    _opt("drop_nonfinite", bool, False, "skip calibration samples holding NaN/Inf (default: refuse such data)",
+         group="calibration", cli="flag", commands=CALIBRATED),
     _opt("rank_by", str, "l2", "within-group ranking for criterion sensitivity", group="calibration",
          choices=_rankings, commands=PLANNING | {SENS}, plans=True),
     _opt("gradients", None, None, "gradient record (.npz from onnxprune.torch.record_gradients) for "
@@ -323,7 +325,8 @@ OPTIONS: tuple[Option, ...] = (
     _opt("no_latency", bool, False, "skip timing", group="validation", cli="flag", commands=frozenset({PRUNE, VALIDATE})),
     _opt("strict_providers", bool, False, "an unavailable provider fails validation", group="validation", cli="flag",
          commands=frozenset({PRUNE, VALIDATE})),
-    _opt("validate_seed", int, 0, "seed of random inputs", group="validation", commands=VALIDATING),
+    _opt("validate_seed", int, 0, "seed of random inputs", group="validation", range=AT_LEAST_0,
+         commands=VALIDATING),
     # deployment target (latency measured on it)
     _opt("target_latency", float, None, "plan to this latency (ms) on the target", group="deployment",
          range=Range(0, lo_open=True), metavar="MS", plans=True, commands=frozenset({PLAN, PRUNE})),
@@ -452,6 +455,7 @@ RULES: tuple[Rule, ...] = (
     Rule(PLANNING, _only_with("hybrid_weights", "criterion", lambda c: c == "hybrid", "criterion hybrid")),
     Rule(PLANNING, _needs("remove_dead", bool, "calib", "removing dead channels needs calibration data")),
     Rule(PLANNING, _only_with("dead_tol", "remove_dead", lambda r: r is not False, "dead-channel removal")),
+    Rule(CALIBRATED, _needs("drop_nonfinite", bool, "calib", "dropping samples applies to calibration data")),
     Rule(CALIBRATED, _needs("image_spec", lambda _: True, "calib", "an image spec preprocesses calibration images")),
     Rule(CALIBRATED, _needs("calib_limit", lambda _: True, "calib", "a sample limit applies to calibration data")),
     Rule(CALIBRATED, _needs("calib_batch", lambda _: True, "calib", "a batch size applies to calibration data")),

@@ -81,13 +81,15 @@ class Plan:
         return json.dumps(self.to_dict(), indent=1)
 
     def save(self, path: str) -> None:
-        tmp = f"{path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            f.write(self.to_json())
-        os.replace(tmp, path)
+        """Write the plan as JSON, atomically (a unique temporary file, then one rename)."""
+        from .outputs import write_text
+
+        write_text(path, self.to_json(), "the plan")
 
     @classmethod
     def from_dict(cls, d: dict) -> Plan:
+        """A plan from its JSON form, checked against the schema (:func:`check_plan_dict`)."""
+        check_plan_dict(d)
         try:
             if d.get("version") != PLAN_VERSION:
                 raise PlanError(f"plan version {d.get('version')} is not {PLAN_VERSION}; make the plan again")
@@ -111,9 +113,92 @@ class Plan:
                 d = json.load(f)
         except OSError as e:
             raise PlanError(f"{path}: cannot read the plan ({e.strerror})") from None
-        except json.JSONDecodeError as e:
-            raise PlanError(f"{path}: not valid JSON (line {e.lineno}: {e.msg})") from None
-        return cls.from_dict(d)
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise PlanError(f"{path}: not valid JSON ({' '.join(str(e).split())[:120]})") from None
+        except ValueError as e:  # e.g. an integer literal too long to convert
+            raise PlanError(f"{path}: not a plan ({' '.join(str(e).split())[:120]})") from None
+        try:
+            return cls.from_dict(d)
+        except PlanError as e:
+            raise PlanError(f"{path}: {e}") from None
+
+
+def _int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _strs(v) -> bool:
+    return isinstance(v, (list, tuple)) and all(isinstance(x, str) for x in v)
+
+
+_GROUP_FIELDS = {"group": _int, "name": lambda v: isinstance(v, str), "size": _int, "remove": None,
+                 "pinned": _int, "reasons": _strs, "members": _strs,
+                 "scores": lambda v: isinstance(v, (list, tuple)) and all(_num(x) for x in v),
+                 "note": lambda v: isinstance(v, str), "dead": None}
+_GROUP_TYPES = {"group": "a whole number", "name": "a string", "size": "a whole number", "pinned": "a whole number",
+                "reasons": "a list of strings", "members": "a list of strings", "scores": "a list of finite numbers",
+                "note": "a string"}
+_PLAN_FIELDS = {"version": _int, "signature": lambda v: isinstance(v, str), "criterion": lambda v: isinstance(v, str),
+                "groups": lambda v: isinstance(v, (list, tuple)), "settings": lambda v: isinstance(v, dict),
+                "estimate": lambda v: isinstance(v, dict), "model": lambda v: isinstance(v, str)}
+
+
+def check_plan_dict(d) -> None:
+    """Validate a plan's JSON form: types, ranges, duplicates; one line naming the field.
+
+    Raises:
+        PlanError: an object expected at the top, a missing or unknown field, a field of the wrong
+            type, a group listed twice, channel indices that are not whole numbers in
+            ``0..size-1`` or repeat, dead channels not among the removed ones.
+    """
+    if not isinstance(d, dict):
+        raise PlanError(f"plan: expected a JSON object, got {type(d).__name__}; make it with 'onnxprune plan'")
+    for key in ("version", "signature", "criterion", "groups"):
+        if key not in d:
+            raise PlanError(f"plan: field '{key}' is missing; make it with 'onnxprune plan'")
+    for key, v in d.items():
+        ok = _PLAN_FIELDS.get(key)
+        if ok is None:
+            raise PlanError(f"plan: unknown field '{key}'")
+        if not ok(v):
+            raise PlanError(f"plan: field '{key}' has the wrong type ({type(v).__name__})")
+    seen: set[int] = set()
+    for k, g in enumerate(d["groups"]):
+        where = f"plan: groups[{k}]"
+        if not isinstance(g, dict):
+            raise PlanError(f"{where}: expected an object, got {type(g).__name__}")
+        for key in ("group", "size", "remove"):
+            if key not in g:
+                raise PlanError(f"{where}: field '{key}' is missing")
+        for key, v in g.items():
+            if key not in _GROUP_FIELDS:
+                raise PlanError(f"{where}: unknown field '{key}'")
+            ok = _GROUP_FIELDS[key]
+            if ok is not None and not ok(v):
+                raise PlanError(f"{where}: '{key}' must be {_GROUP_TYPES[key]}, got {json.dumps(v)[:60]}")
+        gid, size = g["group"], g["size"]
+        if gid < 0 or size < 0 or g.get("pinned", 0) < 0:
+            raise PlanError(f"{where}: 'group', 'size' and 'pinned' must be ≥ 0")
+        if gid in seen:
+            raise PlanError(f"{where}: group {gid} is listed twice")
+        seen.add(gid)
+        for key in ("remove", "dead"):
+            idx = g.get(key, [])
+            if not isinstance(idx, (list, tuple)) or not all(_int(i) for i in idx):
+                raise PlanError(f"{where} (group {gid}): '{key}' must be a list of whole channel indices, got "
+                                f"{json.dumps(idx)[:60]}")
+            bad = [i for i in idx if not 0 <= i < size]
+            if bad:
+                raise PlanError(f"{where} (group {gid}): '{key}' index {bad[0]} is outside 0..{size - 1}")
+            if len(set(idx)) != len(idx):
+                dup = next(i for i in idx if idx.count(i) > 1)
+                raise PlanError(f"{where} (group {gid}): '{key}' lists channel {dup} twice")
+        if not set(g.get("dead", [])) <= set(g["remove"]):
+            raise PlanError(f"{where} (group {gid}): 'dead' channels must also be in 'remove'")
 
 
 def keep_atoms(an: Analysis, plan: Plan) -> np.ndarray:
@@ -136,6 +221,8 @@ def keep_atoms(an: Analysis, plan: Plan) -> np.ndarray:
         rem = np.asarray(gp.remove, dtype=np.int64)
         if rem.size and (rem.min() < 0 or rem.max() >= g.size):
             raise PlanError(f"group {gp.group}: channel index out of range 0..{g.size - 1}")
+        if np.unique(rem).size != rem.size:
+            raise PlanError(f"group {gp.group}: a channel index is listed twice")
         if rem.size and g.pinned[rem].any():
             k = int(rem[g.pinned[rem]][0])
             why = "; ".join(an.atom_reasons.get(int(g.atoms[k]), [])) or "pinned"

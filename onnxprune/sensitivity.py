@@ -42,8 +42,10 @@ class SensitivityTable:
         return asdict(self)
 
     def save(self, path: str) -> None:
-        with open(path, "w") as f:
-            json.dump(self.to_dict(), f, indent=1)
+        """Write the table as JSON, atomically."""
+        from .outputs import write_text
+
+        write_text(path, json.dumps(self.to_dict(), indent=1), "the sensitivity table")
 
     def format(self) -> str:
         head = f"{'group':>5} {'channels':>8} {'FLOPs saved at max':>18}  " + " ".join(f"{'err@' + format(r, 'g'):>9}"

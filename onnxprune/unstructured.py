@@ -56,9 +56,17 @@ def sparsify(path: str, output: str, *, gradients: str | GradientRecord, ratio: 
         raise OnnxPruneError(f"--ratio {ratio} must be in [0, 1)")
     if by not in ("g", "gw"):
         raise OnnxPruneError(f"--by {by}: use g (|∂L/∂w|) or gw (|w|·|∂L/∂w|)")
+    if threshold is not None:
+        from .checks import number
+
+        number("--threshold", threshold)
     if os.path.exists(output) and os.path.samefile(path, output):
         raise OnnxPruneError(f"-o {output} is the input model; choose another output path")
+    from .outputs import check_output, refuse_input_files
+
+    check_output(output, "the sparsified model")
     m = load_model(path)
+    reads = refuse_input_files(output, path, m)
     rec = GradientRecord.load(gradients) if isinstance(gradients, str) else gradients
     rec.check_model(m)
     n = max(rec.batches, 1)
@@ -86,7 +94,7 @@ def sparsify(path: str, output: str, *, gradients: str | GradientRecord, ratio: 
 
     masks = {k: v <= cut[k] if ratio != 0 else np.zeros(v.shape, bool) for k, v in scores.items()}
     zeroed = zero_elements(m, masks)
-    save_model(m, output, external_data=True if m.external_data else None)
+    save_model(m, output, external_data=True if m.external_data else None, avoid=reads)
     total = sum(v.size for v in scores.values())
     return SparsifyResult(output, sum(zeroed.values()), total, zeroed,
                           (os.path.getsize(path), os.path.getsize(output)), (_gz(path), _gz(output)))

@@ -12,6 +12,7 @@ from .. import __version__, api
 from .. import options
 from ..errors import OnnxPruneError
 from ..options import OptionError
+from ..outputs import check_output, interrupt_on_signals
 from ..provenance import SCHEMA_VERSION
 
 __all__ = ["main"]
@@ -190,6 +191,7 @@ def _plan_summary(plan) -> str:
 
 
 def _cmd_plan(a) -> int:
+    check_output(a.output, "the plan")
     plan = api.plan(a.model, **a.given)
     plan.save(a.output)
     if a.json:
@@ -210,6 +212,10 @@ def _cmd_plan(a) -> int:
 
 
 def _cmd_prune(a) -> int:
+    if a.save_plan:
+        check_output(a.save_plan, "the plan")
+    if a.opts.report:
+        check_output(a.opts.report, "the report")
     if a.opts.quantize:
         return _prune_quantize(a)
     res = api.prune(a.model, a.output, **options.without(a.given, "validation", "quantization", "report"))
@@ -361,6 +367,8 @@ def _cmd_sparsify(a) -> int:
 
 
 def _cmd_sensitivity(a) -> int:
+    if a.output:
+        check_output(a.output, "the sensitivity table")
     table = api.sensitivity(a.model, **a.given)
     if a.output:
         table.save(a.output)
@@ -400,11 +408,12 @@ def main(argv: list[str] | None = None) -> int:
     from ..logs import configure
 
     configure(quiet=args.quiet, verbose=args.verbose)
-    if argv is None:  # a process of our own: share one ORT thread pool between timed sessions
-        from ..validate.runtime import use_global_thread_pool
-
-        use_global_thread_pool(getattr(args, "threads", None))
     try:
+        if argv is None:  # a process of our own: SIGTERM/SIGHUP clean up like Ctrl-C; one ORT thread pool
+            from ..validate.runtime import use_global_thread_pool
+
+            interrupt_on_signals()
+            use_global_thread_pool(getattr(args, "threads", None))
         if args.command in options.COMMANDS or args.command == "report":
             _read_options(args)
         return COMMANDS[args.command](args)
@@ -422,7 +431,8 @@ def main(argv: list[str] | None = None) -> int:
                                                      "; run again with --debug for the traceback"),
               file=sys.stderr)
         return EXIT_BUG
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # Ctrl-C, SIGTERM, SIGHUP: temporary files are gone, the old output stays
+        print("onnxprune: interrupted; no output was changed unless it was complete", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into head & co.
         import os

@@ -19,6 +19,7 @@ Only ``rewrite/`` calls the mutating methods (``slice_const``, ``set_const``, ``
 from __future__ import annotations
 
 import logging
+import mmap
 import os
 from collections.abc import Iterable
 
@@ -192,6 +193,19 @@ class Model:
         self._const_cache[name] = arr
         return arr
 
+    def release_pages(self, name: str) -> None:
+        """Drop the resident pages of a memory-mapped external tensor behind ``name`` (read again
+        from the page cache on the next access): reading every weight of a multi-GB model once
+        then costs the largest tensors read together, not the whole file."""
+        v = self.value_of(self.resolve(name))
+        t = None if v is None else v.const_value
+        raw = getattr(t, "raw", None) if isinstance(t, ir.ExternalTensor) else None
+        if raw is not None and hasattr(raw, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+            try:
+                raw.madvise(mmap.MADV_DONTNEED)
+            except (OSError, ValueError):  # closed or not supported: nothing to release
+                pass
+
     def const_shape(self, name: str) -> tuple[int, ...] | None:
         v = self.value_of(self.resolve(name))
         if v is not None and v.const_value is not None:
@@ -360,10 +374,10 @@ def load_model(path: str | os.PathLike) -> Model:
 
 
 def save_model(model: Model | ir.Model | onnx.ModelProto, path: str | os.PathLike, *,
-               external_data: bool | None = None, check: bool = True) -> None:
+               external_data: bool | None = None, check: bool = True, avoid=frozenset()) -> None:
     """Write a model atomically (checked, then renamed into place); see :func:`.io.save_ir`."""
     if isinstance(model, Model):
         model = model.ir
     elif isinstance(model, onnx.ModelProto):
         model = ir.serde.deserialize_model(model)
-    save_ir(model, path, external_data=external_data, check=check)
+    save_ir(model, path, external_data=external_data, check=check, avoid=avoid)

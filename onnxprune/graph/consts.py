@@ -324,6 +324,7 @@ def slice_through(model, name: str, masks: dict[int, np.ndarray]) -> str:
         arr = evaluate(model, c)
         for axis, mask in sorted(masks.items()):
             arr = np.compress(mask, arr, axis=axis)
+        model.release_pages(name)  # the source's mapped pages: no longer needed in memory
         set_plain(model, name, arr)
         return "plain"
     axes = sorted(masks)

@@ -5,12 +5,15 @@ Loading parses the protobuf without external data, checks every external-data re
 hands the graph to onnx-ir, whose external tensors memory-map their data lazily.
 
 Saving writes to a temporary folder next to the output, runs
-``onnx.checker.check_model(full_check=True)`` on the written file, then renames into place.
+``onnx.checker.check_model(full_check=True)`` on the written file, then renames into place: the
+data under a fresh name when an old output pair exists, then the model, then the old data goes.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
+import secrets
 import shutil
 import stat
 import tempfile
@@ -19,7 +22,7 @@ import numpy as np
 import onnx
 import onnx_ir as ir
 
-from ..errors import UnsupportedModelError, ValidationError
+from ..errors import OnnxPruneError, UnsupportedModelError, ValidationError
 
 __all__ = ["load_ir", "save_ir", "MIN_OPSET", "one_line"]
 
@@ -37,14 +40,21 @@ def one_line(e: BaseException) -> str:
 
 
 def _tensors(graph: onnx.GraphProto):
-    """Every TensorProto of a graph: initializers, Constant/attribute tensors, subgraphs."""
+    """Every TensorProto of a graph: initializers (sparse ones too), Constant/attribute tensors, subgraphs."""
     yield from graph.initializer
+    for sp in graph.sparse_initializer:
+        yield from (sp.values, sp.indices)
     for node in graph.node:
         for a in node.attribute:
             if a.type == onnx.AttributeProto.TENSOR:
                 yield a.t
             elif a.type == onnx.AttributeProto.TENSORS:
                 yield from a.tensors
+            elif a.type == onnx.AttributeProto.SPARSE_TENSOR:
+                yield from (a.sparse_tensor.values, a.sparse_tensor.indices)
+            elif a.type == onnx.AttributeProto.SPARSE_TENSORS:
+                for sp in a.sparse_tensors:
+                    yield from (sp.values, sp.indices)
             elif a.type == onnx.AttributeProto.GRAPH:
                 yield from _tensors(a.g)
             elif a.type == onnx.AttributeProto.GRAPHS:
@@ -63,6 +73,43 @@ def _expected_bytes(t: onnx.TensorProto) -> int | None:
     if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4):
         return (n + 1) // 2
     return n * itemsize
+
+
+_FIELDS = {"float_data": 1, "int32_data": 1, "int64_data": 1, "double_data": 1, "uint64_data": 1}
+
+
+def check_inline_data(proto: onnx.ModelProto, path: str) -> None:
+    """Refuse tensors whose stored data does not fit their dims and type (raw bytes or typed values)."""
+    known = set(onnx.TensorProto.DataType.values()) - {onnx.TensorProto.UNDEFINED}
+    for kind, values in (("input", proto.graph.input), ("output", proto.graph.output)):
+        for v in values:
+            if v.type.HasField("tensor_type") and v.type.tensor_type.elem_type not in known:
+                raise UnsupportedModelError(f"{path}: graph {kind} '{v.name}' has no valid element type "
+                                            f"({v.type.tensor_type.elem_type}); re-export the model")
+    for t in _tensors(proto.graph):
+        if t.data_type not in known:
+            raise UnsupportedModelError(f"{path}: tensor '{t.name}' has no valid element type ({t.data_type}); "
+                                        "re-export the model")
+        if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
+            continue
+        n = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
+        if any(d < 0 for d in t.dims):
+            raise UnsupportedModelError(f"{path}: tensor '{t.name}' has a negative dim {list(t.dims)}")
+        if t.HasField("raw_data"):
+            want = _expected_bytes(t)
+            if want is not None and len(t.raw_data) != want:
+                raise UnsupportedModelError(f"{path}: tensor '{t.name}' holds {len(t.raw_data)} bytes, its shape "
+                                            f"{list(t.dims)} and type need {want}; re-export the model")
+            continue
+        counts = [len(getattr(t, f)) for f in _FIELDS if len(getattr(t, f))]
+        have = counts[0] if counts else 0
+        if t.data_type in (onnx.TensorProto.COMPLEX64, onnx.TensorProto.COMPLEX128):
+            have //= 2
+        if t.data_type in (onnx.TensorProto.INT4, onnx.TensorProto.UINT4, onnx.TensorProto.FLOAT4E2M1):
+            continue  # packed two per value
+        if have != n:
+            raise UnsupportedModelError(f"{path}: tensor '{t.name}' holds {have} values, its shape {list(t.dims)} "
+                                        f"needs {n}; re-export the model")
 
 
 def check_external_data(proto: onnx.ModelProto, base_dir: str, path: str) -> bool:
@@ -141,12 +188,16 @@ def load_ir(path: str | os.PathLike) -> tuple[ir.Model, bool]:
         raise UnsupportedModelError(f"{path}: the graph has no nodes; is this an ONNX model?")
     base_dir = os.path.dirname(os.path.abspath(path))
     external = check_external_data(proto, base_dir, path)
+    check_inline_data(proto, path)
     try:  # the parsed proto when it holds everything (no second parse); the path for external data
         onnx.checker.check_model(path if external or os.path.getsize(path) > _TWO_GB - (64 << 20) else proto)
     except Exception as e:
         raise UnsupportedModelError(f"{path}: fails the ONNX checker: {one_line(e)}; fix or re-export the "
                                     "model") from None
     opset = default_opset(proto)
+    if opset > onnx.defs.onnx_opset_version():
+        raise UnsupportedModelError(f"{path}: opset {opset} is newer than the newest released one "
+                                    f"({onnx.defs.onnx_opset_version()}); export with a released opset")
     if opset < MIN_OPSET:
         raise UnsupportedModelError(
             f"{path}: opset {opset} is older than {MIN_OPSET}; convert it first with "
@@ -184,10 +235,60 @@ def _check(model: str | onnx.ModelProto, path: str) -> None:
                               f"nothing was written to {path}") from None
 
 
+def _old_data_files(path: str) -> list[str]:
+    """The data files an existing output at ``path`` references that this writer named
+    (``<name>.data`` or ``<name>.<hex>.data`` beside it): removed once the new output is in place."""
+    folder, name = os.path.split(path)
+    if not os.path.isfile(path) or os.path.islink(path):
+        return []
+    try:
+        proto = onnx.load(path, load_external_data=False)
+    except Exception:  # not a model (or unreadable): it references nothing
+        return []
+    ours = re.compile(re.escape(name) + r"(\.[0-9a-f]{8})?\.data")
+    out = []
+    for t in _tensors(proto.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            loc = next((e.value for e in t.external_data if e.key == "location"), "")
+            full = os.path.join(folder, loc)
+            if ours.fullmatch(loc) and os.path.isfile(full) and not os.path.islink(full) and full not in out:
+                out.append(full)
+    return out
+
+
+def _in_memory(t: ir.ExternalTensor) -> ir.Tensor:
+    """A copy in memory (no view of the memory map, which may then close)."""
+    return ir.Tensor(np.array(t.numpy()), dtype=t.dtype, name=t.name)
+
+
+def _inline_attribute_tensors(model: ir.Model) -> None:
+    """Read external tensors held by node attributes (``Constant`` values) into memory: the writer
+    externalises initializers only, and their old location is relative to the *input's* folder."""
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        for key, a in list(node.attributes.items()):
+            if a.type == ir.AttributeType.TENSOR and isinstance(a.value, ir.ExternalTensor):
+                node.attributes[key] = ir.AttrTensor(key, _in_memory(a.value))
+            elif a.type == ir.AttributeType.TENSORS and any(isinstance(t, ir.ExternalTensor) for t in a.value):
+                node.attributes[key] = ir.AttrTensors(key, [_in_memory(t) if isinstance(t, ir.ExternalTensor) else t
+                                                            for t in a.value])
+
+
+def _copy_small_external(model: ir.Model, threshold: int) -> None:
+    """External initializers the writer will inline: copied into memory here (the writer would
+    close their memory map, which fails while an array of the analysis still views it)."""
+    for graph in model.graphs():
+        for v in graph.initializers.values():
+            t = v.const_value
+            if isinstance(t, ir.ExternalTensor) and t.nbytes <= threshold:
+                v.const_value = _in_memory(t)
+
+
 def remove_saved(path: str | os.PathLike) -> list[str]:
-    """Delete a model written by :func:`save_ir` and its ``<name>.data`` companion; returns what went."""
+    """Delete a model written by :func:`save_ir` and the data files it references that this writer
+    named (``<name>.data``, ``<name>.<hex>.data``); returns what went."""
+    path = os.fspath(path)
     gone = []
-    for p in (os.fspath(path), os.fspath(path) + ".data"):
+    for p in [*_old_data_files(path), path]:
         if os.path.isfile(p):
             os.remove(p)
             gone.append(p)
@@ -195,35 +296,58 @@ def remove_saved(path: str | os.PathLike) -> list[str]:
 
 
 def save_ir(model: ir.Model, path: str | os.PathLike, *, external_data: bool | None = None,
-            check: bool = True) -> None:
-    """Write a model atomically: to a temporary folder, check it, then rename into place.
+            check: bool = True, avoid: set[str] | frozenset[str] = frozenset()) -> None:
+    """Write a model atomically: to a temporary folder beside the output, check it, then rename.
+
+    The weights file (with ``external_data``) is ``<name>.data``, or ``<name>.<8 hex>.data`` when that
+    name is taken (an existing output pair, or a file the input reads): the new data is renamed in
+    under its fresh name, then the model in one rename, then the old output's data is removed, with
+    SIGINT/SIGTERM/SIGHUP held meanwhile. A reader sees the old pair or the new one, never a mix.
 
     Args:
         model: the model (its IR version is lowered to one onnxruntime reads, if newer).
-        path: destination; its ``.data`` companion is ``<name>.data``.
-        external_data: weights in ``<name>.data``; by default when the model read external data
+        path: destination.
+        external_data: weights in a ``.data`` file; by default when the model read external data
             or would pass the 2 GB protobuf limit.
         check: run the full checker on the written file before renaming.
+        avoid: real paths never written or removed (the files the input model reads).
 
     Raises:
-        ValidationError: the folder is missing, or the checker rejected the model; nothing is
-            written.
+        ValidationError: the folder is missing or not writable, or the checker rejected the
+            model; nothing is written.
     """
+    from ..outputs import check_output, deferred_signals
+
     path = os.path.abspath(os.fspath(path))
     folder = os.path.dirname(path) or "."
-    if not os.path.isdir(folder):
-        raise ValidationError(f"{path}: folder {folder} does not exist")
+    try:
+        check_output(path, "the model")
+    except OnnxPruneError as e:
+        raise ValidationError(str(e)) from None
+    if os.path.realpath(path) in avoid:
+        raise ValidationError(f"{path} is a file the input model reads; choose another output path")
     if external_data is None:
         external_data = has_external_tensors(model) or weights_bytes(model) > _TWO_GB - (64 << 20)
     if model.ir_version > MAX_RUNTIME_IR:
         log.info("IR version %d lowered to %d (onnxruntime compatibility)", model.ir_version, MAX_RUNTIME_IR)
         model.ir_version = MAX_RUNTIME_IR
+    _inline_attribute_tensors(model)
     name = os.path.basename(path)
-    tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=folder)
+    data_name = name + ".data"
+    taken = os.path.lexists(os.path.join(folder, data_name)) or os.path.realpath(os.path.join(folder, data_name)) in avoid
+    if external_data and taken:
+        while True:
+            data_name = f"{name}.{secrets.token_hex(4)}.data"
+            if not os.path.lexists(os.path.join(folder, data_name)):
+                break
+    old_data = _old_data_files(path)
+    tmpdir = None
     try:
+        with deferred_signals():  # a signal right after mkdtemp must still find it removed
+            tmpdir = tempfile.mkdtemp(prefix=".onnxprune-", dir=folder)
         tmp = os.path.join(tmpdir, name)
-        data_name = name + ".data"
         if external_data:
+            _copy_small_external(model, 1024)
             ir.save(model, tmp, external_data=data_name, size_threshold_bytes=1024)
             if check:
                 _check(tmp, path)
@@ -233,8 +357,23 @@ def save_ir(model: ir.Model, path: str | os.PathLike, *, external_data: bool | N
                 _check(proto, path)
             with open(tmp, "wb") as f:
                 f.write(proto.SerializeToString())
-        if external_data:
-            os.replace(os.path.join(tmpdir, data_name), os.path.join(folder, data_name))
-        os.replace(tmp, path)
+        tmp_data = os.path.join(tmpdir, data_name)
+        new_data = os.path.join(folder, data_name)
+        with deferred_signals():
+            moved = False
+            if external_data and os.path.exists(tmp_data) and os.path.getsize(tmp_data):  # none: all inline
+                os.replace(tmp_data, new_data)  # a fresh name: nothing is overwritten
+                moved = True
+            try:
+                os.replace(tmp, path)
+            except BaseException:
+                if moved:
+                    os.remove(new_data)  # the old pair stays whole
+                raise
+            for f in old_data:
+                if f != new_data and os.path.realpath(f) not in avoid:
+                    os.remove(f)
+            shutil.rmtree(tmpdir, ignore_errors=True)
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)

@@ -22,14 +22,30 @@ from ..analysis import Analysis, Group, ParamAxis
 __all__ = ["member_matrix", "per_label_l1", "per_label_sq"]
 
 
+_BLOCK_BYTES = 32 << 20  # float64 temporaries per block: memory stays flat on multi-GB weights
+
+
+def _per_label(w: np.ndarray, axis: int, fn) -> np.ndarray:
+    """Sum of ``fn(w)`` (in float64) over every axis but ``axis``, a block of rows at a time."""
+    if w.ndim <= 1:
+        return fn(w.astype(np.float64, copy=False))
+    split = 0 if axis != 0 else 1
+    reduce = tuple(i for i in range(w.ndim) if i != axis)
+    step = max(1, int(_BLOCK_BYTES // max(1, (w.size // max(w.shape[split], 1)) * 8)))
+    out = np.zeros(w.shape[axis], dtype=np.float64)
+    idx = [slice(None)] * w.ndim
+    for start in range(0, w.shape[split], step):
+        idx[split] = slice(start, start + step)
+        out += fn(w[tuple(idx)].astype(np.float64)).sum(axis=reduce)
+    return out
+
+
 def per_label_l1(w: np.ndarray, axis: int) -> np.ndarray:
-    a = np.abs(w.astype(np.float64, copy=False))
-    return a.sum(axis=tuple(i for i in range(w.ndim) if i != axis)) if w.ndim > 1 else a
+    return _per_label(w, axis, np.abs)
 
 
 def per_label_sq(w: np.ndarray, axis: int) -> np.ndarray:
-    a = np.square(w.astype(np.float64, copy=False))
-    return a.sum(axis=tuple(i for i in range(w.ndim) if i != axis)) if w.ndim > 1 else a
+    return _per_label(w, axis, np.square)
 
 
 def member_matrix(an: Analysis, group: Group, roles: set[str],
@@ -63,7 +79,11 @@ def member_matrix(an: Analysis, group: Group, roles: set[str],
 def _weights(an: Analysis, fn: Callable[[np.ndarray, int], np.ndarray]):
     def per_label(p: ParamAxis) -> np.ndarray | None:
         w = an.model.const(p.tensor)
-        return None if w is None else fn(w, p.axis)
+        if w is None:
+            return None
+        out = fn(w, p.axis)
+        an.model.release_pages(p.tensor)
+        return out
 
     return per_label
 

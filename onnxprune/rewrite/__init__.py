@@ -35,7 +35,7 @@ import onnx_ir as ir
 from onnx_ir.passes import common as ir_common
 
 from ..analysis import Analysis
-from ..errors import BugError, OnnxPruneError
+from ..errors import BugError, OnnxPruneError, ValidationError
 from ..graph import Model, inp
 from .recover import Recovery, recover
 
@@ -118,7 +118,9 @@ class RecoverPass(ModelPass):
         for name, v in model.graph.initializers.items():
             t = v.const_value
             if type(t) is ir.Tensor and t.dtype.is_floating_point() and not np.all(np.isfinite(t.numpy())):
-                raise BugError(f"recovery wrote non-finite values into '{name}'")
+                raise ValidationError(f"recovery computed non-finite values for '{name}' (calibration "
+                                      "statistics overflow float32?); nothing was written; rescale the data or use "
+                                      "--recover none")
 
 
 class SliceParamsPass(ModelPass):
@@ -221,7 +223,7 @@ class RefreshShapesPass(ModelPass):
             actual = self.m.sym.get(v.name)
             if actual is None:
                 continue
-            declared = [d if isinstance(d, int) else None for d in v.shape]
+            declared = [d if isinstance(d, int) and d >= 0 else None for d in v.shape]
             for d, a in zip(declared, actual):
                 if d is not None and isinstance(a, int) and d != a:
                     raise BugError(f"graph output '{v.name}' would change shape from {declared} to {list(actual)}")

@@ -32,6 +32,7 @@ from ..graph import Model, inp, out
 from ..rules import rule_for
 from ..rules.elementwise import activation_fn
 from ..analysis import Analysis, ParamAxis
+from ..errors import UnsupportedModelError
 
 __all__ = ["Recovery", "recover", "data_free_means", "MODES"]
 
@@ -286,6 +287,10 @@ def _add_to_bias(model: Model, an: Analysis, node: ir.Node, delta: np.ndarray) -
             if (old.size == n or old.shape[-1:] == (n,)) and len(model.const_users(name)) == 1:
                 model.set_const(name, (old + (delta / beta).reshape((1,) * (old.ndim - 1) + (n,))).astype(old.dtype))
                 return
+            if old.size != 1:
+                raise UnsupportedModelError(f"node '{model.node_name(node)}': bias '{name}' has shape "
+                                            f"{list(old.shape)}, the node has {n} output channels; fix or "
+                                            "re-export the model")
             new = (np.broadcast_to(old.reshape(-1), (n,)) + delta / beta).astype(old.dtype)  # scalar C: widen
             name = model.add_initializer(name, new)
             node.replace_input_with(k, model.value_of(name))

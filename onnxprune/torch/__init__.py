@@ -78,6 +78,9 @@ def export(module, example, path: str, *, exporter: str = "dynamo", input_names:
     import onnx
     import torch
 
+    from ..outputs import check_output, write_text
+
+    path = check_output(path, "the exported model")
     args = example if isinstance(example, tuple) else (example,)
     names = input_names or [f"input{i}" if len(args) > 1 else "input" for i in range(len(args))]
     axes = dynamic_axes or {0: "batch"}
@@ -97,7 +100,7 @@ def export(module, example, path: str, *, exporter: str = "dynamo", input_names:
     else:
         raise OnnxPruneError(f"unknown exporter '{exporter}'; use dynamo or torchscript")
     proto.ir_version = min(proto.ir_version, 10)
-    onnx.save(proto, path)
+    write_text(path, proto.SerializeToString(), "the exported model")
 
 
 def _split(batch, has_labels: bool | None):

@@ -247,20 +247,13 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
-def _file_bytes(path: str) -> int:
-    total = os.path.getsize(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    for suffix in (".data",):
-        p = os.path.join(folder, os.path.basename(path) + suffix)
-        if os.path.exists(p):
-            total += os.path.getsize(p)
-    return total
-
-
 def model_stats(path: str) -> ModelStats:
+    from ..outputs import input_files
+
     m = load_model(path)
     c = count(m)
-    return ModelStats(path, c.params, c.macs, c.flops, _file_bytes(path))
+    size = sum(os.path.getsize(f) for f in input_files(path, m) if os.path.isfile(f))  # the model + its data files
+    return ModelStats(path, c.params, c.macs, c.flops, size)
 
 
 def _declared_outputs(path: str) -> dict[str, list]:
@@ -409,6 +402,24 @@ def _error_sample(a: np.ndarray, b: np.ndarray, n: int = 20000) -> np.ndarray:
     return d
 
 
+def check_validation_options(*, batch=1, warmup=0, repeats=1, seed=0, dims=None, tol=None) -> None:
+    """Range checks of validation options (the CLI's and the API's)."""
+    from ..checks import integer, number
+
+    integer("--batch", batch, low=1)
+    integer("--warmup", warmup, low=0)
+    integer("--repeats", repeats, low=1)
+    integer("--validate-seed", seed, low=0)
+    for name, v in (dims or {}).items():
+        integer(f"--dim {name}", v, low=1)
+    if tol is not None:
+        for flag, table in (("--atol", tol.atol), ("--rtol", tol.rtol)):
+            for v in (table.values() if isinstance(table, dict) else [table]):
+                number(flag, v, low=0, optional=True)
+        number("--min-cosine", tol.min_cosine, low=-1, high=1, optional=True)
+        number("--max-accuracy-drop", tol.max_accuracy_drop, low=0, high=1, optional=True)
+
+
 def compare_models(original: str, pruned: str, *, providers: list[str] = ("cpu",), data: str | None = None,
                    seed: int = 0, batch: int = 1, dims: dict[str, int] | None = None, tol: Tolerances = DEFAULTS,
                    latency: bool = True, warmup: int = 5, repeats: int = 30, strict_providers: bool = False,
@@ -432,6 +443,7 @@ def compare_models(original: str, pruned: str, *, providers: list[str] = ("cpu",
     Raises:
         OnnxPruneError: a tolerance names no output, a dim names no dynamic dim, unreadable data.
     """
+    check_validation_options(batch=batch, warmup=warmup, repeats=repeats, seed=seed, dims=dims, tol=tol)
     declared_orig = _declared_outputs(original)
     tol.check_names(list(declared_orig))
     orig_stats, pruned_stats = model_stats(original), model_stats(pruned)
@@ -455,6 +467,8 @@ def compare_models(original: str, pruned: str, *, providers: list[str] = ("cpu",
             _check_dims(dims, specs)
             dataset = (npz_dataset(data, specs, labels_key=labels_key) if data
                        else random_dataset(specs, seed=seed, batch=batch, dims=dims))
+            if dataset.n_samples == 0:
+                raise OnnxPruneError(f"validation inputs {dataset.source} hold no samples; nothing to compare")
             report.inputs = dataset.describe()
             lat_feeds = (take_samples(dataset, specs, latency_batch or batch, dims or {}) if data else
                          random_dataset(specs, seed=seed, batch=latency_batch or batch, dims=dims).batches[0])
