@@ -112,6 +112,8 @@ def inspect(path: str, *, protect: Sequence[str] = (), dims: dict[str, int] | No
     """
     from .blocks import find_blocks
 
+    resolve("inspect", {"protect": protect, "dims": dims})  # the same checks as the command line's
+
     m = _inferred(load_model(path), None, dims)
     an = analyze(m, protect=protect, hidden=hidden)
     return Inspection(path, m.opset, m.ir.ir_version, len(m.graph), CostModel(m).count(), an,

@@ -515,13 +515,23 @@ def _convert(o: Option, v: Any) -> Any:
             else:
                 raise OptionError(f"{{{o.name}}} expects a list, got {v!r}")
         items = tuple(_scalar(o, x) for x in v)
+        if o.cli == "many" and len(set(items)) != len(items):
+            raise OptionError(f"{{{o.name}}} {' '.join(map(str, items))}: a value is repeated")
         if o.count is not None and len(items) != o.count:
             raise OptionError(f"{{{o.name}}} expects {o.count} values, got {len(items)}")
         return items
     if o.cli == "dims":
         if not isinstance(v, Mapping):
             raise OptionError(f"{{{o.name}}} expects a mapping of dim names to sizes, got {v!r}")
-        return {str(k): _scalar(o, x) for k, x in v.items()}
+        out = {}
+        for k, x in v.items():
+            try:
+                out[str(k)] = _scalar(o, x)
+            except OptionError as e:
+                if o.range is not None and isinstance(x, (int, float)) and x not in o.range:
+                    raise OptionError(f"{{{o.name}}} {k}={x} must be {o.range}") from None
+                raise
+        return out
     return _scalar(o, v)
 
 

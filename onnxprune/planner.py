@@ -138,10 +138,11 @@ def _strs(v) -> bool:
 _GROUP_FIELDS = {"group": _int, "name": lambda v: isinstance(v, str), "size": _int, "remove": None,
                  "pinned": _int, "reasons": _strs, "members": _strs,
                  "scores": lambda v: isinstance(v, (list, tuple)) and all(_num(x) for x in v),
-                 "note": lambda v: isinstance(v, str), "dead": None}
+                 "note": lambda v: isinstance(v, str), "dead": None,
+                 "kind": lambda v: v in ("channels", "heads", "hidden")}
 _GROUP_TYPES = {"group": "a whole number", "name": "a string", "size": "a whole number", "pinned": "a whole number",
                 "reasons": "a list of strings", "members": "a list of strings", "scores": "a list of finite numbers",
-                "note": "a string"}
+                "note": "a string", "kind": "channels, heads or hidden"}
 _PLAN_FIELDS = {"version": _int, "signature": lambda v: isinstance(v, str), "criterion": lambda v: isinstance(v, str),
                 "groups": lambda v: isinstance(v, (list, tuple)), "settings": lambda v: isinstance(v, dict),
                 "estimate": lambda v: isinstance(v, dict), "model": lambda v: isinstance(v, str)}

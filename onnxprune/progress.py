@@ -61,4 +61,5 @@ def progress(items: Iterable[T], label: str, *, total: int | None = None, unit: 
             if now - last >= LOG_EVERY_S:
                 last = now
                 log.info("%s: %d%s %s, %.0f s", label, done, of, unit, now - t0)
-    log.info("%s: %d %s in %.1f s", label, done, unit, time.monotonic() - t0)
+    took = time.monotonic() - t0
+    (log.info if took >= LOG_EVERY_S else log.debug)("%s: %d %s in %.1f s", label, done, unit, took)
