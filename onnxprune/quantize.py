@@ -202,9 +202,9 @@ def _shaped(model):
 
 
 def _size(path: str) -> int:
-    from .validate.compare import _file_bytes
+    from .validate.compare import file_bytes
 
-    return _file_bytes(path)
+    return file_bytes(path)
 
 
 def _preprocess(src: str, dst: str) -> bool:

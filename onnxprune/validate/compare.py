@@ -247,13 +247,18 @@ def _ratio(a: float, b: float) -> float | None:
     return a / b if b else None
 
 
-def model_stats(path: str) -> ModelStats:
+def file_bytes(path: str, model=None) -> int:
+    """Bytes on disk of a model and the data files it references."""
     from ..outputs import input_files
 
+    m = model if model is not None else load_model(path)
+    return sum(os.path.getsize(f) for f in input_files(path, m) if os.path.isfile(f))
+
+
+def model_stats(path: str) -> ModelStats:
     m = load_model(path)
     c = count(m)
-    size = sum(os.path.getsize(f) for f in input_files(path, m) if os.path.isfile(f))  # the model + its data files
-    return ModelStats(path, c.params, c.macs, c.flops, size)
+    return ModelStats(path, c.params, c.macs, c.flops, file_bytes(path, m))
 
 
 def _declared_outputs(path: str) -> dict[str, list]:
