@@ -221,8 +221,8 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
         raise OnnxPruneError(f"-o {output} is the input model; choose another output path (the input is never modified)")
     if recover not in MODES:
         raise OnnxPruneError(f"unknown recovery '{recover}'; use one of {', '.join(MODES)}")
-    if recover == "lsq" and calib is None:
-        raise OnnxPruneError("--recover lsq needs calibration data: give --calib")
+    if recover in ("lsq", "seq") and calib is None:
+        raise OnnxPruneError(f"--recover {recover} needs calibration data: give --calib")
     m = load_model(path)
     cal = _Calib(calib, calib_batch, image_spec, calib_limit, gradients=gradients,
                  hybrid_weights=tuple(hybrid_weights))
@@ -263,7 +263,8 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
 
             consumers = list(dict.fromkeys(q.node for q in an.params if q.role == "in" and _loses_input(an, q, keep)))
             grams = record_for(an, cal.load(m), with_grams=consumers, stats=False).grams
-        recovery = Recovery(recover, means, grams, fold_atoms=folds)
+        recovery = Recovery(recover, means, grams, fold_atoms=folds,
+                            calibration=cal.load(m) if recover == "seq" else None)
     if external_data is None and m.external_data:
         external_data = True
     result = rewrite.apply(m, an, keep, recovery=recovery)

@@ -123,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     _planning(s)
     r = s.add_argument_group("recovery and layer removal")
-    r.add_argument("--recover", default="none", choices=("none", "bias", "lsq"),
+    r.add_argument("--recover", default="none", choices=("none", "bias", "lsq", "seq"),
                    help="bias compensation (data-free from BatchNorm without --calib) or least-squares refits")
     r.add_argument("--remove-blocks", type=int, default=0, metavar="N", help="bypass the N least important "
                    "residual blocks (needs --calib)")
