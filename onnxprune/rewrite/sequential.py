@@ -15,8 +15,8 @@ Only H, B and Σ‖Y‖² are kept, streamed over the calibration batches (two h
 samples), never the activations; the Gram products are BLAS matmuls on at most ``row_budget``
 sampled rows per consumer (im2col patches of a Conv, vectors of a Gemm/MatMul). Per consumer
 (per group of a grouped or depthwise Conv) the candidates — the current weights (no refit),
-bias correction only, ridge refits over ``RIDGES`` — are scored by 2-fold held-out error and
-the best is refitted on all samples, so the result is never worse than no refit on held-out
+bias correction only, ridge refits over ``RIDGES`` (one eigendecomposition) — are fitted on the
+even samples, scored on the odd ones, and the best is refitted on all samples, so the result is never worse than no refit on held-out
 calibration data. Consumers at the same level (no one upstream of another) share one pass.
 
 Handled: Conv (group 1: im2col; grouped and depthwise: per group), Gemm and MatMul with a 2-D
@@ -30,6 +30,7 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+from tqdm import tqdm
 
 from ..analysis import Analysis
 from ..graph import Model, inp, out
@@ -167,23 +168,29 @@ def _accumulate(job: _Job, half: int, xp: np.ndarray, xo: np.ndarray, rng, cap: 
     job.rows_seen += n
 
 
-def _candidates(job: _Job, h: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
-    """Weights [Gk, per, dk+1] of each candidate fitted on (h, b)."""
+def _fixed(job: _Job, h: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+    """No refit (the current weights over K) and bias correction only, [Gk, per, dk+1] each."""
     a = job.a[job.groups_kept]
     plain = np.concatenate([a[:, :, :-1][:, :, job.keep_cols], a[:, :, -1:]], axis=2)
     n = np.maximum(h[:, -1, -1], 1e-30)
     bias = plain.copy()
     bias[:, :, -1] = (b[:, -1, :] - np.einsum("gpd,gd->gp", plain[:, :, :-1], h[:, -1, :-1])) / n[:, None]
-    out = [plain, bias]
-    dk = h.shape[1]
-    eye = np.eye(dk)
-    scale = np.trace(h, axis1=1, axis2=2) / dk
-    for lam in RIDGES:
-        try:
-            x = np.linalg.solve(h + (lam * scale)[:, None, None] * eye, b)  # [Gk, dk, per]
-            out.append(x.transpose(0, 2, 1))
-        except np.linalg.LinAlgError:
-            out.append(None)
+    return [plain, bias]
+
+
+def _ridge_scale(h: np.ndarray) -> np.ndarray:
+    return np.trace(h, axis1=1, axis2=2) / h.shape[1]
+
+
+def _ridges(h: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
+    """Ridge refits for every λ in RIDGES from one eigendecomposition of h: [Gk, per, dk+1] each."""
+    lam, q = np.linalg.eigh(h)
+    qb = q.transpose(0, 2, 1) @ b  # [Gk, dk, per]
+    scale = _ridge_scale(h)
+    out = []
+    for r in RIDGES:
+        d = 1.0 / np.maximum(lam + (r * scale)[:, None], 1e-300)
+        out.append((q @ (d[:, :, None] * qb)).transpose(0, 2, 1))
     return out
 
 
@@ -192,23 +199,36 @@ def _err(x: np.ndarray, h: np.ndarray, b: np.ndarray, yy: np.ndarray) -> np.ndar
     return yy - 2 * np.sum(x * b.transpose(0, 2, 1), axis=(1, 2)) + np.sum((x @ h) * x, axis=(1, 2))
 
 
+NAMES = ("no refit", "bias correction", *(f"ridge {r:g}" for r in RIDGES))
+
+
 def _solve(job: _Job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(weights [Gk, per, dk+1], chosen candidate per group, held-out error per candidate)."""
+    """(weights [Gk, per, dk+1], chosen candidate per group, held-out error per candidate).
+
+    Candidates are fitted on the even samples and scored on the odd ones (one sample: no
+    refit or bias correction, scored in-sample); the chosen one is refitted on all samples.
+    """
     h0, h1 = job.h
     b0, b1 = job.b
-    n_cand = 2 + len(RIDGES)
-    errs = np.zeros((n_cand, len(job.groups_kept)))
-    if h1[:, -1, -1].min() > 0:
-        for (hf, bf), (ht, bt, yt) in (((h0, b0), (h1, b1, job.yy[1])), ((h1, b1), (h0, b0, job.yy[0]))):
-            for k, x in enumerate(_candidates(job, hf, bf)):
-                errs[k] += np.inf if x is None else _err(x, ht, bt, yt)
-    else:  # one sample: nothing held out; no refit, bias correction or the strongest ridge (in-sample)
-        for k, x in enumerate(_candidates(job, h0, b0)):
-            errs[k] = np.inf if x is None or 2 <= k < n_cand - 1 else _err(x, h0, b0, job.yy[0])
+    held_out = h1[:, -1, -1].min() > 0
+    errs = np.full((len(NAMES), len(job.groups_kept)), np.inf)
+    ht, bt, yt = (h1, b1, job.yy[1]) if held_out else (h0, b0, job.yy[0])
+    cands = _fixed(job, h0, b0) + (_ridges(h0, b0) if held_out else [])
+    for k, x in enumerate(cands):
+        errs[k] = _err(x, ht, bt, yt)
     errs = np.where(np.isfinite(errs), errs, np.inf)
     choice = np.argmin(errs, axis=0)
-    full = _candidates(job, h0 + h1, b0 + b1)
-    x = np.stack([full[c][i] for i, c in enumerate(choice)])
+    h, b = h0 + h1, b0 + b1
+    fixed = _fixed(job, h, b)
+    x = np.empty_like(fixed[0])
+    for k in np.unique(choice):
+        sel = choice == k
+        if k < 2:
+            x[sel] = fixed[k][sel]
+        else:
+            hs = h[sel]
+            reg = RIDGES[k - 2] * _ridge_scale(hs)
+            x[sel] = np.linalg.solve(hs + reg[:, None, None] * np.eye(hs.shape[1]), b[sel]).transpose(0, 2, 1)
     return x, choice, errs
 
 
@@ -261,13 +281,7 @@ def reconstruct(model: Model, an: Analysis, keep_atom: np.ndarray, calibration, 
         return []
     report: list[str] = []
     levels = sorted({j.level for j in jobs})
-    try:
-        from tqdm import tqdm
-
-        bar = tqdm(total=len(jobs), desc="reconstructing", unit="layer", disable=None if progress else True,
-                   leave=False)
-    except ImportError:  # tqdm is a dependency; a stripped install still works, silently
-        bar = None
+    bar = tqdm(total=len(jobs), desc="reconstructing", unit="layer", disable=None if progress else True, leave=False)
     orig_sess = make_session(original, "cpu") if len(inputs) > len(set(inputs) & set(model.graph_inputs)) else None
     orig_names = [o.name for o in orig_sess.get_outputs()] if orig_sess is not None else []
     rng = np.random.default_rng(seed)
@@ -296,9 +310,8 @@ def reconstruct(model: Model, an: Analysis, keep_atom: np.ndarray, calibration, 
         for j in todo:
             x, choice, errs = _solve(j)
             _write(model, an, j, x)
-            names_c = ["no refit", "bias correction"] + [f"ridge {lam:g}" for lam in RIDGES]
-            picked = np.bincount(choice, minlength=len(names_c))
-            what = ", ".join(f"{names_c[k]}" + (f" ×{c}" if len(choice) > 1 else "")
+            picked = np.bincount(choice, minlength=len(NAMES))
+            what = ", ".join(f"{NAMES[k]}" + (f" ×{c}" if len(choice) > 1 else "")
                              for k, c in enumerate(picked) if c)
             plain = float(errs[0].sum())
             best = float(errs[choice, np.arange(len(choice))].sum())
@@ -306,10 +319,8 @@ def reconstruct(model: Model, an: Analysis, keep_atom: np.ndarray, calibration, 
                           f"{plain:.4g} no refit -> {best:.4g} over {int(j.keep_cols.sum())} kept inputs"
                           + (f" per group, {len(choice)} groups" if len(choice) > 1 else ""))
             j.h = j.b = j.yy = None  # free the statistics
-            if bar is not None:
-                bar.update(1)
-    if bar is not None:
-        bar.close()
+            bar.update(1)
+    bar.close()
     log.info("sequential reconstruction: %d consumers in %d levels", len(jobs), len(levels))
     return report
 
