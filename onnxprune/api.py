@@ -157,17 +157,28 @@ def _options(kw: dict) -> dict:
                 rank_by=kw.pop("rank_by", "l2"), sensitivity_ratios=kw.pop("sensitivity_ratios", None), **kw)
 
 
-def plan(path: str, *, criterion: str = "l2", ratio: float | None = None, target_flops: float | None = None,
+def plan(path: str, *, criterion: str | None = None, ratio: float | None = None, target_flops: float | None = None,
          target_params: float | None = None, mode: str = "uniform", round_to: int = 1, min_channels: int = 1,
          protect: Sequence[str] = (), reduce: str = "mean", normalize: str = "mean", seed: int = 0,
          heads: int | None = None, head_ratio: float | None = None, dims: dict[str, int] | None = None,
-         **calibration) -> Plan:
+         target_cosine: float | None = None, target_error: float | None = None, metric=None,
+         metric_target: float | None = None, recover: str | None = None, **calibration) -> Plan:
     """Make a plan for a model without changing it.
 
     Calibration keywords (``calib``, ``calib_batch``, ``image_spec``, ``calib_limit``,
     ``remove_dead``, ``dead_tol``, ``rank_by``, ``sensitivity_ratios``, ``gradients``,
-    ``hybrid_weights``) are as for :func:`prune`.
+    ``hybrid_weights``) are as for :func:`prune`; so are the quality targets (``target_cosine``,
+    ``target_error``, ``metric``/``metric_target``, searched with ``recover``): the plan found
+    records the search's trajectory in ``settings["trajectory"]``.
     """
+    criterion, recover = _defaults(criterion, recover, calibration.get("calib"))
+    target = _target(target_cosine, target_error, metric, metric_target)
+    if target is not None:
+        opts = _options(dict(calibration))
+        found = _search(path, target, opts, criterion=criterion, recover=recover, mode=mode, round_to=round_to,
+                        min_channels=min_channels, protect=protect, reduce=reduce, normalize=normalize, seed=seed,
+                        dims=dims, given=(ratio, target_flops, target_params, heads, head_ratio))
+        return found.plan
     m = load_model(path)
     opts = _options(dict(calibration))
     _inferred(m, opts["calib"], dims)
@@ -180,26 +191,33 @@ def plan(path: str, *, criterion: str = "l2", ratio: float | None = None, target
     return p
 
 
-def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: str = "l2",
+def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: str | None = None,
           ratio: float | None = None, target_flops: float | None = None, target_params: float | None = None,
           mode: str = "uniform", round_to: int = 1, min_channels: int = 1, protect: Sequence[str] = (),
           reduce: str = "mean", normalize: str = "mean", seed: int = 0, external_data: bool | None = None,
           calib: str | None = None, calib_batch: int = 32, image_spec: str | None = None,
-          calib_limit: int | None = None, recover: str = "none",
+          calib_limit: int | None = None, recover: str | None = None,
           remove_dead: bool | None = None, dead_tol: float = 1e-6, rank_by: str = "l2",
           sensitivity_ratios: Sequence[float] | None = None, remove_blocks: int = 0,
           block_metric: str = "cosine", block_target_flops: float | None = None,
           gradients=None, hybrid_weights: Sequence[float] = (1.0, 1.0, 1.0), heads: int | None = None,
-          head_ratio: float | None = None, dims: dict[str, int] | None = None) -> PruneResult:
+          head_ratio: float | None = None, dims: dict[str, int] | None = None, target_cosine: float | None = None,
+          target_error: float | None = None, metric=None, metric_target: float | None = None) -> PruneResult:
     """Prune a model file structurally and write the result (atomically, fully checked).
 
     Args:
         path: the input model; never modified.
         output: where to write the pruned model (must not be ``path``).
         plan: a plan (or its JSON path) to apply instead of planning.
-        criterion: ``l1 l2 bn random activation apoz wanda sensitivity``.
+        criterion: ``l1 l2 bn random activation apoz wanda sensitivity`` (default: ``l2``; with
+            ``calib`` the measured best, ``CALIB_CRITERION``).
         calib: calibration ``.npz`` or image folder (``image_spec`` for preprocessing).
-        recover: ``none``, ``bias`` (data-free from BatchNorm without ``calib``) or ``lsq``.
+        recover: ``none``, ``bias`` (data-free from BatchNorm without ``calib``), ``lsq`` or ``seq``
+            (sequential reconstruction; default with ``calib``, else ``none``).
+        target_cosine / target_error: instead of a ratio, remove as much as keeps every output
+            within this cosine (relative L2 error) on calibration samples held back from fitting
+            (``search.py``); ``metric`` (a callable of original and pruned output lists, higher is
+            better) with ``metric_target`` replaces the built-in measures.
         remove_dead: remove channels constant on calibration data (default: when ``calib``).
         rank_by: the within-group ranking used by ``sensitivity``.
         gradients: a gradient record (``.npz`` path or ``GradientRecord``) for ``taylor``,
@@ -217,12 +235,28 @@ def prune(path: str, output: str, *, plan: Plan | str | None = None, criterion: 
     """
     from .rewrite.recover import MODES, Recovery, data_free_means
 
+    criterion, recover = _defaults(criterion, recover, calib)
     if os.path.exists(output) and os.path.exists(path) and os.path.samefile(path, output):
         raise OnnxPruneError(f"-o {output} is the input model; choose another output path (the input is never modified)")
     if recover not in MODES:
         raise OnnxPruneError(f"unknown recovery '{recover}'; use one of {', '.join(MODES)}")
     if recover in ("lsq", "seq") and calib is None:
         raise OnnxPruneError(f"--recover {recover} needs calibration data: give --calib")
+    target = _target(target_cosine, target_error, metric, metric_target)
+    if target is not None:
+        if plan is not None or remove_blocks or block_target_flops is not None:
+            raise OnnxPruneError("a quality target plans by itself: drop --plan/--remove-blocks/--block-target-flops")
+        opts = _options(dict(calib=calib, calib_batch=calib_batch, image_spec=image_spec, calib_limit=calib_limit,
+                             remove_dead=remove_dead, dead_tol=dead_tol, rank_by=rank_by,
+                             sensitivity_ratios=sensitivity_ratios, gradients=gradients,
+                             hybrid_weights=hybrid_weights))
+        found = _search(path, target, opts, criterion=criterion, recover=recover, mode=mode, round_to=round_to,
+                        min_channels=min_channels, protect=protect, reduce=reduce, normalize=normalize, seed=seed,
+                        dims=dims, given=(ratio, target_flops, target_params, heads, head_ratio))
+        if external_data is None and found.model.external_data:
+            external_data = True
+        save_model(found.model, output, external_data=external_data)
+        return PruneResult(output, found.plan, found.before, found.after, found.recovery)
     m = load_model(path)
     cal = _Calib(calib, calib_batch, image_spec, calib_limit, gradients=gradients,
                  hybrid_weights=tuple(hybrid_weights))
@@ -288,6 +322,56 @@ def sensitivity(path: str, *, calib: str, rank_by: str = "l2", ratios: Sequence[
         rec = record_for(an, cal)
     scores = score_groups(an, rank_by, data=ScoreData(activations=rec))
     return measure(an, cal, scores, ratios=ratios or DEFAULT_RATIOS)
+
+
+# Measured best on the dev set with calibration data (scripts/bench_quality.py): see the note of issue 9.
+CALIB_CRITERION = "wanda"
+CALIB_RECOVER = "seq"
+
+
+def _defaults(criterion: str | None, recover: str | None, calib) -> tuple[str, str]:
+    """Criterion and recovery when not given: the measured best with ``calib``, else l2 / none."""
+    if criterion is None:
+        criterion = CALIB_CRITERION if calib is not None else "l2"
+    if recover is None:
+        recover = CALIB_RECOVER if calib is not None else "none"
+    return criterion, recover
+
+
+def _target(cosine, error, metric, metric_target):
+    from .validate.quality import Target
+
+    given = [x is not None for x in (cosine, error, metric)]
+    if not any(given):
+        return None
+    if sum(given) > 1:
+        raise PlanError("give one quality target: --target-cosine, --target-error or a metric")
+    if cosine is not None and not 0 < cosine <= 1:
+        raise PlanError(f"--target-cosine {cosine} must be in (0, 1]")
+    if error is not None and not 0 <= error < 1:
+        raise PlanError(f"--target-error {error} must be in [0, 1): the relative L2 error allowed")
+    if metric is not None and (not callable(metric) or metric_target is None):
+        raise PlanError("metric must be a callable metric(original_outputs, pruned_outputs) with a metric_target")
+    return Target(cosine, error, metric, metric_target)
+
+
+def _search(path, target, opts, *, criterion, recover, given, dims, protect, **planning):
+    from .search import search
+
+    if any(v is not None for v in given):
+        raise PlanError("a quality target decides how much to remove: drop --ratio/--target-flops/"
+                        "--target-params/--heads/--head-ratio")
+    calib = opts.pop("calib")
+    if calib.source is None:
+        raise PlanError("a quality target is measured on held-back calibration samples: give --calib")
+    reduce_kw = {k: planning.pop(k) for k in ("reduce", "normalize", "seed")}
+    found = search(path, target, calib=calib, criterion=criterion, recover=recover, protect=protect, dims=dims,
+                   planning={**planning, **reduce_kw, **opts})
+    if found.model is None:
+        steps = "; ".join(f"{s.flops:.3f} -> {s.score:.4f}" for s in found.trajectory)
+        raise PlanError(f"no plan meets {target.describe()} on the check samples ({found.stopped}; FLOPs kept -> "
+                        f"score: {steps}); relax the target")
+    return found
 
 
 def _inferred(m: Model, cal: _Calib | None = None, dims: dict[str, int] | None = None) -> Model:

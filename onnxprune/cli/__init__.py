@@ -28,11 +28,15 @@ def _planning(p: argparse.ArgumentParser) -> None:
     t.add_argument("--ratio", type=float, help="fraction of channels to remove, e.g. 0.5")
     t.add_argument("--target-flops", type=float, help="fraction of the original FLOPs to keep, e.g. 0.6")
     t.add_argument("--target-params", type=float, help="fraction of the original parameters to keep")
+    t.add_argument("--target-cosine", type=float, metavar="C", help="remove as much as keeps every output's cosine "
+                   "(and decisions) >= C on held-back calibration samples (needs --calib)")
+    t.add_argument("--target-error", type=float, metavar="E", help="remove as much as keeps every output's relative "
+                   "L2 error <= E on held-back calibration samples (needs --calib)")
     g.add_argument("--heads", type=int, metavar="N", help="remove N attention heads from every head group "
                    "(--ratio and targets then apply to the other groups)")
     g.add_argument("--head-ratio", type=float, metavar="R", help="remove this fraction of every head group's heads")
-    g.add_argument("--criterion", default="l2", choices=(*CRITERIA, "sensitivity"),
-                   help="channel importance (default l2); activation/apoz/wanda/sensitivity need --calib, "
+    g.add_argument("--criterion", default=None, choices=(*CRITERIA, "sensitivity"),
+                   help="channel importance (default l2; with --calib the measured best); activation/apoz/wanda/sensitivity need --calib, "
                         "taylor/fisher/grad need --gradients")
     g.add_argument("--mode", default="uniform", choices=("uniform", "global"),
                    help="same ratio in every group, or one global ranking (default uniform)")
@@ -123,8 +127,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     _planning(s)
     r = s.add_argument_group("recovery and layer removal")
-    r.add_argument("--recover", default="none", choices=("none", "bias", "lsq", "seq"),
-                   help="bias compensation (data-free from BatchNorm without --calib) or least-squares refits")
+    r.add_argument("--recover", default=None, choices=("none", "bias", "lsq", "seq"),
+                   help="bias compensation (data-free from BatchNorm without --calib), least-squares refits, or "
+                        "sequential reconstruction (seq; the default with --calib, else none)")
     r.add_argument("--remove-blocks", type=int, default=0, metavar="N", help="bypass the N least important "
                    "residual blocks (needs --calib)")
     r.add_argument("--block-target-flops", type=float, metavar="F", help="bypass residual blocks, least important "
@@ -169,7 +174,7 @@ def _planning_kwargs(a) -> dict:
                 calib_batch=a.calib_batch, calib_limit=a.calib_limit, remove_dead=a.remove_dead,
                 dead_tol=a.dead_tol, rank_by=a.rank_by, sensitivity_ratios=a.sensitivity_ratios,
                 gradients=a.gradients, hybrid_weights=_floats(a.hybrid_weights, "--hybrid-weights", 3),
-                dims=_dims(a.dim))
+                dims=_dims(a.dim), target_cosine=a.target_cosine, target_error=a.target_error)
 
 
 def _floats(text: str, flag: str, n: int) -> tuple[float, ...]:
@@ -244,16 +249,33 @@ def _cmd_plan(a) -> int:
     plan = api.plan(a.model, **_planning_kwargs(a))
     plan.save(a.output)
     print(f"plan written to {a.output}: {_plan_summary(plan)}")
+    _print_trajectory(plan)
     return EXIT_OK
+
+
+def _print_trajectory(plan) -> None:
+    st = plan.settings
+    if "trajectory" not in st:
+        return
+    print(f"quality search for {st['quality_target']} on {st['check_samples']} held-back calibration samples "
+          f"({st['fit_samples']} fit); {st['stopped']}:")
+    print(f"  {'FLOPs kept':>10}  {'params kept':>11}  {'score':>8}  result  worst output")
+    for s in st["trajectory"]:
+        worst = min(s["outputs"], key=lambda q: min(q["cosine"], q["decision"] if q["decision"] is not None else 1),
+                    default=None)
+        w = (f"{worst['name']} ({worst['kind']}): cosine {worst['cosine']:.4f}, rel. error {worst['rel_error']:.4f}"
+             + (f", decisions {worst['decision']:.4f}" if worst["decision"] is not None else "")) if worst else ""
+        print(f"  {s['flops']:>10.3f}  {s['params']:>11.3f}  {s['score']:>8.4f}  {'met ' if s['met'] else 'MISS'}    {w}")
 
 
 def _cmd_prune(a) -> int:
     if a.plan and (a.ratio is not None or a.target_flops is not None or a.target_params is not None):
         raise OnnxPruneError("--plan already says what to remove; drop --ratio/--target-flops/--target-params")
     if (not a.plan and a.ratio is None and a.target_flops is None and a.target_params is None
-            and not a.remove_blocks and a.block_target_flops is None and a.heads is None and a.head_ratio is None):
-        raise OnnxPruneError("say how much to prune: --ratio, --target-flops, --target-params, --remove-blocks, "
-                             "or --plan FILE")
+            and not a.remove_blocks and a.block_target_flops is None and a.heads is None and a.head_ratio is None
+            and a.target_cosine is None and a.target_error is None):
+        raise OnnxPruneError("say how much to prune: --ratio, --target-flops, --target-params, --target-cosine, "
+                             "--target-error, --remove-blocks, or --plan FILE")
     kw = _planning_kwargs(a)
     res = api.prune(a.model, a.output, plan=a.plan, recover=a.recover, remove_blocks=a.remove_blocks,
                     block_metric=a.block_metric, block_target_flops=a.block_target_flops, **kw)
@@ -262,6 +284,8 @@ def _cmd_prune(a) -> int:
     b, f = res.before, res.after
     dead = sum(len(g.dead) for g in res.plan.groups)
     summary = {"output": res.output, "removed_channels": res.plan.n_removed, "dead_channels": dead,
+               "search": {k: res.plan.settings[k] for k in ("quality_target", "trajectory", "stopped")
+                          if k in res.plan.settings},
                "removed_blocks": list(res.removed_blocks), "recovery": list(res.recovery),
                "before": b.as_dict(), "after": f.as_dict()}
     if not a.json:
@@ -273,7 +297,8 @@ def _cmd_prune(a) -> int:
         if b.unknown:
             print("cost not counted for: " + ", ".join(f"{op}×{n}" for op, n in sorted(b.unknown.items())))
         if res.recovery:
-            print(f"recovery ({a.recover}): {len(res.recovery)} consumer(s) updated")
+            print(f"recovery ({a.recover or 'default'}): {len(res.recovery)} consumer(s) updated")
+        _print_trajectory(res.plan)
     code = EXIT_OK
     if a.validate:
         from ..validate import format_report
