@@ -137,18 +137,43 @@ def plan_jobs(model: Model, an: Analysis, keep_atom: np.ndarray) -> list[_Job]:
     return ordered
 
 
-def _rows(job: _Job, x: np.ndarray) -> np.ndarray:
-    """[n, G, d] rows of the consumer's input, per group."""
-    r = job.spec.rows(x)
+def _n_rows(job: _Job, x: np.ndarray) -> tuple[int, tuple[int, ...]]:
+    """(rows x gives, output spatial dims) without building them."""
+    sp = job.spec
+    if sp.kind == "dense":
+        return x.size // x.shape[sp.axis], ()
+    nd = len(sp.kernel)
+    dims = tuple((x.shape[2 + i] + sp.pads[i] + sp.pads[i + nd] - (sp.kernel[i] - 1) * sp.dilations[i] - 1)
+                 // sp.strides[i] + 1 for i in range(nd))
+    return x.shape[0] * int(np.prod(dims)), dims
+
+
+def _rows(job: _Job, x: np.ndarray, idx: np.ndarray | None, dims: tuple[int, ...]) -> np.ndarray:
+    """[n, G, d] rows of the consumer's input, per group; only rows ``idx`` when given (a Conv's
+    patches are then gathered directly, not unfolded whole)."""
+    sp = job.spec
     g = job.a.shape[0]
+    if idx is None or sp.kind == "dense":
+        r = sp.rows(x)
+        if idx is not None:
+            r = r[idx]
+        return r.reshape(r.shape[0], g, -1)
+    nd = len(sp.kernel)
+    xp = np.pad(x, [(0, 0), (0, 0)] + [(sp.pads[i], sp.pads[i + nd]) for i in range(nd)])
+    pos = np.unravel_index(idx, (x.shape[0], *dims))
+    ix = [pos[0][:, None, None]]  # sample
+    ch = np.arange(x.shape[1])[None, :, None]
+    offs = np.stack(np.meshgrid(*[np.arange(k) for k in sp.kernel], indexing="ij"), 0).reshape(nd, -1)
+    for i in range(nd):
+        ix.append((pos[1 + i] * sp.strides[i])[:, None, None] + (offs[i] * sp.dilations[i])[None, None, :])
+    r = xp[ix[0], ch, *ix[1:]]  # [rows, C, prod(kernel)]
     return r.reshape(r.shape[0], g, -1)
 
 
 def _accumulate(job: _Job, half: int, xp: np.ndarray, xo: np.ndarray, rng, cap: int) -> None:
-    rp, ro = _rows(job, xp), _rows(job, xo)
-    if rp.shape[0] > cap:
-        idx = np.sort(rng.choice(rp.shape[0], cap, replace=False))
-        rp, ro = rp[idx], ro[idx]
+    total, dims = _n_rows(job, xp)
+    idx = np.sort(rng.choice(total, cap, replace=False)) if total > cap else None
+    rp, ro = _rows(job, xp, idx, dims), _rows(job, xo, idx, dims)
     gk = job.groups_kept
     a = job.a[gk]  # [Gk, per, d+1]
     n = rp.shape[0]
