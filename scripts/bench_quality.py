@@ -6,8 +6,9 @@ with its own calibration split and a *separate* evaluation split, see scripts/de
 * ``--target-cosine C`` for each C of ``--cosines`` (default 0.99 0.95 0.9), with the defaults
   (criterion and recovery chosen by onnxprune with ``--calib``): the fraction of FLOPs removed
   and the quality reached on the evaluation split;
-* ``--target-flops F`` for each F of ``--flops`` (default 0.8 0.6), every criterion of
-  ``--criteria`` × recovery of ``--recover`` side by side: the quality on the evaluation split.
+* ``--target-flops F`` for each F of ``--flops`` (default 0.8 0.6), with the defaults and with
+  every criterion of ``--criteria`` × recovery of ``--recover`` side by side: the quality on the
+  evaluation split.
 
 Quality on the evaluation split, per output, worst output reported: cosine (mean over samples),
 decision agreement by kind of output (top-1 agreement for classifiers/distributions, IoU of the
@@ -92,7 +93,7 @@ def main() -> int:
     ap.add_argument("--criteria", nargs="+", default=["l2", "wanda"])
     ap.add_argument("--recover", nargs="+", default=["none", "lsq", "seq"])
     ap.add_argument("--flops", nargs="+", type=float, default=[0.8, 0.6])
-    ap.add_argument("--cosines", nargs="+", type=float, default=[0.99, 0.95, 0.9])
+    ap.add_argument("--cosines", nargs="*", type=float, default=[0.99, 0.95, 0.9])
     ap.add_argument("--calib-batch", type=int, default=8)
     ap.add_argument("--json")
     a = ap.parse_args()
@@ -123,12 +124,13 @@ def main() -> int:
             rows.append(row)
             print(f"  {tag:<34} FLOPs kept {row['flops']:.3f}  {_fmt(ev)}  ({sec:.0f} s)", flush=True)
 
-        for c in a.cosines:
-            run(f"target-cosine {c} (defaults)", target_cosine=c)
         for f in a.flops:
+            run(f"target-flops {f} (defaults)", target_flops=f)
             for crit in a.criteria:
                 for rec in a.recover:
                     run(f"target-flops {f} {crit}+{rec}", target_flops=f, criterion=crit, recover=rec)
+        for c in a.cosines:
+            run(f"target-cosine {c} (defaults)", target_cosine=c)
     if a.json:
         with open(a.json, "w") as fh:
             json.dump(rows, fh, indent=1)
