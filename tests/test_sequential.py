@@ -114,3 +114,24 @@ def test_output_kinds_and_decisions():
     assert q.cosine > 0.9 and q.decision == 0.0
     t = Target(cosine=0.9)
     assert not t.check(["p"], ["probability"], [prob], [flipped])[0]
+
+
+def test_seq_refits_a_grouped_conv_per_group(tmp_path):
+    n = Net("grouped", seed=1)
+    x = n.input("x", ["N", 3, 10, 10])
+    y = n.cbr(x, 3, 16)
+    y = n.relu(n.conv(y, 16, 16, 3, group=2))
+    n.output(n.gemm(n.flatten(n.gap(y)), 16, 4))
+    path = str(tmp_path / "g.onnx")
+    onnx.save(n.build(), path)
+    r = np.random.default_rng(0)
+    calib = str(tmp_path / "c.npz")
+    np.savez(calib, x=r.standard_normal((32, 3, 10, 10)).astype(np.float32))
+    held = {"x": r.standard_normal((16, 3, 10, 10)).astype(np.float32)}
+    err = {}
+    for rec in ("none", "seq"):
+        out = str(tmp_path / f"{rec}.onnx")
+        res = onnxprune.prune(path, out, ratio=0.5, criterion="l2", calib=calib, recover=rec, remove_dead=False)
+        err[rec] = _rel(path, out, held)
+    assert any("per group, 2 groups" in line for line in res.recovery), res.recovery
+    assert err["seq"] < err["none"], err

@@ -107,10 +107,9 @@ def plan_jobs(model: Model, an: Analysis, keep_atom: np.ndarray) -> list[_Job]:
     for p in an.params:
         if p.role != "in" or id(p.node) in jobs:
             continue
-        c = an.chan.get(inp(p.node, 0))
-        if c is None:
+        if an.chan.get(inp(p.node, 0)) is None:
             continue
-        removed = ~an.keep_mask(c.labels, keep_atom)
+        removed = ~an.keep_mask(p.labels, keep_atom)  # per input position of the weight (a group's, grouped)
         if not removed.any():
             continue
         j = _job(model, an, p.node, keep_atom, removed)
