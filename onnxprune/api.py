@@ -214,6 +214,10 @@ def plan(path: str, **options) -> Plan:
         OnnxPruneError: bad input or option values, contradictory options, an impossible target.
     """
     o = resolve("plan", options)
+    o["criterion"], o["recover"] = _defaults(o.criterion, o.recover, o.calib)
+    target = _target(o)
+    if target is not None:
+        return _search(path, target, o).plan
     m = load_model(path)
     cal = _calib(o)
     _inferred(m, cal, o.dims)
@@ -239,7 +243,12 @@ def prune(path: str, output: str, **options) -> PruneResult:
         plan: a plan (or its JSON path) to apply instead of planning (then no planning options).
         criterion: ``l1 l2 bn random activation apoz wanda taylor fisher grad hybrid sensitivity``.
         calib: calibration ``.npz`` or image folder (``image_spec`` for preprocessing).
-        recover: ``none``, ``bias`` (data-free from BatchNorm without ``calib``) or ``lsq``.
+        recover: ``none``, ``bias`` (data-free from BatchNorm without ``calib``), ``lsq`` or ``seq``
+            (sequential reconstruction; default with ``calib``, else ``none``).
+        target_cosine / target_error: instead of a ratio, remove as much as keeps every output
+            within this cosine (relative L2 error) on calibration samples held back from fitting
+            (``search.py``); ``metric`` (a callable of original and pruned output lists, higher is
+            better) with ``metric_target`` replaces the built-in measures.
         remove_dead: remove channels constant on calibration data (default: when ``calib``).
         rank_by: the within-group ranking used by ``sensitivity``.
         gradients: a gradient record (``.npz`` path or ``GradientRecord``) for ``taylor``,
@@ -272,12 +281,25 @@ def prune(path: str, output: str, **options) -> PruneResult:
     from .rewrite.recover import Recovery, data_free_means
 
     o = resolve("prune", options, skip_groups=_NOT_PRUNE)
+    o["criterion"], o["recover"] = _defaults(o.criterion, o.recover, o.calib)
     from .provenance import group_table, provenance_props
 
+    criterion, recover = _defaults(criterion, recover, calib)
     if os.path.exists(output) and os.path.exists(path) and os.path.samefile(path, output):
         raise OnnxPruneError(f"the output {output} is the input model; choose another output path "
                              "(the input is never modified)")
     check_output(output, "the pruned model")
+    target = _target(o)
+    if target is not None:
+        found = _search(path, target, o)
+        reads = refuse_input_files(output, path, found.model)
+        external_data = o.external_data
+        if external_data is None and found.model.external_data:
+            external_data = True
+        found.model.ir.metadata_props.update(provenance_props(found.plan, {n: o[n] for n in sorted(o.given)
+                                                                          if n != "metric"}, path))
+        save_model(found.model, output, external_data=external_data, avoid=reads)
+        return PruneResult(output, found.plan, found.before, found.after, found.recovery)
     m = load_model(path)
     reads = refuse_input_files(output, path, m)
     cal = _calib(o)
@@ -325,7 +347,8 @@ def prune(path: str, output: str, **options) -> PruneResult:
 
             consumers = list(dict.fromkeys(q.node for q in an.params if q.role == "in" and _loses_input(an, q, keep)))
             grams = record_for(an, cal.load(m), with_grams=consumers, stats=False).grams
-        recovery = Recovery(o.recover, means, grams, fold_atoms=folds)
+        recovery = Recovery(o.recover, means, grams, fold_atoms=folds,
+                            calibration=cal.load(m) if o.recover == "seq" else None)
     external_data = o.external_data
     if external_data is None and m.external_data:
         external_data = True
@@ -343,7 +366,7 @@ def prune(path: str, output: str, **options) -> PruneResult:
 
         hidden_rows = tuple(_hidden_summary(an, p))
     result = rewrite.apply(m, an, keep, recovery=recovery)
-    m.ir.metadata_props.update(provenance_props(p, {n: o[n] for n in sorted(o.given)}, path))
+    m.ir.metadata_props.update(provenance_props(p, {n: o[n] for n in sorted(o.given) if n != "metric"}, path))
     save_model(m, output, external_data=external_data, avoid=reads)
     return PruneResult(output, p, first_cost, after, result.recovery, removed_blocks, table, hidden_rows,
                        tuple(hidden_notes), lat_check)
@@ -375,6 +398,47 @@ prune.__signature__ = signature("prune", "path", "output", skip_groups=_NOT_PRUN
 sensitivity.__signature__ = signature("sensitivity", "path")
 
 
+# Measured best on the dev set with calibration data (scripts/bench_quality.py; see the note of issue 9).
+CALIB_CRITERION = "wanda"
+CALIB_RECOVER = "seq"
+
+
+def _defaults(criterion: str | None, recover: str | None, calib) -> tuple[str, str]:
+    """Criterion and recovery when not given: the measured best with ``calib``, else l2 / none."""
+    if criterion is None:
+        criterion = CALIB_CRITERION if calib is not None else "l2"
+    if recover is None:
+        recover = CALIB_RECOVER if calib is not None else "none"
+    return criterion, recover
+
+
+def _target(o: Resolved):
+    """The quality target asked for (ranges and contradictions are checked by ``options``), or None."""
+    from .validate.quality import Target
+
+    if o.get("target_cosine") is None and o.get("target_error") is None and o.get("metric") is None:
+        return None
+    return Target(o.target_cosine, o.target_error, o.metric, o.metric_target)
+
+
+def _search(path: str, target, o: Resolved):
+    """Remove as much as the target allows (``search.py``); refused when no plan meets it."""
+    from .latency import resolve_round_to
+    from .search import search
+
+    planning = dict(mode=o.mode, round_to=resolve_round_to(o.round_to, o.latency_provider, o.latency_threads),
+                    min_channels=o.min_channels, reduce=o.reduce, normalize=o.normalize, seed=o.seed,
+                    remove_dead=o.remove_dead, dead_tol=o.dead_tol, rank_by=o.rank_by,
+                    sensitivity_ratios=o.sensitivity_ratios)
+    found = search(path, target, calib=_calib(o), criterion=o.criterion, recover=o.recover, protect=o.protect,
+                   dims=o.dims, planning=planning)
+    if found.model is None:
+        steps = "; ".join(f"{s.flops:.3f} -> {s.score:.4f}" for s in found.trajectory)
+        raise OnnxPruneError(f"no plan meets {target.describe()} on the check samples ({found.stopped}; FLOPs kept "
+                             f"-> score: {steps}); relax the target")
+    return found
+
+
 def _latency_setup(m: Model, an: Analysis, o: Resolved, *, planning: bool):
     """Resolve ``round_to`` (``auto``) and measure the latency table when a latency goal asks for it."""
     from .latency import LatencyTarget, resolve_round_to
@@ -388,6 +452,56 @@ def _latency_setup(m: Model, an: Analysis, o: Resolved, *, planning: bool):
         return round_to, None
     lat.measure(m, an, round_to)
     return round_to, lat
+
+
+# Measured best on the dev set with calibration data (scripts/bench_quality.py): see the note of issue 9.
+CALIB_CRITERION = "wanda"
+CALIB_RECOVER = "seq"
+
+
+def _defaults(criterion: str | None, recover: str | None, calib) -> tuple[str, str]:
+    """Criterion and recovery when not given: the measured best with ``calib``, else l2 / none."""
+    if criterion is None:
+        criterion = CALIB_CRITERION if calib is not None else "l2"
+    if recover is None:
+        recover = CALIB_RECOVER if calib is not None else "none"
+    return criterion, recover
+
+
+def _target(cosine, error, metric, metric_target):
+    from .validate.quality import Target
+
+    given = [x is not None for x in (cosine, error, metric)]
+    if not any(given):
+        return None
+    if sum(given) > 1:
+        raise PlanError("give one quality target: --target-cosine, --target-error or a metric")
+    if cosine is not None and not 0 < cosine <= 1:
+        raise PlanError(f"--target-cosine {cosine} must be in (0, 1]")
+    if error is not None and not 0 <= error < 1:
+        raise PlanError(f"--target-error {error} must be in [0, 1): the relative L2 error allowed")
+    if metric is not None and (not callable(metric) or metric_target is None):
+        raise PlanError("metric must be a callable metric(original_outputs, pruned_outputs) with a metric_target")
+    return Target(cosine, error, metric, metric_target)
+
+
+def _search(path, target, opts, *, criterion, recover, given, dims, protect, **planning):
+    from .search import search
+
+    if any(v is not None for v in given):
+        raise PlanError("a quality target decides how much to remove: drop --ratio/--target-flops/"
+                        "--target-params/--heads/--head-ratio")
+    calib = opts.pop("calib")
+    if calib.source is None:
+        raise PlanError("a quality target is measured on held-back calibration samples: give --calib")
+    reduce_kw = {k: planning.pop(k) for k in ("reduce", "normalize", "seed")}
+    found = search(path, target, calib=calib, criterion=criterion, recover=recover, protect=protect, dims=dims,
+                   planning={**planning, **reduce_kw, **opts})
+    if found.model is None:
+        steps = "; ".join(f"{s.flops:.3f} -> {s.score:.4f}" for s in found.trajectory)
+        raise PlanError(f"no plan meets {target.describe()} on the check samples ({found.stopped}; FLOPs kept -> "
+                        f"score: {steps}); relax the target")
+    return found
 
 
 def _inferred(m: Model, cal: _Calib | None = None, dims: dict[str, int] | None = None) -> Model:

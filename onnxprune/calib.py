@@ -191,12 +191,43 @@ class Calibration:
         if n == 0:
             raise OnnxPruneError(f"{source}: no calibration samples")
         self.n_samples = min(n, limit) if limit else n
+        self.fixed_batch = fixed_batch
         if fixed_batch:  # the model takes exactly batch_size samples: drop the last partial batch
             self.n_samples -= self.n_samples % batch_size
             if self.n_samples == 0:
                 raise OnnxPruneError(f"{source}: fewer samples than the model's fixed batch of {batch_size}")
         if not hasattr(self, "labels"):
             self.labels = None
+
+    def subset(self, indices) -> Calibration:
+        """The same source restricted to these sample indices (a fixed-batch model: whole batches)."""
+        import copy
+
+        idx = np.asarray(indices, dtype=np.int64)
+        if self.fixed_batch:
+            idx = idx[:len(idx) - len(idx) % self.batch_size]
+        if idx.size == 0:
+            raise OnnxPruneError(f"{self.source}: too few calibration samples to split "
+                                 f"({self.n_samples}{', batch ' + str(self.batch_size) if self.fixed_batch else ''})")
+        c = copy.copy(self)
+        if self.arrays is not None:
+            c.arrays = {k: v[idx] for k, v in self.arrays.items()}
+        else:
+            c.files = [self.files[i] for i in idx]
+        c.labels = None if self.labels is None else self.labels[idx]
+        c.n_samples = int(idx.size)
+        return c
+
+    def split(self, every: int = 4) -> tuple[Calibration, Calibration]:
+        """(fit, check): every ``every``-th sample is held back for checking, the rest fits."""
+        idx = np.arange(self.n_samples)
+        if self.n_samples < 2:
+            raise OnnxPruneError(f"{self.source}: a quality target needs at least 2 calibration samples "
+                                 "(some fit, some check)")
+        check = idx % every == every - 1
+        if not check.any():
+            check[-1] = True
+        return self.subset(idx[~check]), self.subset(idx[check])
 
     def __len__(self) -> int:
         return (self.n_samples + self.batch_size - 1) // self.batch_size

@@ -232,8 +232,9 @@ OPTIONS: tuple[Option, ...] = (
          "(ratio and targets apply to the other groups)", range=FRACTION_REMOVED, metavar="R", plans=True),
     _opt("hidden_compensate", bool, True, "rescale (data-free) or refit (with calibration data) the norms' γ/β "
          "after hidden-size pruning", cli=None, commands=frozenset({PRUNE})),
-    _opt("criterion", str, "l2", "channel importance; activation/apoz/wanda/sensitivity need calibration data, "
-         "taylor/fisher/grad/hybrid a gradient record", choices=_criteria, plans=True),
+    _opt("criterion", str, None, "channel importance (default: l2; with calibration data the measured best, "
+         "wanda); activation/apoz/wanda/sensitivity need calibration data, taylor/fisher/grad/hybrid a gradient "
+         "record", choices=_criteria, plans=True),
     _opt("mode", str, "uniform", "same ratio in every group, or one global ranking", choices=_modes, plans=True),
     _opt("round_to", round_to_value, "auto", "kept widths become multiples of N; auto: the step the target's kernels "
          "are fastest at, measured once per machine and provider (8 or 16)", range=AT_LEAST_1, plans=True,
@@ -276,9 +277,10 @@ OPTIONS: tuple[Option, ...] = (
          group="calibration", cli="many", range=Range(0, 1, lo_open=True, hi_open=True), metavar="R",
          commands=frozenset({SENS})),
     # recovery and layer removal
-    _opt("recover", str, "none", "bias compensation (data-free from BatchNorm without calibration data) or "
-         "least-squares refits (needs calibration data)", group="recovery", choices=_recoveries,
-         commands=frozenset({PRUNE, SWEEP})),
+    _opt("recover", str, None, "bias compensation (data-free from BatchNorm without calibration data), "
+         "least-squares refits of each consumer (lsq), or sequential reconstruction on the pruned model's own "
+         "inputs (seq); default: seq with calibration data, else none", group="recovery", choices=_recoveries,
+         commands=frozenset({PLAN, PRUNE, SWEEP})),
     _opt("remove_blocks", int, 0, "bypass the N least important residual blocks (needs calibration data)",
          group="recovery", range=AT_LEAST_0, metavar="N", commands=frozenset({PRUNE, SWEEP})),
     _opt("block_target_flops", float, None, "bypass residual blocks, least important first, until this fraction "
@@ -327,6 +329,17 @@ OPTIONS: tuple[Option, ...] = (
          commands=frozenset({PRUNE, VALIDATE})),
     _opt("validate_seed", int, 0, "seed of random inputs", group="validation", range=AT_LEAST_0,
          commands=VALIDATING),
+    # quality targets (searched: prune, recover, measure on held-back calibration samples)
+    _opt("target_cosine", float, None, "remove as much as keeps every output's cosine (and decisions) ≥ C on "
+         "held-back calibration samples (needs calibration data)", range=Range(0, 1, lo_open=True), metavar="C",
+         plans=True, commands=frozenset({PLAN, PRUNE})),
+    _opt("target_error", float, None, "remove as much as keeps every output's relative L2 error ≤ E on held-back "
+         "calibration samples (needs calibration data)", range=Range(0, 1, hi_open=True), metavar="E", plans=True,
+         commands=frozenset({PLAN, PRUNE})),
+    _opt("metric", None, None, "a quality measure metric(original_outputs, pruned_outputs) -> float, higher is "
+         "better, searched like target_cosine", cli=None, plans=True, commands=frozenset({PLAN, PRUNE})),
+    _opt("metric_target", float, None, "the value metric must reach", cli=None, plans=True,
+         commands=frozenset({PLAN, PRUNE})),
     # deployment target (latency measured on it)
     _opt("target_latency", float, None, "plan to this latency (ms) on the target", group="deployment",
          range=Range(0, lo_open=True), metavar="MS", plans=True, commands=frozenset({PLAN, PRUNE})),
@@ -428,7 +441,8 @@ def _plan_given(v, given):
 
 def _how_much(v, given):
     sizes = ("plan", "ratio", "target_flops", "target_params", "remove_blocks", "block_target_flops", "heads",
-             "head_ratio", "hidden", "hidden_ratio", "target_latency", "target_speedup")
+             "head_ratio", "hidden", "hidden_ratio", "target_latency", "target_speedup", "target_cosine",
+             "target_error", "metric")
     if not any(n in given for n in sizes) and v.get("criterion") != "sensitivity":
         names = [n for n in sizes if n in v]
         return "say how much to prune: give " + ", ".join("{" + n + "}" for n in names)
@@ -439,7 +453,22 @@ _DATA = ("activation", "apoz", "wanda", "sensitivity")
 _GRADS = ("taylor", "fisher", "grad", "hybrid")
 
 RULES: tuple[Rule, ...] = (
-    Rule(PLANNING, _one_of("ratio", "target_flops", "target_params", "target_latency", "target_speedup")),
+    Rule(PLANNING, _one_of("ratio", "target_flops", "target_params", "target_latency", "target_speedup",
+                           "target_cosine", "target_error", "metric")),
+    Rule(frozenset({PLAN, PRUNE}), lambda v, g: (
+        "a quality target decides how much to remove; drop " + ", ".join("{" + n + "}" for n in sorted(
+            g & {"heads", "head_ratio", "hidden", "hidden_ratio", "remove_blocks", "block_target_flops"}))
+        if g & {"target_cosine", "target_error", "metric"}
+        and g & {"heads", "head_ratio", "hidden", "hidden_ratio", "remove_blocks", "block_target_flops"} else None)),
+    Rule(frozenset({PLAN, PRUNE}), _needs("target_cosine", lambda _: True, "calib",
+                                          "a quality target is measured on held-back calibration samples")),
+    Rule(frozenset({PLAN, PRUNE}), _needs("target_error", lambda _: True, "calib",
+                                          "a quality target is measured on held-back calibration samples")),
+    Rule(frozenset({PLAN, PRUNE}), _needs("metric", lambda _: True, "calib",
+                                          "a quality target is measured on held-back calibration samples")),
+    Rule(frozenset({PLAN, PRUNE}), lambda v, g: (
+        "{metric} must be a callable metric(original_outputs, pruned_outputs) given with {metric_target}"
+        if "metric" in g and (not callable(v["metric"]) or v.get("metric_target") is None) else None)),
     Rule(PLANNING, _one_of("hidden", "hidden_ratio")),
     Rule(PLANNING, _one_of("heads", "head_ratio")),
     Rule(frozenset({PRUNE}), _one_of("remove_blocks", "block_target_flops")),
@@ -459,8 +488,8 @@ RULES: tuple[Rule, ...] = (
     Rule(CALIBRATED, _needs("image_spec", lambda _: True, "calib", "an image spec preprocesses calibration images")),
     Rule(CALIBRATED, _needs("calib_limit", lambda _: True, "calib", "a sample limit applies to calibration data")),
     Rule(CALIBRATED, _needs("calib_batch", lambda _: True, "calib", "a batch size applies to calibration data")),
-    Rule(frozenset({PRUNE, SWEEP}), _needs("recover", lambda r: r == "lsq", "calib",
-                                           "least-squares recovery needs calibration data")),
+    Rule(frozenset({PLAN, PRUNE, SWEEP}), _needs("recover", lambda r: r in ("lsq", "seq"), "calib",
+                                                 "least-squares and sequential recovery need calibration data")),
     Rule(frozenset({PRUNE, SWEEP}), _needs("remove_blocks", bool, "calib",
                                            "ranking residual blocks needs calibration data")),
     Rule(frozenset({PRUNE}), _needs("block_target_flops", lambda _: True, "calib",

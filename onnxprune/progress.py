@@ -9,7 +9,8 @@ reconstruction, timing) wraps its iterable in :func:`progress` with a phase labe
 Case 1: stderr is a terminal and the ``onnxprune`` logger shows INFO -> a tqdm bar (one per
 phase; it disappears when the phase ends and one INFO line states what was done).
 Case 2: otherwise (CI logs, pipes, a library user's process) -> an INFO log line at most every
-:data:`LOG_EVERY_S` seconds while the phase runs (count, total, elapsed), and one when it ends.
+:data:`LOG_EVERY_S` seconds while the phase runs (count, total, elapsed), and one when it ends
+(a phase shorter than that ends with a DEBUG line only: short runs stay quiet).
 Case 3: the logger is quieter than INFO (``--quiet``) -> nothing.
 """
 from __future__ import annotations

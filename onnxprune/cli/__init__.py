@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("-o", "--output", required=True, help="plan file to write")
     s.add_argument("--json", action="store_true", help="machine-readable summary")
-    options.add_arguments(s, "plan", groups=("planning", "calibration", "deployment"))
+    options.add_arguments(s, "plan", groups=("planning", "calibration", "recovery", "deployment"))
 
     s = sub.add_parser("prune", help="prune a model (from options or an edited plan)")
     s.add_argument("model")
@@ -190,6 +190,21 @@ def _plan_summary(plan) -> str:
             f"({_frac(f['flops'], b['flops'])}){lat}")
 
 
+def _print_trajectory(plan) -> None:
+    st = plan.settings
+    if "trajectory" not in st:
+        return
+    print(f"quality search for {st['quality_target']} on {st['check_samples']} held-back calibration samples "
+          f"({st['fit_samples']} fit); {st['stopped']}:")
+    print(f"  {'FLOPs kept':>10}  {'params kept':>11}  {'score':>8}  result  worst output")
+    for s in st["trajectory"]:
+        worst = min(s["outputs"], key=lambda q: min(q["cosine"], q["decision"] if q["decision"] is not None else 1),
+                    default=None)
+        w = (f"{worst['name']} ({worst['kind']}): cosine {worst['cosine']:.4f}, rel. error {worst['rel_error']:.4f}"
+             + (f", decisions {worst['decision']:.4f}" if worst["decision"] is not None else "")) if worst else ""
+        print(f"  {s['flops']:>10.3f}  {s['params']:>11.3f}  {s['score']:>8.4f}  {'met ' if s['met'] else 'MISS'}    {w}")
+
+
 def _cmd_plan(a) -> int:
     check_output(a.output, "the plan")
     plan = api.plan(a.model, **a.given)
@@ -204,11 +219,27 @@ def _cmd_plan(a) -> int:
                           "before": plan.estimate.get("before"), "after": plan.estimate.get("after")}, indent=1))
     else:
         print(f"plan written to {a.output}: {_plan_summary(plan)}")
+        _print_trajectory(plan)
         for g in plan.groups:
             if g.kind == "hidden" and g.remove:
                 print(f"hidden size: {g.size} -> {g.kept} (group {g.group}; not exact: norms re-normalise over the "
                       "kept channels)")
     return EXIT_OK
+
+
+def _print_trajectory(plan) -> None:
+    st = plan.settings
+    if "trajectory" not in st:
+        return
+    print(f"quality search for {st['quality_target']} on {st['check_samples']} held-back calibration samples "
+          f"({st['fit_samples']} fit); {st['stopped']}:")
+    print(f"  {'FLOPs kept':>10}  {'params kept':>11}  {'score':>8}  result  worst output")
+    for s in st["trajectory"]:
+        worst = min(s["outputs"], key=lambda q: min(q["cosine"], q["decision"] if q["decision"] is not None else 1),
+                    default=None)
+        w = (f"{worst['name']} ({worst['kind']}): cosine {worst['cosine']:.4f}, rel. error {worst['rel_error']:.4f}"
+             + (f", decisions {worst['decision']:.4f}" if worst["decision"] is not None else "")) if worst else ""
+        print(f"  {s['flops']:>10.3f}  {s['params']:>11.3f}  {s['score']:>8.4f}  {'met ' if s['met'] else 'MISS'}    {w}")
 
 
 def _cmd_prune(a) -> int:
@@ -227,6 +258,8 @@ def _cmd_prune(a) -> int:
                "dead_channels": dead, "removed_blocks": list(res.removed_blocks), "recovery": list(res.recovery),
                "before": b.as_dict(), "after": f.as_dict(), "groups": list(res.groups), "hidden": list(res.hidden),
                "norm_refits": list(res.norm_refits), "latency": res.latency,
+               "search": {k: res.plan.settings[k] for k in ("quality_target", "trajectory", "stopped")
+                          if k in res.plan.settings},
                "kept": True}
     if not a.json:
         extra = f" ({dead} dead)" if dead else ""
@@ -246,6 +279,7 @@ def _cmd_prune(a) -> int:
         if res.norm_refits:
             done = sum("refitted" in r for r in res.norm_refits)
             print(f"hidden size: {done} of {len(res.norm_refits)} norm(s) refitted (γ/β)")
+        _print_trajectory(res.plan)
         from ..validate.report import format_groups
 
         print(format_groups(res.groups))

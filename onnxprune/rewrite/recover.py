@@ -36,7 +36,7 @@ from ..errors import UnsupportedModelError
 
 __all__ = ["Recovery", "recover", "data_free_means", "MODES"]
 
-MODES = ("none", "bias", "lsq")
+MODES = ("none", "bias", "lsq", "seq")
 
 
 @dataclass
@@ -44,7 +44,7 @@ class Recovery:
     """What the recovery pass needs.
 
     Attributes:
-        mode: ``none``, ``bias`` or ``lsq``.
+        mode: ``none``, ``bias``, ``lsq`` or ``seq`` (sequential reconstruction, ``sequential.py``).
         means: consumer input tensor -> mean per position of its channel axis.
         grams: consumer node name -> ``record.Gram`` (for ``lsq``).
         fold_atoms: atoms whose constant is folded even in mode ``none`` (dead channels).
@@ -55,6 +55,8 @@ class Recovery:
     grams: dict = field(default_factory=dict)
     fold_atoms: np.ndarray | None = None
     report: list[str] = field(default_factory=list)
+    calibration: object = None  # for ``seq``: the calibration batches
+    skip: set = field(default_factory=set)  # consumer node names left to another pass
 
 
 # ------------------------------------------------------------------------ the pass
@@ -62,6 +64,8 @@ def recover(model: Model, an: Analysis, keep_atom: np.ndarray, rec: Recovery) ->
     """Update consumer weights/biases (full size) for the channels about to be removed."""
     if rec.mode == "none" and (rec.fold_atoms is None or not rec.fold_atoms.any()):
         return []
+    if rec.mode == "seq":
+        return _sequential(model, an, keep_atom, rec)
     from ..progress import progress
 
     done = set()
@@ -79,6 +83,8 @@ def recover(model: Model, an: Analysis, keep_atom: np.ndarray, rec: Recovery) ->
             continue
         done.add(p.node)
         name = model.node_name(p.node)
+        if name in rec.skip:
+            continue
         if rec.mode == "lsq" and name in rec.grams and _lsq(model, an, p, removed, rec):
             continue  # the refit's bias column absorbed the removed channels, dead ones included
         if rec.mode in ("bias", "lsq"):  # lsq falls back to bias compensation where it cannot refit
@@ -94,6 +100,19 @@ def recover(model: Model, an: Analysis, keep_atom: np.ndarray, rec: Recovery) ->
             rec.report.append(f"{name}: no mean known for '{x}'; removed channels not compensated")
             continue
         _bias(model, an, p, fold, means, rec)
+    return rec.report
+
+
+def _sequential(model: Model, an: Analysis, keep_atom: np.ndarray, rec: Recovery) -> list[str]:
+    """Bias compensation where no refit is possible, then the sequential refits downstream of it."""
+    from .sequential import plan_jobs, reconstruct
+
+    if rec.calibration is None:
+        raise ValueError("sequential reconstruction needs calibration data")
+    refit = {j.name for j in plan_jobs(model, an, keep_atom)}
+    recover(model, an, keep_atom, Recovery("bias", rec.means, fold_atoms=rec.fold_atoms, skip=refit,
+                                           report=rec.report))
+    rec.report.extend(reconstruct(model, an, keep_atom, rec.calibration))
     return rec.report
 
 
@@ -158,8 +177,7 @@ def _fit(a: np.ndarray, g: np.ndarray, kidx: np.ndarray, removed_cols: np.ndarra
 def _err(x: np.ndarray, a: np.ndarray, g: np.ndarray, kidx: np.ndarray) -> float:
     """Mean squared output error per row of weights x (over K) against the original A, on g."""
     gkk = g[np.ix_(kidx, kidx)]
-    return float(np.einsum("ij,jk,ik->", x, gkk, x) - 2 * np.einsum("ij,ij->", x, a @ g[:, kidx])
-                 + np.einsum("ij,jk,ik->", a, g, a))
+    return float(np.sum((x @ gkk) * x) - 2 * np.sum(x * (a @ g[:, kidx])) + np.sum((a @ g) * a))
 
 
 def _lsq(model: Model, an: Analysis, p: ParamAxis, removed: np.ndarray, rec: Recovery) -> bool:

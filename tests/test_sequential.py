@@ -1,0 +1,137 @@
+"""Sequential reconstruction (``--recover seq``) and pruning to a quality target (``--target-cosine``)."""
+import numpy as np
+import onnx
+import pytest
+
+import onnxprune
+from onnxprune.cli import main
+from onnxprune.errors import PlanError
+from onnxprune.testing import Net, run
+from onnxprune.validate.quality import Target, measure, output_kind
+
+
+def chain(seed=0):
+    """Conv3x3 -> Conv3x3 -> depthwise 3x3 -> Conv1x1 -> GAP -> Gemm, ReLUs between."""
+    n = Net("chain", seed=seed)
+    x = n.input("x", ["N", 3, 12, 12])
+    y = n.cbr(x, 3, 16)
+    y = n.cbr(y, 16, 16)
+    y = n.relu(n.op("Conv", [y, n.weight((16, 1, 3, 3), 9), n.const(np.zeros(16, np.float32))], group=16,
+                    pads=[1, 1, 1, 1]))
+    y = n.cbr(y, 16, 12, 1)
+    n.output(n.gemm(n.flatten(n.gap(y)), 12, 6))
+    return n.build()
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    d = tmp_path_factory.mktemp("seq")
+    path = str(d / "chain.onnx")
+    onnx.save(chain(), path)
+    r = np.random.default_rng(3)
+    calib = str(d / "calib.npz")
+    np.savez(calib, x=r.standard_normal((48, 3, 12, 12)).astype(np.float32))
+    held = {"x": r.standard_normal((32, 3, 12, 12)).astype(np.float32)}
+    return path, calib, held, d
+
+
+def _rel(path, out, feeds):
+    a = run(onnx.load(path), feeds)[0]
+    b = run(onnx.load(out), feeds)[0]
+    return float(np.linalg.norm(a - b) / np.linalg.norm(a))
+
+
+def test_seq_recovers_more_than_none_and_keeps_structure(model):
+    path, calib, held, d = model
+    err = {}
+    for rec in ("none", "seq"):
+        out = str(d / f"{rec}.onnx")
+        res = onnxprune.prune(path, out, ratio=0.5, criterion="l2", calib=calib, recover=rec, remove_dead=False)
+        onnx.checker.check_model(onnx.load(out), full_check=True)
+        err[rec] = _rel(path, out, held)
+        if rec == "seq":
+            assert any("sequential reconstruction" in r for r in res.recovery)
+            assert any("groups" in r for r in res.recovery)  # the depthwise conv refitted per channel
+    assert err["seq"] < 0.8 * err["none"], err
+
+
+def test_seq_at_ratio_zero_is_exact(model):
+    path, calib, held, d = model
+    out = str(d / "zero.onnx")
+    onnxprune.prune(path, out, ratio=0.0, criterion="l2", calib=calib, recover="seq", remove_dead=False)
+    assert _rel(path, out, held) < 1e-6
+
+
+def test_target_cosine_never_misses_on_the_check_split(model):
+    path, calib, held, d = model
+    out = str(d / "q.onnx")
+    res = onnxprune.prune(path, out, target_cosine=0.97, calib=calib)
+    st = res.plan.settings
+    traj = st["trajectory"]
+    assert traj and any(s["met"] for s in traj)
+    chosen = min((s for s in traj if s["met"]), key=lambda s: s["flops"])
+    assert res.after.flops / res.before.flops == pytest.approx(chosen["flops"], abs=1e-4)
+    assert res.after.flops < res.before.flops  # it removed something
+    # the written model meets the target on the check split (every 4th calibration sample)
+    x = np.load(calib)["x"]
+    check = {"x": x[3::4]}
+    a, b = run(onnx.load(path), check)[0], run(onnx.load(out), check)[0]
+    q = measure("y", a, b, output_kind(a, "Gemm"))
+    assert min(q.cosine, q.decision) >= 0.97
+    assert chosen["score"] >= 0.97
+
+
+def test_target_unreachable_is_a_user_error(model, tmp_path):
+    path, calib, _, _ = model
+    with pytest.raises(PlanError, match="no plan meets"):
+        onnxprune.prune(path, str(tmp_path / "x.onnx"), target_cosine=1.0, calib=calib, criterion="l2")
+    assert not (tmp_path / "x.onnx").exists()
+
+
+def test_user_metric_and_cli_plan(model, capsys):
+    path, calib, _, d = model
+    agree = lambda a, b: float(np.mean(a[0].argmax(1) == b[0].argmax(1)))  # noqa: E731
+    p = onnxprune.plan(path, metric=agree, metric_target=0.9, calib=calib)
+    assert all(s["met"] == (s["score"] >= 0.9) for s in p.settings["trajectory"])
+    out = str(d / "plan.json")
+    assert main(["plan", path, "-o", out, "--calib", calib, "--target-error", "0.3"]) == 0
+    text = capsys.readouterr().out
+    assert "quality search for relative error" in text and "FLOPs kept" in text
+    assert main(["prune", path, "-o", str(d / "e.onnx"), "--target-error", "0.3"]) == 1
+
+
+def test_output_kinds_and_decisions():
+    r = np.random.default_rng(0)
+    logits = r.standard_normal((8, 5)).astype(np.float32)
+    soft = np.exp(logits) / np.exp(logits).sum(1, keepdims=True)
+    assert output_kind(soft) == "distribution"
+    assert output_kind(logits, "Gemm") == "classifier" and output_kind(logits, "Div") == "values"
+    prob = 1 / (1 + np.exp(-r.standard_normal((2, 1, 16, 16)) * 3))
+    assert output_kind(prob) == "probability"
+    flipped = prob.copy()
+    flipped[prob > 0.5] = 0.49  # near in cosine, every positive decision lost
+    q = measure("p", prob, flipped, "probability")
+    assert q.cosine > 0.9 and q.decision == 0.0
+    t = Target(cosine=0.9)
+    assert not t.check(["p"], ["probability"], [prob], [flipped])[0]
+
+
+def test_seq_refits_a_grouped_conv_per_group(tmp_path):
+    n = Net("grouped", seed=1)
+    x = n.input("x", ["N", 3, 10, 10])
+    y = n.cbr(x, 3, 16)
+    y = n.relu(n.conv(y, 16, 16, 3, group=2))
+    n.output(n.gemm(n.flatten(n.gap(y)), 16, 4))
+    path = str(tmp_path / "g.onnx")
+    onnx.save(n.build(), path)
+    r = np.random.default_rng(0)
+    calib = str(tmp_path / "c.npz")
+    np.savez(calib, x=r.standard_normal((32, 3, 10, 10)).astype(np.float32))
+    held = {"x": r.standard_normal((16, 3, 10, 10)).astype(np.float32)}
+    err = {}
+    for rec in ("none", "seq"):
+        out = str(tmp_path / f"{rec}.onnx")
+        res = onnxprune.prune(path, out, ratio=0.5, criterion="l2", calib=calib, recover=rec, remove_dead=False)
+        err[rec] = _rel(path, out, held)
+    assert any("per group, 2 groups" in line for line in res.recovery), res.recovery
+    assert err["seq"] < err["none"], err
