@@ -20,7 +20,7 @@ from . import rewrite
 from .graph import Model, load_model, save_model
 from .analysis import Analysis, analyze, group_kind
 from .cost import Cost, CostModel
-from .errors import OnnxPruneError
+from .errors import OnnxPruneError, PlanError
 from .outputs import check_output, refuse_input_files
 from .importance import NEEDS, ScoreData, score_groups
 from .options import OptionError, Resolved, resolve, signature
@@ -284,7 +284,6 @@ def prune(path: str, output: str, **options) -> PruneResult:
     o["criterion"], o["recover"] = _defaults(o.criterion, o.recover, o.calib)
     from .provenance import group_table, provenance_props
 
-    criterion, recover = _defaults(criterion, recover, calib)
     if os.path.exists(output) and os.path.exists(path) and os.path.samefile(path, output):
         raise OnnxPruneError(f"the output {output} is the input model; choose another output path "
                              "(the input is never modified)")
@@ -434,7 +433,7 @@ def _search(path: str, target, o: Resolved):
                    dims=o.dims, planning=planning)
     if found.model is None:
         steps = "; ".join(f"{s.flops:.3f} -> {s.score:.4f}" for s in found.trajectory)
-        raise OnnxPruneError(f"no plan meets {target.describe()} on the check samples ({found.stopped}; FLOPs kept "
+        raise PlanError(f"no plan meets {target.describe()} on the check samples ({found.stopped}; FLOPs kept "
                              f"-> score: {steps}); relax the target")
     return found
 
@@ -452,56 +451,6 @@ def _latency_setup(m: Model, an: Analysis, o: Resolved, *, planning: bool):
         return round_to, None
     lat.measure(m, an, round_to)
     return round_to, lat
-
-
-# Measured best on the dev set with calibration data (scripts/bench_quality.py): see the note of issue 9.
-CALIB_CRITERION = "wanda"
-CALIB_RECOVER = "seq"
-
-
-def _defaults(criterion: str | None, recover: str | None, calib) -> tuple[str, str]:
-    """Criterion and recovery when not given: the measured best with ``calib``, else l2 / none."""
-    if criterion is None:
-        criterion = CALIB_CRITERION if calib is not None else "l2"
-    if recover is None:
-        recover = CALIB_RECOVER if calib is not None else "none"
-    return criterion, recover
-
-
-def _target(cosine, error, metric, metric_target):
-    from .validate.quality import Target
-
-    given = [x is not None for x in (cosine, error, metric)]
-    if not any(given):
-        return None
-    if sum(given) > 1:
-        raise PlanError("give one quality target: --target-cosine, --target-error or a metric")
-    if cosine is not None and not 0 < cosine <= 1:
-        raise PlanError(f"--target-cosine {cosine} must be in (0, 1]")
-    if error is not None and not 0 <= error < 1:
-        raise PlanError(f"--target-error {error} must be in [0, 1): the relative L2 error allowed")
-    if metric is not None and (not callable(metric) or metric_target is None):
-        raise PlanError("metric must be a callable metric(original_outputs, pruned_outputs) with a metric_target")
-    return Target(cosine, error, metric, metric_target)
-
-
-def _search(path, target, opts, *, criterion, recover, given, dims, protect, **planning):
-    from .search import search
-
-    if any(v is not None for v in given):
-        raise PlanError("a quality target decides how much to remove: drop --ratio/--target-flops/"
-                        "--target-params/--heads/--head-ratio")
-    calib = opts.pop("calib")
-    if calib.source is None:
-        raise PlanError("a quality target is measured on held-back calibration samples: give --calib")
-    reduce_kw = {k: planning.pop(k) for k in ("reduce", "normalize", "seed")}
-    found = search(path, target, calib=calib, criterion=criterion, recover=recover, protect=protect, dims=dims,
-                   planning={**planning, **reduce_kw, **opts})
-    if found.model is None:
-        steps = "; ".join(f"{s.flops:.3f} -> {s.score:.4f}" for s in found.trajectory)
-        raise PlanError(f"no plan meets {target.describe()} on the check samples ({found.stopped}; FLOPs kept -> "
-                        f"score: {steps}); relax the target")
-    return found
 
 
 def _inferred(m: Model, cal: _Calib | None = None, dims: dict[str, int] | None = None) -> Model:

@@ -489,7 +489,7 @@ RULES: tuple[Rule, ...] = (
     Rule(CALIBRATED, _needs("calib_limit", lambda _: True, "calib", "a sample limit applies to calibration data")),
     Rule(CALIBRATED, _needs("calib_batch", lambda _: True, "calib", "a batch size applies to calibration data")),
     Rule(frozenset({PLAN, PRUNE, SWEEP}), _needs("recover", lambda r: r in ("lsq", "seq"), "calib",
-                                                 "least-squares and sequential recovery need calibration data")),
+                                                 "this recovery needs calibration data")),
     Rule(frozenset({PRUNE, SWEEP}), _needs("remove_blocks", bool, "calib",
                                            "ranking residual blocks needs calibration data")),
     Rule(frozenset({PRUNE}), _needs("block_target_flops", lambda _: True, "calib",

@@ -101,7 +101,7 @@ def test_defaults_in_one_place():
         if p.kind is p.KEYWORD_ONLY:
             assert p.default == by_name[name].default
     r = resolve("prune", {"ratio": 0.5})
-    assert r.calib_batch == 32 and r.criterion == "l2" and r.given == {"ratio"}
+    assert r.calib_batch == 32 and r.criterion is None and r.given == {"ratio"}
     # the CLI shows the same default (argparse never holds one: absent flags are filled by resolve)
     p = build_parser()
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction)).choices["prune"]

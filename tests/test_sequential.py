@@ -46,7 +46,7 @@ def test_seq_recovers_more_than_none_and_keeps_structure(model):
     err = {}
     for rec in ("none", "seq"):
         out = str(d / f"{rec}.onnx")
-        res = onnxprune.prune(path, out, ratio=0.5, criterion="l2", calib=calib, recover=rec, remove_dead=False)
+        res = onnxprune.prune(path, out, ratio=0.5, criterion="l2", calib=calib, round_to=1, recover=rec, remove_dead=False)
         onnx.checker.check_model(onnx.load(out), full_check=True)
         err[rec] = _rel(path, out, held)
         if rec == "seq":
@@ -58,14 +58,14 @@ def test_seq_recovers_more_than_none_and_keeps_structure(model):
 def test_seq_at_ratio_zero_is_exact(model):
     path, calib, held, d = model
     out = str(d / "zero.onnx")
-    onnxprune.prune(path, out, ratio=0.0, criterion="l2", calib=calib, recover="seq", remove_dead=False)
+    onnxprune.prune(path, out, ratio=0.0, criterion="l2", calib=calib, round_to=1, recover="seq", remove_dead=False)
     assert _rel(path, out, held) < 1e-6
 
 
 def test_target_cosine_never_misses_on_the_check_split(model):
     path, calib, held, d = model
     out = str(d / "q.onnx")
-    res = onnxprune.prune(path, out, target_cosine=0.97, calib=calib)
+    res = onnxprune.prune(path, out, target_cosine=0.97, calib=calib, round_to=1)
     st = res.plan.settings
     traj = st["trajectory"]
     assert traj and any(s["met"] for s in traj)
@@ -84,17 +84,17 @@ def test_target_cosine_never_misses_on_the_check_split(model):
 def test_target_unreachable_is_a_user_error(model, tmp_path):
     path, calib, _, _ = model
     with pytest.raises(PlanError, match="no plan meets"):
-        onnxprune.prune(path, str(tmp_path / "x.onnx"), target_cosine=1.0, calib=calib, criterion="l2")
+        onnxprune.prune(path, str(tmp_path / "x.onnx"), target_cosine=1.0, calib=calib, round_to=1, criterion="l2")
     assert not (tmp_path / "x.onnx").exists()
 
 
 def test_user_metric_and_cli_plan(model, capsys):
     path, calib, _, d = model
     agree = lambda a, b: float(np.mean(a[0].argmax(1) == b[0].argmax(1)))  # noqa: E731
-    p = onnxprune.plan(path, metric=agree, metric_target=0.9, calib=calib)
+    p = onnxprune.plan(path, metric=agree, metric_target=0.9, calib=calib, round_to=1)
     assert all(s["met"] == (s["score"] >= 0.9) for s in p.settings["trajectory"])
     out = str(d / "plan.json")
-    assert main(["plan", path, "-o", out, "--calib", calib, "--target-error", "0.3"]) == 0
+    assert main(["plan", path, "-o", out, "--calib", calib, "--target-error", "0.3", "--round-to", "1"]) == 0
     text = capsys.readouterr().out
     assert "quality search for relative error" in text and "FLOPs kept" in text
     assert main(["prune", path, "-o", str(d / "e.onnx"), "--target-error", "0.3"]) == 1
@@ -131,7 +131,7 @@ def test_seq_refits_a_grouped_conv_per_group(tmp_path):
     err = {}
     for rec in ("none", "seq"):
         out = str(tmp_path / f"{rec}.onnx")
-        res = onnxprune.prune(path, out, ratio=0.5, criterion="l2", calib=calib, recover=rec, remove_dead=False)
+        res = onnxprune.prune(path, out, ratio=0.5, criterion="l2", calib=calib, round_to=1, recover=rec, remove_dead=False)
         err[rec] = _rel(path, out, held)
     assert any("per group, 2 groups" in line for line in res.recovery), res.recovery
     assert err["seq"] < err["none"], err
