@@ -20,6 +20,19 @@ from onnxprune.planner import make_plan
 from onnxprune.testing.archs import resnet
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _own_cache(tmp_path_factory):
+    """This module's measurements in a cache of its own (earlier tests' probes do not leak in)."""
+    import os
+
+    old = os.environ.get("ONNXPRUNE_CACHE_DIR")
+    os.environ["ONNXPRUNE_CACHE_DIR"] = str(tmp_path_factory.mktemp("latency-cache"))
+    yield
+    os.environ["ONNXPRUNE_CACHE_DIR"] = old if old is not None else ""
+    if old is None:
+        os.environ.pop("ONNXPRUNE_CACHE_DIR")
+
+
 @pytest.fixture(scope="module")
 def r18(tmp_path_factory):
     path = str(tmp_path_factory.mktemp("lat") / "r18.onnx")
