@@ -508,11 +508,11 @@ class LatencyTarget:
         from .errors import PlanError
 
         if self.target_ms is not None and self.speedup is not None:
-            raise PlanError("give one of --target-latency and --target-speedup")
+            raise PlanError("give one of target_latency and target_speedup")
         if self.target_ms is not None and not self.target_ms > 0:
-            raise PlanError(f"--target-latency {self.target_ms} must be > 0 ms")
+            raise PlanError(f"target_latency {self.target_ms} must be > 0 ms")
         if self.speedup is not None and not self.speedup >= 1:
-            raise PlanError(f"--target-speedup {self.speedup} must be ≥ 1 (e.g. 1.5 for 1.5× faster)")
+            raise PlanError(f"target_speedup {self.speedup} must be ≥ 1 (e.g. 1.5 for 1.5× faster)")
 
     def measure(self, model, an, round_to: int) -> LatencyTable:
         self.table = measure_table(model, an, provider=self.provider, threads=self.threads, round_to=round_to)
@@ -537,10 +537,10 @@ def resolve_round_to(round_to: int | str, provider: str = "cpu", threads: int = 
             try:
                 return resolve_round_to(int(round_to), provider, threads)
             except ValueError:
-                raise PlanError(f"--round-to {round_to}: expected a positive integer or 'auto'") from None
+                raise PlanError(f"round_to {round_to}: expected a positive integer or 'auto'") from None
         return alignment(provider, threads=threads)
     if round_to < 1:
-        raise PlanError("--round-to must be ≥ 1 or 'auto'")
+        raise PlanError("round_to must be ≥ 1 or 'auto'")
     return int(round_to)
 
 

@@ -137,8 +137,8 @@ def test_cli_recovery_improves_accuracy_on_digits(tmp_path, capsys):
         assert code == (0 if d["validation"]["passed"] else 2) and d["kept"]
         acc[rec] = d["validation"]["providers"][0]["accuracy_pruned"]
     assert acc["lsq"] > acc["none"] + 0.1 and acc["lsq"] >= 0.95
-    # the README/CI job (this lsq run): decisions and accuracy meet the defaults; the logits' cosine
-    # (0.989) is just under the 0.99 default, which is why the job states --min-cosine 0.985
+    # independent least squares (lsq) at half width: decisions and accuracy meet the defaults; the
+    # logits' cosine (0.989) is just under 0.99, and the tightest passing limit says so
     fails = [f["check"] for o in d["validation"]["providers"][0]["outputs"] for f in o["failures"]]
     t = d["validation"]["tightest_passing"]
     assert code == 2 and fails == ["min_cosine"] and d["schema_version"] == 1

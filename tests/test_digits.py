@@ -9,6 +9,7 @@ from onnxprune.testing import check_oracle
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = os.path.join(ROOT, "models", "digits_cnn.onnx")
+CALIB = os.path.join(os.path.dirname(MODEL), "digits_calib.npz")
 DATA = os.path.join(ROOT, "models", "digits_test.npz")
 
 
@@ -48,4 +49,16 @@ def test_false_green_random_95_percent_fails_by_default(tmp_path, capsys):
     assert "criteria: cosine >= 0.99" in text  # the defaults are stated
     assert not os.path.exists(out) and not os.path.exists(out + ".data")
     assert "tightest passing: --atol logits:" in text
+
+
+def test_readme_job_passes_the_default_limits(tmp_path, capsys):
+    """The README's main job: with calibration data and no criterion/recovery named, the measured
+    best (wanda + sequential reconstruction) keeps a quarter of the FLOPs within every default
+    validation limit (cosine, decisions, accuracy) on the held-out split."""
+    out = str(tmp_path / "digits.pruned.onnx")
+    code = main(["prune", MODEL, "-o", out, "--ratio", "0.5", "--round-to", "8", "--calib", CALIB, "--validate",
+                 "--data", DATA, "--no-latency"])
+    text = capsys.readouterr().out
+    assert code == 0 and "validation: PASSED" in text, text
+    assert os.path.getsize(out) < 0.3 * os.path.getsize(MODEL)
 

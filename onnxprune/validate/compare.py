@@ -92,6 +92,8 @@ def parse_tolerances(specs: list[str] | None, flag: str) -> dict[str, float]:
             out[name] = float(value)
         except ValueError:
             raise OnnxPruneError(f"{flag} '{spec}': expected VALUE or OUTPUT:VALUE, e.g. 1e-4 or logits:1e-3") from None
+        if not out[name] >= 0:
+            raise OnnxPruneError(f"{flag} {spec}: a tolerance must be a number ≥ 0")
     return out
 
 
@@ -411,18 +413,18 @@ def check_validation_options(*, batch=1, warmup=0, repeats=1, seed=0, dims=None,
     """Range checks of validation options (the CLI's and the API's)."""
     from ..checks import integer, number
 
-    integer("--batch", batch, low=1)
-    integer("--warmup", warmup, low=0)
-    integer("--repeats", repeats, low=1)
-    integer("--validate-seed", seed, low=0)
+    integer("batch", batch, low=1)
+    integer("warmup", warmup, low=0)
+    integer("repeats", repeats, low=1)
+    integer("seed", seed, low=0)
     for name, v in (dims or {}).items():
-        integer(f"--dim {name}", v, low=1)
+        integer(f"dims {name}", v, low=1)
     if tol is not None:
-        for flag, table in (("--atol", tol.atol), ("--rtol", tol.rtol)):
+        for flag, table in (("atol", tol.atol), ("rtol", tol.rtol)):
             for v in (table.values() if isinstance(table, dict) else [table]):
                 number(flag, v, low=0, optional=True)
-        number("--min-cosine", tol.min_cosine, low=-1, high=1, optional=True)
-        number("--max-accuracy-drop", tol.max_accuracy_drop, low=0, high=1, optional=True)
+        number("min_cosine", tol.min_cosine, low=-1, high=1, optional=True)
+        number("max_accuracy_drop", tol.max_accuracy_drop, low=0, high=1, optional=True)
 
 
 def compare_models(original: str, pruned: str, *, providers: list[str] = ("cpu",), data: str | None = None,
