@@ -273,7 +273,8 @@ def _cmd_prune(a) -> int:
             print(f"hidden size: {h['channels']} -> {h['kept']} (group {h['group']}, {h['norm_sites']} norms "
                   "re-normalise over the kept channels; not exact)")
         if res.recovery:
-            print(f"recovery ({a.opts.recover}): {len(res.recovery)} consumer(s) updated")
+            print(f"recovery ({a.opts.recover or (api.CALIB_RECOVER if a.opts.calib else 'none')}): "
+                  f"{len(res.recovery)} consumer(s) updated")
         if res.latency:
             print(_latency_line(res.latency))
         if res.norm_refits:
