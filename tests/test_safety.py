@@ -413,3 +413,16 @@ def test_bias_disagreeing_with_the_graph_under_recovery(tmp_path):
     refused("prune", tmp_path / "m.onnx", "-o", out, "--ratio", "0.5", "--recover", "bias",
             match="bias '11.bias' has shape [125], the node has 128 output channels")
     assert not out.exists()
+
+
+def test_a_native_abort_in_onnx_checker_is_a_one_line_error(tmp_path, monkeypatch):
+    """onnx's C++ shape inference aborts the process on some malformed graphs (std::clamp assertion,
+    fuzz case magika/graph_output); the final check runs in a forked child, so it is an error."""
+    import onnx as _onnx
+
+    real = _onnx.checker.check_model
+    monkeypatch.setattr(_onnx.checker, "check_model",
+                        lambda m, full_check=False, **k: os.abort() if full_check else real(m, **k))
+    out = tmp_path / "o.onnx"
+    line = refused("prune", MODEL, "-o", out, "--ratio", "0.5", "--round-to", "1", match="checker crashed (signal 6)")
+    assert "nothing was written" in line and not out.exists()

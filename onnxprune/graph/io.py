@@ -228,11 +228,62 @@ def has_external_tensors(model: ir.Model) -> bool:
 
 
 def _check(model: str | onnx.ModelProto, path: str) -> None:
+    """onnx's full check of a model about to be written, in a forked child where the OS allows it:
+    onnx's C++ shape inference aborts the whole process on some malformed graphs (an assertion in
+    ``std::clamp``, seen with a fuzzed graph output), which must be a one-line error, not a crash."""
     try:
-        onnx.checker.check_model(model, full_check=True)
-    except Exception as e:
-        raise ValidationError(f"the rewritten model fails onnx.checker (full_check): {one_line(e)}; "
+        err = _in_child(lambda: onnx.checker.check_model(model, full_check=True))
+    except Exception as e:  # where there is no fork: the check in this process
+        err = one_line(e)
+    if err:
+        raise ValidationError(f"the rewritten model fails onnx.checker (full_check): {err}; "
                               f"nothing was written to {path}") from None
+
+
+def _in_child(fn) -> str:
+    """Run ``fn`` in a forked child; '' when it returned, else its error or how the child died."""
+    if not hasattr(os, "fork"):
+        fn()
+        return ""
+    import tempfile
+
+    r, w = os.pipe()
+    native = tempfile.TemporaryFile()  # what the child's native code prints (an assertion) goes here
+    pid = os.fork()
+    if pid == 0:  # the child: no Python cleanup, no atexit handlers of the parent
+        code = 0
+        try:
+            os.close(r)
+            os.dup2(native.fileno(), 2)
+            try:
+                fn()
+                msg = b""
+            except Exception as e:  # the error text goes back to the parent
+                msg = one_line(e).encode("utf-8", "replace")[:8192] or b"error"
+            os.write(w, b"E" + msg if msg else b"K")
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    os.close(w)
+    chunks = []
+    while True:
+        chunk = os.read(r, 65536)
+        if not chunk:
+            break
+        chunks.append(chunk)
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    data = b"".join(chunks)
+    if data == b"K" or data.startswith(b"E"):
+        native.close()
+        return "" if data == b"K" else data[1:].decode("utf-8", "replace")
+    why = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}"
+    native.seek(0)
+    said = [ln for ln in native.read(65536).decode("utf-8", "replace").splitlines() if ln.strip()]
+    native.close()
+    return (f"onnx's checker crashed ({why}) on this graph, a malformed model onnx cannot check"
+            + (f" ({said[-1].strip()[-200:]})" if said else ""))
 
 
 def _old_data_files(path: str) -> list[str]:
