@@ -358,7 +358,7 @@ def pruned_bytes(model, an, keep: np.ndarray) -> bytes:
     copy.infer(concrete=model.concrete or None)
     an2 = analyze(copy)
     if an2.n_atoms != an.n_atoms or [g.size for g in an2.groups] != [g.size for g in an.groups]:
-        raise OnnxPruneError("latency: the model's copy analyses differently (a bug); time it without --target-latency")
+        raise OnnxPruneError("latency: the model's copy analyses differently (a bug); time it without target_latency")
     rewrite.apply(copy, an2, keep)
     return copy.to_proto().SerializeToString()
 

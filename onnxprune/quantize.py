@@ -130,7 +130,7 @@ def quantize(src: str, output: str, mode: str = "int8", *, method: str = "auto",
     if mode == "int8" and method == "auto":
         method = "dynamic" if calib is None or (_matmul_heavy(_shaped(model))) else "static"
     if mode == "int8" and method == "static" and calib is None:
-        raise OnnxPruneError("static int8 quantization needs calibration data: give --calib (or --quant-method dynamic)")
+        raise OnnxPruneError("static int8 quantization needs calibration data: give calib (or quant_method dynamic)")
     with _private_tmp(folder) as tmp:
         out = os.path.join(tmp, "q.onnx")
         args = (src, out, tmp, mode, method, calib, calib_batch, image_spec, calib_limit, per_channel)

@@ -82,7 +82,7 @@ def search(path: str, target: Target, *, calib, criterion: str, recover: str, pl
     m0 = load_model(path)
     cal_all = calib.load(m0)
     if cal_all is None:
-        raise PlanError("a quality target needs calibration data: give --calib")
+        raise PlanError("a quality target needs calibration data: give calib")
     api._inferred(m0, calib, dims)
     fit, check = cal_all.split()
     an0 = analyze(m0, protect=protect)

@@ -51,11 +51,11 @@ def sparsify(path: str, output: str, *, gradients: str | GradientRecord, ratio: 
              threshold: float | None = None, by: str = "gw", per_layer: bool = False) -> SparsifyResult:
     """Zero the least important single weights by recorded gradients and write the model."""
     if (ratio is None) == (threshold is None):
-        raise OnnxPruneError("give exactly one of --ratio and --threshold")
+        raise OnnxPruneError("give exactly one of ratio and threshold")
     if ratio is not None and not 0 <= ratio < 1:
-        raise OnnxPruneError(f"--ratio {ratio} must be in [0, 1)")
+        raise OnnxPruneError(f"ratio {ratio} must be in [0, 1)")
     if by not in ("g", "gw"):
-        raise OnnxPruneError(f"--by {by}: use g (|∂L/∂w|) or gw (|w|·|∂L/∂w|)")
+        raise OnnxPruneError(f"by {by}: use g (|∂L/∂w|) or gw (|w|·|∂L/∂w|)")
     if threshold is not None:
         from .checks import number
 

@@ -43,7 +43,7 @@ class InputSpec:
         for i in sess.get_inputs():
             if i.type not in _TYPES:
                 raise OnnxPruneError(f"input '{i.name}' has type {i.type}, which onnxprune cannot generate; "
-                                     "give an .npz with --data")
+                                     "give an .npz of validation data (data)")
             out.append(cls(i.name, tuple(i.shape), _TYPES[i.type]))
         return out
 
