@@ -255,6 +255,9 @@ def _in_child(fn) -> str:
         try:
             os.close(r)
             os.dup2(native.fileno(), 2)
+            import faulthandler
+
+            faulthandler.disable()  # a test runner's dump would go to the parent's stream
             try:
                 fn()
                 msg = b""
