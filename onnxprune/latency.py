@@ -326,17 +326,9 @@ def bisect_latency(an, select, table: LatencyTable, target_ms: float) -> np.ndar
         raise PlanError(f"cannot reach {target_ms:.3f} ms (the model takes {table.base_ms:.3f} ms): removing 99% of "
                         f"every group is predicted to take {low_ms:.3f} ms (pinned channels, widths that save no "
                         "time); relax the target")
-    lo, hi, best = 0.0, 0.99, k_hi
-    for _ in range(20):
-        mid = (lo + hi) / 2
-        t, k = ms(mid)
-        if t <= target_ms:
-            hi, best = mid, k
-        else:
-            lo = mid
-        if hi - lo < 1e-3:
-            break
-    return best
+    from .planner import bisect_ratio
+
+    return bisect_ratio(ms, target_ms, 0.99, k_hi, steps=20, tol=1e-3)
 
 
 def _widths(size: int, step: int) -> list[int]:

@@ -290,6 +290,47 @@ def plan_dead_atoms(an: Analysis, plan: Plan) -> np.ndarray:
     return out
 
 
+def _fixed_ratios(an: Analysis, group_ratios, kind: str, count, ratio, count_name: str, unit: str, what: str,
+                  hint: str = "") -> dict[int, float] | None:
+    """Ratios of every prunable ``kind`` group from a count to remove (``count_name``) or a fraction
+    (``<count_name>_ratio``): head and hidden-size groups are cut only by these, never by ``ratio``."""
+    if count is None and ratio is None:
+        return group_ratios
+    ratio_name = f"{count_name}_ratio"
+    if count is not None and ratio is not None:
+        raise OptionError(f"give only one of {{{count_name}}}, {{{ratio_name}}}")
+    if ratio is not None and not 0 <= ratio < 1:
+        raise OptionError(f"{{{ratio_name}}} {ratio} must be in [0, 1): the fraction of {unit} to remove")
+    groups = [g for g in an.groups if g.kind == kind and g.prunable]
+    if not groups:
+        pinned = [g for g in an.groups if g.kind == kind]
+        why = f": {pinned[0].reasons[0]}" if pinned and pinned[0].reasons else ""
+        raise PlanError(f"the model has no prunable {what}{why}{hint}")
+    group_ratios = dict(group_ratios or {})
+    for g in groups:
+        if count is not None and not 0 <= count < g.size:
+            raise OptionError(f"{{{count_name}}} {count}: group {g.id} ({an.group_name(g)}) has {g.size} {unit}; "
+                              "keep at least one")
+        group_ratios[g.id] = count / g.size if count is not None else float(ratio)
+    return group_ratios
+
+
+def bisect_ratio(measure, target: float, hi: float, hi_keep: np.ndarray, *, steps: int, tol: float) -> np.ndarray:
+    """The smallest ratio in ``[0, hi]`` whose ``measure(ratio) -> (value, keep)`` is ≤ ``target``
+    (value decreasing in the ratio; ``hi`` known to meet it, with keep mask ``hi_keep``): its keep mask."""
+    lo, best = 0.0, hi_keep
+    for _ in range(steps):
+        mid = (lo + hi) / 2
+        v, k = measure(mid)
+        if v <= target:
+            hi, best = mid, k
+        else:
+            lo = mid
+        if hi - lo < tol:
+            break
+    return best
+
+
 def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ratio: float | None = None,
               target_flops: float | None = None, target_params: float | None = None, mode: str = "uniform",
               round_to: int = 1, min_channels: int = 1, notes: dict[int, str] | None = None,
@@ -326,35 +367,11 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
     Raises:
         PlanError: bad or unreachable targets.
     """
-    if heads is not None or head_ratio is not None:
-        if heads is not None and head_ratio is not None:
-            raise OptionError("give only one of {heads}, {head_ratio}")
-        head_groups = [g for g in an.groups if g.kind == "heads" and g.prunable]
-        if not head_groups:
-            raise PlanError("the model has no prunable attention-head group (see 'onnxprune inspect')")
-        group_ratios = dict(group_ratios or {})
-        for g in head_groups:
-            if heads is not None and not 0 <= heads < g.size:
-                raise OptionError(f"{{heads}} {heads}: group {g.id} ({an.group_name(g)}) has {g.size} heads; "
-                                  "keep at least one")
-            group_ratios[g.id] = heads / g.size if heads is not None else float(head_ratio)
-    if hidden is not None or hidden_ratio is not None:
-        if hidden is not None and hidden_ratio is not None:
-            raise OptionError("give only one of {hidden}, {hidden_ratio}")
-        if hidden_ratio is not None and not 0 <= hidden_ratio < 1:
-            raise OptionError(f"{{hidden_ratio}} {hidden_ratio} must be in [0, 1): the fraction of hidden channels to remove")
-        hidden_groups = [g for g in an.groups if g.kind == "hidden" and g.prunable]
-        if not hidden_groups:
-            pinned = [g for g in an.groups if g.kind == "hidden"]
-            why = f": {pinned[0].reasons[0]}" if pinned and pinned[0].reasons else ""
-            raise PlanError("the model has no prunable hidden-size group (LayerNorm/RMSNorm-coupled residual "
-                            f"stream){why}; see 'onnxprune inspect --hidden'")
-        group_ratios = dict(group_ratios or {})
-        for g in hidden_groups:
-            if hidden is not None and not 0 <= hidden < g.size:
-                raise OptionError(f"{{hidden}} {hidden}: group {g.id} ({an.group_name(g)}) has {g.size} channels; "
-                                "keep at least one")
-            group_ratios[g.id] = hidden / g.size if hidden is not None else float(hidden_ratio)
+    group_ratios = _fixed_ratios(an, group_ratios, "heads", heads, head_ratio, "heads", "heads", "attention-head group "
+                                 "(see 'onnxprune inspect')")
+    group_ratios = _fixed_ratios(an, group_ratios, "hidden", hidden, hidden_ratio, "hidden", "channels",
+                                 "hidden-size group (LayerNorm/RMSNorm-coupled residual stream)",
+                                 "; see 'onnxprune inspect --hidden'")
     if dead is not None and an.hidden:  # a constant stream channel still moves the norms: not dead
         dead = dead & ~np.isin(an.group_of_atom, [g.id for g in an.groups if g.kind == "hidden"])
     if dead is not None and dead.any():  # dead channels go first: lowest possible score
@@ -477,14 +494,4 @@ def _bisect(an, scores, o, cm: CostModel, before: Cost, metric: str, target: flo
     if f_hi > target + 1e-9:
         raise PlanError(f"cannot reach {metric} {target:.3f} of the original: removing every prunable channel "
                         f"keeps {f_hi:.3f} (pinned channels, min width, rounding); relax the target")
-    lo, hi, best = 0.0, 0.999, k_hi
-    for _ in range(24):
-        mid = (lo + hi) / 2
-        f, k = frac(mid)
-        if f <= target:
-            hi, best = mid, k
-        else:
-            lo = mid
-        if hi - lo < 1e-4:
-            break
-    return best
+    return bisect_ratio(frac, target, 0.999, k_hi, steps=24, tol=1e-4)
