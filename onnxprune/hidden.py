@@ -140,19 +140,7 @@ def _append(m: Model, name: str, op: str, consts: list[np.ndarray], *, moves: st
         m.graph.insert_after(producer, node)
     else:  # a graph input read straight through
         m.graph.insert_before(next(iter(m.graph)), node)
-    new = node.outputs[0]
-    v.name = m.unique_name(name + suffix)
-    new.name = name
-    new.type, new.shape = v.type, v.shape
-    v.shape = None
-    if moves == "all":
-        for user, idx in uses:
-            user.replace_input_with(idx, new)
-    outs = m.graph.outputs
-    for k, o in enumerate(outs):
-        if o is v:
-            outs[k] = new
-    m.changed()
+    m.take_over(v, node.outputs[0], suffix, uses if moves == "all" else (), keep_old_shape=False)
 
 
 # --------------------------------------------------------------------------- the oracle's reference

@@ -104,6 +104,24 @@ class Model:
         self._captures = None
         self.values_changed()
 
+    def take_over(self, old: ir.Value, new: ir.Value, suffix: str, uses=(), *, keep_old_shape: bool = True) -> None:
+        """``new`` (a node output put after ``old``) takes ``old``'s name, type, shape and graph-output
+        slots, and the readers ``uses`` (``(node, input index)`` pairs); ``old`` is renamed
+        ``name + suffix`` (made unique)."""
+        name = old.name
+        old.name = self.unique_name(name + suffix)
+        new.name = name
+        new.type, new.shape = old.type, old.shape
+        if not keep_old_shape:
+            old.shape = None
+        for user, idx in uses:
+            user.replace_input_with(idx, new)
+        outs = self.graph.outputs
+        for k, o in enumerate(outs):
+            if o is old:
+                outs[k] = new
+        self.changed()
+
     def values_changed(self) -> None:
         """Forget cached constant and shape values after constants were edited or added (names stay:
         ``add_initializer`` registers its own)."""

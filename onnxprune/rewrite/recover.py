@@ -334,17 +334,7 @@ def _add_to_bias(model: Model, an: Analysis, node: ir.Node, delta: np.ndarray) -
     uses = list(old_out.uses())
     add = ir.Node("", "Add", [old_out, model.value_of(name)], name=f"{model.node_name(node)}_bias")
     model.graph.insert_after(node, add)
-    old_out.name = model.unique_name(o + "_prebias")
-    new_out = add.outputs[0]
-    new_out.name = o
-    new_out.type, new_out.shape = old_out.type, old_out.shape
-    for user, idx in uses:
-        user.replace_input_with(idx, new_out)
-    outs = model.graph.outputs
-    for k, v in enumerate(outs):
-        if v is old_out:
-            outs[k] = new_out
-    model.changed()
+    model.take_over(old_out, add.outputs[0], "_prebias", uses)
     if o in an.chan:
         an.chan[old_out.name] = an.chan[o]
     _register(an, model, name, node, o)
