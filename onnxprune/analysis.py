@@ -588,9 +588,11 @@ def _refuse_zero_width(model: Model) -> None:
                                             f"shape {shape}, a zero-width layer; remove the empty layer and re-export")
 
 
-def _refuse_misdeclared_outputs(model: Model) -> None:
-    """A graph output declared with a static dim the graph does not compute is refused by name
-    (the rewrite's post-condition would otherwise blame itself for it)."""
+def _drop_misdeclared_outputs(model: Model) -> None:
+    """A graph output declared with a shape the graph does not compute (a real export, ddddocr's
+    recogniser: declared [1, ?], computes [28, 1, 8210]; onnxruntime runs it with a warning) loses
+    the wrong declaration, with a warning naming it: the written model declares what it computes
+    (the rewrite's post-condition would otherwise blame itself for the mismatch)."""
     for v in model.graph.outputs:
         if v.shape is None:
             continue
@@ -600,8 +602,10 @@ def _refuse_misdeclared_outputs(model: Model) -> None:
         declared = [d if isinstance(d, int) and d >= 0 else None for d in v.shape]
         if len(declared) != len(actual) or any(d is not None and isinstance(a, int) and d != a
                                                for d, a in zip(declared, actual)):
-            raise UnsupportedModelError(f"graph output '{v.name}' is declared with shape {declared} but the graph "
-                                        f"computes {list(actual)}; fix the declaration or re-export the model")
+            log.warning("graph output '%s' is declared with shape %s but the graph computes %s; the declaration "
+                        "is dropped", v.name, declared, list(actual))
+            v.shape = ir.Shape([None] * len(actual))  # its rank, dims left to the runtime
+            model.changed()
 
 
 def analyze(model: Model, *, protect: Iterable[str] = (), hidden: bool = False) -> Analysis:
@@ -619,7 +623,7 @@ def analyze(model: Model, *, protect: Iterable[str] = (), hidden: bool = False) 
     if not model.shapes:
         model.infer()
     _refuse_zero_width(model)
-    _refuse_misdeclared_outputs(model)
+    _drop_misdeclared_outputs(model)
     an = Analysis(model)
     an.hidden = hidden
     rules = registry()

@@ -426,3 +426,22 @@ def test_a_native_abort_in_onnx_checker_is_a_one_line_error(tmp_path, monkeypatc
     out = tmp_path / "o.onnx"
     line = refused("prune", MODEL, "-o", out, "--ratio", "0.5", "--round-to", "1", match="checker crashed (signal 6)")
     assert "nothing was written" in line and not out.exists()
+
+
+def test_misdeclared_output_shape_is_dropped_not_refused(tmp_path, caplog):
+    """Real exports declare output shapes the graph does not compute (ddddocr's recogniser:
+    [1, ?] for [28, 1, 8210]); onnxruntime runs them, so onnxprune prunes them too: the wrong
+    declaration is dropped with a warning naming the output."""
+    m = onnx.load(MODEL)
+    out = m.graph.output[0]
+    del out.type.tensor_type.shape.dim[:]
+    for d in (1, 5, 7):
+        out.type.tensor_type.shape.dim.add().dim_value = d
+    src, dst = tmp_path / "m.onnx", tmp_path / "o.onnx"
+    onnx.save(m, str(src))
+    with caplog.at_level("WARNING", logger="onnxprune"):
+        res = onnxprune.prune(str(src), str(dst), ratio=0.5, round_to=8)
+    assert any("is declared with shape [1, 5, 7]" in r.getMessage() for r in caplog.records)
+    pruned = onnx.load(str(dst))
+    onnx.checker.check_model(pruned, full_check=True)
+    assert len(pruned.graph.output[0].type.tensor_type.shape.dim) == 2 and res.after.flops < res.before.flops
