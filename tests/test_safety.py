@@ -445,3 +445,14 @@ def test_misdeclared_output_shape_is_dropped_not_refused(tmp_path, caplog):
     pruned = onnx.load(str(dst))
     onnx.checker.check_model(pruned, full_check=True)
     assert len(pruned.graph.output[0].type.tensor_type.shape.dim) == 2 and res.after.flops < res.before.flops
+
+
+def test_external_data_location_that_is_not_text_is_refused(tmp_path):
+    """A damaged file whose external-data location is not UTF-8 (protobuf hands it over as bytes;
+    found by fuzzing) is a one-line refusal, not a crash."""
+    m = onnx.load(MODEL)
+    onnx.save(m, str(tmp_path / "m.onnx"), save_as_external_data=True, location="m.data", size_threshold=0)
+    raw = (tmp_path / "m.onnx").read_bytes()
+    (tmp_path / "m.onnx").write_bytes(raw.replace(b"m.data", b"m.\xffata"))
+    refused("prune", tmp_path / "m.onnx", "-o", tmp_path / "o.onnx", "--ratio", "0.5", match="not valid UTF-8")
+    assert not (tmp_path / "o.onnx").exists()

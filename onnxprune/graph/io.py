@@ -125,6 +125,9 @@ def check_external_data(proto: onnx.ModelProto, base_dir: str, path: str) -> boo
         if t.data_location != onnx.TensorProto.EXTERNAL:
             continue
         found = True
+        if not all(isinstance(e.key, str) and isinstance(e.value, str) for e in t.external_data):
+            raise UnsupportedModelError(f"{path}: tensor '{t.name}' has an external-data entry that is not valid "
+                                        "UTF-8 text; re-export the model")
         info = {e.key: e.value for e in t.external_data}
         keys = [e.key for e in t.external_data]
         if len(keys) != len(set(keys)):
