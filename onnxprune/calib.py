@@ -141,10 +141,10 @@ class Calibration:
     def __init__(self, source: str, input_names: list[str], *, batch_size: int = 32,
                  image_spec: ImageSpec | None = None, limit: int | None = None, fixed_batch: bool = False,
                  specs: list[InputSpec] | None = None, drop_nonfinite: bool = False) -> None:
-        from .checks import integer
+        from .options import check
 
-        integer("--calib-batch", batch_size, low=1)
-        integer("--calib-limit", limit, low=1, optional=True)
+        check("calib_batch", batch_size)
+        check("calib_limit", limit)
         specs = specs if specs is not None else [InputSpec(n, None, None) for n in input_names]
         self.source = source
         self.batch_size = batch_size
@@ -257,9 +257,9 @@ def load_calibration(source: str, model, *, batch_size: int = 32, image_spec: st
             dims = list(v.shape) if v.shape is not None else []
             fixed.add(int(dims[0]) if len(dims) and isinstance(dims[0], int) and dims[0] > 0 else None)
     static = fixed.pop() if len(fixed) == 1 and None not in fixed else None
-    from .checks import integer
+    from .options import check
 
-    integer("--calib-batch", batch_size, low=1)
+    check("calib_batch", batch_size)
     return Calibration(source, list(model.graph_inputs), batch_size=static or batch_size, image_spec=spec,
                        limit=limit, fixed_batch=static is not None, specs=InputSpec.from_model(model),
                        drop_nonfinite=drop_nonfinite)

@@ -33,7 +33,7 @@ from typing import Any
 
 from .errors import PlanError
 
-__all__ = ["Option", "Range", "OPTIONS", "RULES", "OptionError", "Resolved", "resolve", "add_arguments", "flag",
+__all__ = ["Option", "Range", "OPTIONS", "RULES", "OptionError", "Resolved", "resolve", "check", "add_arguments", "flag",
            "option_names", "signature"]
 
 log = logging.getLogger(__name__)
@@ -591,6 +591,15 @@ def _scalar(o: Option, v: Any) -> Any:
     if allowed is not None and v not in allowed:
         raise OptionError(f"{{{o.name}}}: unknown value {v!r}; choose one of {', '.join(map(str, allowed))}")
     return v
+
+
+def check(name: str, value: Any) -> Any:
+    """One option's value checked (type, range, choices) and converted, as :func:`resolve` does.
+
+    For library functions outside the table's commands that take the same values (e.g.
+    ``validate.compare_models``'s ``batch``), so that each range is written once.
+    """
+    return _convert(_BY_NAME[name], value)
 
 
 def _why(o: Option) -> str:

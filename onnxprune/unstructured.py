@@ -12,6 +12,7 @@ kernel downstream. The report says so.
 from __future__ import annotations
 
 import gzip
+import math
 import os
 from dataclasses import dataclass
 
@@ -56,10 +57,9 @@ def sparsify(path: str, output: str, *, gradients: str | GradientRecord, ratio: 
         raise OnnxPruneError(f"ratio {ratio} must be in [0, 1)")
     if by not in ("g", "gw"):
         raise OnnxPruneError(f"by {by}: use g (|∂L/∂w|) or gw (|w|·|∂L/∂w|)")
-    if threshold is not None:
-        from .checks import number
-
-        number("--threshold", threshold)
+    if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                  or not math.isfinite(threshold)):
+        raise OnnxPruneError(f"threshold {threshold!r}: expected a finite number")
     if os.path.exists(output) and os.path.samefile(path, output):
         raise OnnxPruneError(f"-o {output} is the input model; choose another output path")
     from .outputs import check_output, refuse_input_files

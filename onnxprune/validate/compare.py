@@ -410,21 +410,20 @@ def _error_sample(a: np.ndarray, b: np.ndarray, n: int = 20000) -> np.ndarray:
 
 
 def check_validation_options(*, batch=1, warmup=0, repeats=1, seed=0, dims=None, tol=None) -> None:
-    """Range checks of validation options (the CLI's and the API's)."""
-    from ..checks import integer, number
+    """Range checks of validation options: the option table's (``options.check``), for the API as the CLI."""
+    from ..options import check
 
-    integer("batch", batch, low=1)
-    integer("warmup", warmup, low=0)
-    integer("repeats", repeats, low=1)
-    integer("seed", seed, low=0)
-    for name, v in (dims or {}).items():
-        integer(f"dims {name}", v, low=1)
+    check("batch", batch)
+    check("warmup", warmup)
+    check("repeats", repeats)
+    check("validate_seed", seed)
+    check("dims", dims or None)
     if tol is not None:
-        for flag, table in (("atol", tol.atol), ("rtol", tol.rtol)):
-            for v in (table.values() if isinstance(table, dict) else [table]):
-                number(flag, v, low=0, optional=True)
-        number("min_cosine", tol.min_cosine, low=-1, high=1, optional=True)
-        number("max_accuracy_drop", tol.max_accuracy_drop, low=0, high=1, optional=True)
+        for name, table in (("atol", tol.atol), ("rtol", tol.rtol)):  # the same parse as the CLI's
+            items = table.items() if isinstance(table, dict) else [("", table)]
+            parse_tolerances([f"{k}:{v}" for k, v in items if v is not None], name)
+        for name in ("min_cosine", "min_agreement", "max_accuracy_drop"):
+            check(name, getattr(tol, name))
 
 
 def compare_models(original: str, pruned: str, *, providers: list[str] = ("cpu",), data: str | None = None,
