@@ -416,12 +416,12 @@ def check_validation_options(*, batch=1, warmup=0, repeats=1, seed=0, dims=None,
     check("batch", batch)
     check("warmup", warmup)
     check("repeats", repeats)
-    check("validate_seed", seed)
+    check("validate_seed", seed)  # the CLI's --seed of validation
     check("dims", dims or None)
     if tol is not None:
         for name, table in (("atol", tol.atol), ("rtol", tol.rtol)):  # the same parse as the CLI's
             items = table.items() if isinstance(table, dict) else [("", table)]
-            parse_tolerances([f"{k}:{v}" for k, v in items if v is not None], name)
+            parse_tolerances([f"{k}:{v}" if k else f"{v}" for k, v in items if v is not None], name)
         for name in ("min_cosine", "min_agreement", "max_accuracy_drop"):
             check(name, getattr(tol, name))
 
