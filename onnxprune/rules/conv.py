@@ -111,17 +111,8 @@ class ConvRule(_ConvBase):
             if x is not None:
                 ctx.param(1, 1, x.labels, "in")
         elif cg == 1:  # depthwise, channel multiplier m
-            m = o // g
-            xl = x.labels if x is not None else ctx.new_space(g, f"{ctx.name}:input")
-            if x is None:
-                ctx.pin(xl, "depthwise conv input carries no prunable channels")
-            y = np.repeat(xl, m)
+            y = np.repeat(_depthwise_input(ctx, x, g), o // g)
             ctx.param(1, 0, y, "out")
-
-            def set_group(rw, node=ctx.node, labels=xl):
-                rw.set_attr(node, "group", int(rw.keep(labels).sum()))
-
-            ctx.fix(set_group)
         else:  # grouped
             y = ctx.new_space(o)
             _unify_rows(ctx, y, g)
@@ -133,6 +124,19 @@ class ConvRule(_ConvBase):
             ctx.param(2, 0, y, "bias")
         ctx.nonempty(y)
         ctx.set_out(0, 1, y)
+
+
+def _depthwise_input(ctx, x, g: int) -> np.ndarray:
+    """A depthwise conv's input channels (pinned when untracked); its ``group`` follows their pruning."""
+    xl = x.labels if x is not None else ctx.new_space(g, f"{ctx.name}:input")
+    if x is None:
+        ctx.pin(xl, "depthwise conv input carries no prunable channels")
+
+    def set_group(rw, node=ctx.node, labels=xl):
+        rw.set_attr(node, "group", int(rw.keep(labels).sum()))
+
+    ctx.fix(set_group)
+    return xl
 
 
 class ConvTransposeRule(_ConvBase):
@@ -150,16 +154,9 @@ class ConvTransposeRule(_ConvBase):
             if x is not None:
                 ctx.param(1, 0, x.labels, "in")
         elif c == g:  # depthwise: output block c·m… comes from input c
-            xl = x.labels if x is not None else ctx.new_space(g, f"{ctx.name}:input")
-            if x is None:
-                ctx.pin(xl, "depthwise conv input carries no prunable channels")
+            xl = _depthwise_input(ctx, x, g)
             y = np.repeat(xl, og)
             ctx.param(1, 0, xl, "out")
-
-            def set_group(rw, node=ctx.node, labels=xl):
-                rw.set_attr(node, "group", int(rw.keep(labels).sum()))
-
-            ctx.fix(set_group)
         else:
             y = ctx.new_space(og * g)
             _unify_rows(ctx, y, g)
