@@ -401,32 +401,10 @@ def export(spec: Spec, exporter: str, path: str) -> None:
 
 
 def make_feeds(proto, batch: int = 2, seed: int = 0, other_dim: int = 16) -> dict:
-    """Random inputs by declared type: floats ~ N(0,1); ints: ids in [0,100), masks 1, token types 0."""
-    import numpy as np
-    import onnx
+    """Random inputs by declared type (``onnxprune.testing.random_feeds``); other dynamic dims 16."""
+    from onnxprune.testing import random_feeds
 
-    rng = np.random.default_rng(seed)
-    inits = {t.name for t in proto.graph.initializer}
-    feeds = {}
-    for v in proto.graph.input:
-        if v.name in inits:
-            continue
-        tt = v.type.tensor_type
-        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
-        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0 else (batch if i == 0 else other_dim)
-                for i, d in enumerate(tt.shape.dim)]
-        low = v.name.lower()
-        if np.issubdtype(dtype, np.floating):
-            feeds[v.name] = rng.standard_normal(dims).astype(dtype)
-        elif dtype == np.bool_ or "mask" in low:
-            feeds[v.name] = np.ones(dims, dtype=dtype)
-        elif "type" in low or "segment" in low:
-            feeds[v.name] = np.zeros(dims, dtype=dtype)
-        elif "position" in low and dims:
-            feeds[v.name] = np.broadcast_to(np.arange(dims[-1], dtype=dtype), dims).copy()
-        else:
-            feeds[v.name] = rng.integers(0, 100, dims).astype(dtype)
-    return feeds
+    return random_feeds(proto, batch=batch, seed=seed, other_dim=other_dim)
 
 
 def real_feeds(job: dict):

@@ -29,15 +29,31 @@ def zero_consumers(original: onnx.ModelProto, an: Analysis, keep_atom: np.ndarra
     return m.to_proto()
 
 
-def random_feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0) -> dict[str, np.ndarray]:
+def random_feeds(model: onnx.ModelProto, batch: int = 2, seed: int = 0,
+                 other_dim: int | None = None) -> dict[str, np.ndarray]:
+    """Random inputs by declared type: floats ~ N(0,1); integers: masks 1, token types 0, positions
+    0…n-1, other ids in [0, 100). Dynamic dims: ``batch`` (the first; every one if ``other_dim`` is None)."""
     rng = np.random.default_rng(seed)
     inits = {t.name for t in model.graph.initializer}
     feeds = {}
     for v in model.graph.input:
         if v.name in inits:
             continue
-        dims = [d.dim_value if d.HasField("dim_value") else batch for d in v.type.tensor_type.shape.dim]
-        feeds[v.name] = rng.standard_normal(dims).astype(np.float32)
+        tt = v.type.tensor_type
+        dtype = onnx.helper.tensor_dtype_to_np_dtype(tt.elem_type)
+        dims = [d.dim_value if d.HasField("dim_value") and d.dim_value > 0
+                else (batch if i == 0 or other_dim is None else other_dim) for i, d in enumerate(tt.shape.dim)]
+        low = v.name.lower()
+        if np.issubdtype(dtype, np.floating):
+            feeds[v.name] = rng.standard_normal(dims).astype(dtype)
+        elif dtype == np.bool_ or "mask" in low:
+            feeds[v.name] = np.ones(dims, dtype=dtype)
+        elif "type" in low or "segment" in low:
+            feeds[v.name] = np.zeros(dims, dtype=dtype)
+        elif "position" in low and dims:
+            feeds[v.name] = np.broadcast_to(np.arange(dims[-1], dtype=dtype), dims).copy()
+        else:
+            feeds[v.name] = rng.integers(0, 100, dims).astype(dtype)
     return feeds
 
 
