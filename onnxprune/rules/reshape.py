@@ -226,10 +226,165 @@ def _split_heads(ctx, labels, h: int, heads: int, head_dim: int, entries) -> Non
         if not target_entry_fix(ctx, 1, h, lambda kept: kept, rows[:, 0]):
             ctx.barrier("the head count in the shape cannot be rewritten")
             return
+    elif entry is None and (why := _batch_merged_heads(ctx, h, heads, rows[:, 0])) is not None:
+        if why:
+            ctx.barrier(why)
+            return
     elif entry != -1:
         ctx.barrier("the head count of the shape is computed at run time")
         return
     ctx.set_out(0, h, rows[:, 0].copy())
+
+
+_MERGE_PASS = ("Transpose", "Identity")
+
+
+def _batch_merged_heads(ctx, h: int, heads: int, first) -> str | None:
+    """``nn.MultiheadAttention`` as TorchScript exports it: ``q.view(S, B·H, D)`` merges the dynamic
+    batch B (input axis h, just before the channel axis) into the head axis, with the entry computed
+    as ``Mul(B read at run time, H)``, and a later ``view(B, H, S, D)`` splits it back.
+
+    At the analysed input B is 1, so the merged axis holds the H heads; for any B it holds B blocks of
+    H heads (b-major), and removing heads is the same in every block as long as nothing but
+    Transposes moves the merged axis before a Reshape splits it back into (B, H) (checked here; that
+    Reshape's rule rewrites its H entry). The product's constant H is rewritten to the kept count.
+    Returns None when the entry is not such a product, "" when the pattern holds (fix declared),
+    else the reason for a barrier."""
+    model, x = ctx.model, ctx.input_name(0)
+    c = ctx.chan(0)
+    ins, outs = ctx.in_shape(0), ctx.out_shape(0)
+    mul = _batch_times_heads(ctx, h)
+    if mul is None:
+        return None
+    node, k_const, sym = mul
+    if int(np.asarray(model.value(inp(node, k_const))).reshape(-1)[0]) != heads:
+        return None
+    tag = "the batch merges into the head axis (nn.MultiheadAttention's view(S, B·H, D))"
+    sym_in = model.sym_shape(x) or ()
+    if not (h == c.axis - 1 and len(ins) == len(outs) and isinstance(sym_in[h] if h < len(sym_in) else None, str)
+            and sym_in[h] == sym and ins[h] == 1 and _prod(ins[:h]) == _prod(outs[:h])):
+        return f"{tag}, but not from the axis just before the channels"
+    bad = _unmerge_problem(model, ctx.output_name(0), h, sym, heads, 0)
+    if bad:
+        return f"{tag}, and {bad} before it is split back into (B, H)"
+    # every Reshape whose target reads the same product must prune the same heads
+    for user in _product_readers(model, node.outputs[0].name):
+        if user is None:
+            return f"{tag}, and the product B·H is also read by something other than a Reshape's shape"
+        if user is ctx.node:
+            continue
+        other = ctx.an.chan.get(inp(user, 0))
+        if other is None or other.labels.size != c.labels.size:
+            return f"{tag}, and the product B·H also shapes '{model.node_name(user)}', whose channels differ"
+        ctx.unify(first, other.labels.reshape(heads, -1)[:, 0])
+
+    def fix(rw, node=node, k=k_const, labels=first):
+        old = np.asarray(rw.const_input(node, k))
+        rw.set_input_const(node, k, np.full(old.shape, int(rw.keep(labels).sum()), dtype=old.dtype))
+
+    ctx.fix(fix)
+    return ""
+
+
+def _batch_times_heads(ctx, h: int):
+    """Entry h of the Reshape target as ``Mul(B, H)``: (the Mul node, index of its constant input, B's
+    declared symbol) when B is a run-time read of a dynamic dim, else None."""
+    model = ctx.model
+    node = model.producer(ctx.input_name(1))
+    while node is not None and _is_shape_wrapper(model, node):
+        node = model.producer(inp(node, 2 if node.op_type == "Where" else 0))
+    if node is None or node.op_type != "Concat":
+        return None
+    pos = 0
+    for piece in range(len(node.inputs)):
+        name = inp(node, piece)
+        shape = model.shape(name)
+        size = int(np.atleast_1d(model.value(name)).size) if model.value(name) is not None else (
+            shape[0] if shape and len(shape) == 1 else (1 if shape == () else None))
+        if not isinstance(size, int):
+            return None
+        if pos <= h < pos + size:
+            if size != 1:
+                return None
+            break
+        pos += size
+    else:
+        return None
+    prod = model.producer(name)
+    while prod is not None and prod.op_type in ("Unsqueeze", "Cast", "Identity", "Squeeze"):
+        prod = model.producer(inp(prod, 0))
+    if prod is None or prod.op_type != "Mul":
+        return None
+    for k in (0, 1):
+        v = model.const(inp(prod, k))
+        if v is None or v.size != 1:
+            continue
+        reads = dim_reads(model, inp(prod, 1 - k))
+        if reads and len(reads) == 1 and isinstance(reads[0], tuple) and isinstance(reads[0][1], str):
+            return prod, k, reads[0][1]
+    return None
+
+
+def _product_readers(model, name: str, depth: int = 0):
+    """The Reshapes whose shape operand ``name`` (B·H) reaches through Unsqueeze/Cast/Concat; None in
+    the list for any other reader."""
+    found = []
+    for user, k in model.uses(name):
+        if user.op_type == "Reshape" and k == 1:
+            found.append(user)
+        elif user.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Concat") and depth < 8 and \
+                not model.is_graph_output(user.outputs[0].name):
+            found.extend(_product_readers(model, user.outputs[0].name, depth + 1))
+        else:
+            found.append(None)
+    return found if not model.is_graph_output(name) else [None]
+
+
+def _unmerge_problem(model, name: str, axis: int, sym: str, heads: int, depth: int) -> str:
+    """Why the merged (B·H) axis of ``name`` is not only moved by Transposes into Reshapes that split
+    it back into (B, H) with B read at run time and H a constant; "" when it is."""
+    if model.is_graph_output(name):
+        return f"'{name}' is a graph output"
+    if depth > 8:
+        return "the path is too long"
+    for node, k in model.uses(name):
+        what = f"'{model.node_name(node)}' ({node.op_type}) reads it"
+        if k != 0:
+            return what
+        if node.op_type in _MERGE_PASS:
+            perm = model.attr(node, "perm") if node.op_type == "Transpose" else None
+            if node.op_type == "Transpose" and perm is None:
+                return what
+            bad = _unmerge_problem(model, node.outputs[0].name, list(perm).index(axis) if perm is not None else axis,
+                                   sym, heads, depth + 1)
+            if bad:
+                return bad
+            continue
+        if node.op_type == "Shape":  # reading the other dims (the key length of k) is harmless
+            rank = len(model.shape(name) or ())
+            start = norm_axis(int(model.attr(node, "start", 0)), rank)
+            end = model.attr(node, "end")
+            end = rank if end is None else norm_axis(int(end), rank)
+            if start <= axis < end and not all(j == 0 and _reads_other_dims(model, u, axis - start, end - start)
+                                               for u, j in model.uses(node.outputs[0].name)):
+                return what
+            continue
+        if node.op_type != "Reshape":
+            return what
+        ins, outs = model.shape(name), model.shape(node.outputs[0].name)
+        entries = dim_reads(model, inp(node, 1))
+        if ins is None or outs is None or entries is None or len(entries) != len(outs):
+            return what
+        ok = False
+        for p in range(len(outs) - 1):
+            e_b, e_h = entries[p], entries[p + 1]
+            if (isinstance(e_b, tuple) and e_b[1] == sym and e_h == heads and outs[p] == 1 and outs[p + 1] == heads
+                    and _prod(ins[:axis]) == _prod(outs[:p]) and _prod(ins[axis + 1:]) == _prod(outs[p + 2:])):
+                ok = True
+                break
+        if not ok:
+            return what
+    return ""
 
 
 def _stacked_axis(outs, c: int, s: int) -> int | None:
