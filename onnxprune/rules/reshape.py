@@ -23,10 +23,14 @@
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from ..graph import inp
 from .base import Moves, block_repeat, norm_axis
+
+log = logging.getLogger("onnxprune.rules.reshape")
 
 
 def _prod(dims) -> int:
@@ -108,6 +112,12 @@ class ReshapeRule(Moves):
     op_types = ("Reshape",)
 
     def apply(self, ctx) -> None:
+        self._apply(ctx)
+        out = ctx.an.chan.get(ctx.output_name(0))
+        if out is not None and ctx.model.const(ctx.input_name(1)) is None:
+            _freeze_static_entries(ctx, out.axis, out.labels)
+
+    def _apply(self, ctx) -> None:
         x = ctx.chan(0)
         if x is None:
             return
@@ -179,6 +189,23 @@ class ReshapeRule(Moves):
         ctx.set_out(0, j, block_repeat(x.labels, inner, outer))
 
 
+def _freeze_static_entries(ctx, axis: int, labels) -> None:
+    """Entries of a run-time target other than the channel axis keep their size after pruning, but
+    one computed from a read of a channel count (``E // H`` in nn.MultiheadAttention's views, read
+    from the hidden stream) would change with it: each static one becomes the constant it is.
+    Entries that cannot be located are left as they are (logged)."""
+    entries = _target_entries(ctx)
+    if entries is None:
+        return
+    for j, e in enumerate(entries):
+        if isinstance(e, tuple):  # a read of a static dim (of a channel axis, maybe)
+            e = e[1]
+        if j == axis or not (isinstance(e, int) and e > 0):
+            continue
+        if not target_entry_fix(ctx, 1, j, lambda kept, e=e: e, labels):
+            log.debug("%s: shape entry %d (%d) left as computed", ctx.name, j, e)
+
+
 def _dynamic_dims_stay_outside(ctx, ca: int, after: int) -> bool:
     """Dims after the channel axis that are dynamic (declared) must reappear after output axis
     ``after - 1`` (the channel block): then the block's size does not depend on them."""
@@ -233,7 +260,21 @@ def _split_heads(ctx, labels, h: int, heads: int, head_dim: int, entries) -> Non
     elif entry != -1:
         ctx.barrier("the head count of the shape is computed at run time")
         return
+    if not _const_head_size(ctx, entries, h + 1, head_dim, rows[:, 0]):
+        return
     ctx.set_out(0, h, rows[:, 0].copy())
+
+
+def _const_head_size(ctx, entries, j: int, head_dim: int, labels) -> bool:
+    """The head size entry j of a run-time target becomes a constant: TorchScript computes it as
+    ``E // H`` from a read of the hidden size (nn.MultiheadAttention), which pruning the hidden
+    stream would change. False (after a barrier) when it cannot be located."""
+    if entries is None or j >= len(entries) or entries[j] == -1 or ctx.model.const(ctx.input_name(1)) is not None:
+        return True
+    if _fixable(entries[j]) and target_entry_fix(ctx, 1, j, lambda kept, d=head_dim: d, labels):
+        return True
+    ctx.barrier("the head size in the shape is computed at run time")
+    return False
 
 
 _MERGE_PASS = ("Transpose", "Identity")
@@ -256,13 +297,14 @@ def _batch_merged_heads(ctx, h: int, heads: int, first) -> str | None:
     mul = _batch_times_heads(ctx, h)
     if mul is None:
         return None
-    node, k_const, sym = mul
+    node, k_const, sym, _ = mul
     if int(np.asarray(model.value(inp(node, k_const))).reshape(-1)[0]) != heads:
         return None
     tag = "the batch merges into the head axis (nn.MultiheadAttention's view(S, B·H, D))"
     sym_in = model.sym_shape(x) or ()
-    if not (h == c.axis - 1 and len(ins) == len(outs) and isinstance(sym_in[h] if h < len(sym_in) else None, str)
-            and sym_in[h] == sym and ins[h] == 1 and _prod(ins[:h]) == _prod(outs[:h])):
+    if not (h == c.axis - 1 and len(ins) == len(outs) and model.is_dynamic_dim(x, h) and ins[h] == 1
+            and _is_batch_read(model, mul[3], sym_in[h] if h < len(sym_in) else None)
+            and _prod(ins[:h]) == _prod(outs[:h])):
         return f"{tag}, but not from the axis just before the channels"
     bad = _unmerge_problem(model, ctx.output_name(0), h, sym, heads, 0)
     if bad:
@@ -320,9 +362,21 @@ def _batch_times_heads(ctx, h: int):
         if v is None or v.size != 1:
             continue
         reads = dim_reads(model, inp(prod, 1 - k))
-        if reads and len(reads) == 1 and isinstance(reads[0], tuple) and isinstance(reads[0][1], str):
-            return prod, k, reads[0][1]
+        if reads and len(reads) == 1 and isinstance(reads[0], tuple) and _is_batch_read(model, reads[0], None):
+            return prod, k, reads[0][1], reads[0]
     return None
+
+
+def _is_batch_read(model, read, sym) -> bool:
+    """Whether a run-time dim read ("dim", declared, t, axis) reads the merged batch: the same symbol
+    as ``sym`` when both are named, else a dynamic dim that is 1 at the analysed input (the element
+    count of the Reshape then makes it the batch of its input)."""
+    if not isinstance(read, tuple):
+        return False
+    if isinstance(read[1], str) and isinstance(sym, str):
+        return read[1] == sym
+    shape = model.shape(read[2]) or ()
+    return model.is_dynamic_dim(read[2], read[3]) and read[3] < len(shape) and shape[read[3]] == 1
 
 
 def _product_readers(model, name: str, depth: int = 0):
@@ -378,7 +432,7 @@ def _unmerge_problem(model, name: str, axis: int, sym: str, heads: int, depth: i
         ok = False
         for p in range(len(outs) - 1):
             e_b, e_h = entries[p], entries[p + 1]
-            if (isinstance(e_b, tuple) and e_b[1] == sym and e_h == heads and outs[p] == 1 and outs[p + 1] == heads
+            if (_is_batch_read(model, e_b, sym) and e_h == heads and outs[p] == 1 and outs[p + 1] == heads
                     and _prod(ins[:axis]) == _prod(outs[:p]) and _prod(ins[axis + 1:]) == _prod(outs[p + 2:])):
                 ok = True
                 break
@@ -420,6 +474,8 @@ def _split_stacked_heads(ctx, labels, h: int, dims: list[int], entries) -> None:
             return
     elif entry != -1:
         ctx.barrier("the head count of the shape is computed at run time")
+        return
+    if not _const_head_size(ctx, entries, h + 2, head_dim, first):
         return
     ctx.set_out(0, h + 1, first.copy())
 
