@@ -11,7 +11,11 @@
    by the head axis; (stack, heads, head_dim) of a fused q/k/v projection makes head i of q, k and
    v one atom; (g, C/g) followed by a Transpose swapping the two axes (channel shuffle) or by a
    Gather/Split along g (a stacked q/k/v selected one by one) makes position i of every group one
-   atom, carried by the C/g axis, so the pruned tensor still has g equal groups.
+   atom, carried by the C/g axis, so the pruned tensor still has g equal groups. TorchScript's
+   ``nn.MultiheadAttention`` merges the dynamic batch into the heads (``view(S, B·H, D)``, the
+   entry ``Mul(B, H)``): followed at the analysed batch 1 when only Transposes move the merged axis
+   into a Reshape that splits it back into (B, H); both H constants are rewritten. Other static
+   entries of a run-time target become constants (``E // H`` read from the hidden size).
 5. Target entries read at run time (TorchScript's ``Shape → Gather/Slice → Unsqueeze → Concat``,
    through ``Where(s == -1, 1, s)`` and ``Reshape(s, [-1])`` of ``expand()``): an entry that reads
    the channel count of a tensor with the same channels follows the pruning by itself (the
@@ -330,7 +334,7 @@ def _batch_merged_heads(ctx, h: int, heads: int, first) -> str | None:
 
 def _batch_times_heads(ctx, h: int):
     """Entry h of the Reshape target as ``Mul(B, H)``: (the Mul node, index of its constant input, B's
-    declared symbol) when B is a run-time read of a dynamic dim, else None."""
+    declared symbol or None, B's dim read) when B is a run-time read of a dynamic dim, else None."""
     model = ctx.model
     node = model.producer(ctx.input_name(1))
     while node is not None and _is_shape_wrapper(model, node):
