@@ -100,17 +100,19 @@ class TorchMha(nn.Module):
     writes ``q.view(S, B·H, D)`` (batch merged into the heads, ``Mul(B read at run time, H)``) and
     ``view(B, H, S, D)`` back; the class token's ``expand`` loses the batch symbol."""
 
-    def __init__(self, dim=32, heads=4, need_weights=False):
+    def __init__(self, dim=32, heads=4, need_weights=False, norm=False):
         super().__init__()
         self.need_weights = need_weights
         self.embed, self.head = nn.Linear(dim, dim), nn.Linear(dim, 10)
+        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()  # pre-norm: a hidden-size stream
         self.cls = nn.Parameter(torch.randn(1, 1, dim))
         self.att = nn.MultiheadAttention(dim, heads, batch_first=True)
 
     def forward(self, x):
         x = self.embed(x)
         x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
-        y, w = self.att(x, x, x, need_weights=self.need_weights)
+        y = self.norm(x)
+        y, w = self.att(y, y, y, need_weights=self.need_weights)
         y = self.head(x + y)
         return (y, w) if self.need_weights else y
 
@@ -118,6 +120,7 @@ class TorchMha(nn.Module):
 MODELS = {
     "mha": (TorchMha, (3, 8, 32)),  # batch 3: the merged B·H axis is checked at B > 1
     "mha_weights": (lambda: TorchMha(need_weights=True), (3, 8, 32)),
+    "mha_norm": (lambda: TorchMha(norm=True), (3, 8, 32)),
     "qkv_timm": (lambda: FusedQkv(style="timm"), (2, 8, 32)),
     "qkv_select": (lambda: FusedQkv(style="select"), (2, 8, 32)),
     "shuffle": (ShuffleBlock, (2, 3, 8, 8)),
@@ -215,3 +218,18 @@ def test_mha_attention_weights_pin_heads_with_a_reason(exported, exporter):
     if exporter == "torchscript":
         reasons = " ".join(r for g in heads for r in g.reasons)
         assert "the batch merges into the head axis" in reasons and "before it is split back" in reasons, reasons
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_mha_heads_and_hidden_size(exported, exporter):
+    """--hidden-ratio with nn.MultiheadAttention: TorchScript computes the head size as E // H from the
+    hidden size at run time; it stays the constant head size (before: a Reshape/Gemm size mismatch)."""
+    from conftest import TOL
+
+    from onnxprune.testing import check_oracle
+
+    proto = onnx.load(exported["mha_norm", exporter])
+    res = check_oracle(proto, ratio=0.5, heads=2, hidden_ratio=0.5, feeds=_feeds("mha_norm"))
+    assert res.removed > 0 and res.max_err <= TOL * max(1.0, res.scale), res.max_err
+    kinds = {g.kind: (g.size, g.n_prunable) for g in res.analysis.groups if g.prunable}
+    assert kinds.get("hidden") == (32, 32) and kinds.get("heads") == (4, 4), kinds
