@@ -312,7 +312,9 @@ def specs() -> list[Spec]:
     # swin_t: both exporters give 30 groups, 24 prunable (17802 of 20338 channels). TorchScript keeps 3
     # Pad barriers (PatchMerging's F.pad, pads computed Concat → Reshape(-1, 2) → Slice → Transpose →
     # Reshape, and the graph layer's static evaluator has no Transpose): they pin only the hidden
-    # stream, which LayerNorm pins anyway unless --hidden-ratio is given.
+    # stream, which LayerNorm pins anyway unless --hidden-ratio is given. With --hidden, TorchScript's
+    # hidden groups of stages 1-3 stay pinned (dynamo: prunable): besides those Pads, the attention
+    # scale (C // heads) ** -0.5 is computed from the hidden size read at run time (Shape → Div → Pow).
     TV, TIMM, HF = ("torchvision",), ("timm",), ("transformers",)
     out = [Spec("tiny_cnn", "torch", tiny_cnn, ci=True),
            Spec("bert_tiny", "hf", hf("bert"), HF, ci=True)]
