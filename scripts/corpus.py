@@ -247,6 +247,12 @@ def hf(kind, attn="sdpa"):
         elif kind in ("vit", "vit_p4"):  # vit_p4: 64 patches, the patch embedding a few % of MACs as in real ViTs
             cfg = T.ViTConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
                               image_size=32, patch_size=8 if kind == "vit" else 4)
+        elif kind == "vit_b_prop":
+            # ViT-B/16's proportions at 224: the patch embedding (the hidden stream's only producer, kept
+            # unless --hidden-ratio) is 0.66% of the MACs; here 0.65% (8 layers, MLP ratio 4, 64 patches).
+            # The "vit" row (2 layers, 16 patches) has it at 14%: its 0.571 MACs kept is that share kept whole.
+            cfg = T.ViTConfig(hidden_size=64, num_hidden_layers=8, num_attention_heads=4, intermediate_size=256,
+                              image_size=32, patch_size=4)
         elif kind == "whisper":
             cfg = T.WhisperConfig(vocab_size=1000, d_model=64, encoder_layers=2, encoder_attention_heads=4,
                                   encoder_ffn_dim=128, decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=128,
@@ -275,7 +281,7 @@ def hf(kind, attn="sdpa"):
             feats = torch.randn(2, 16, 64, generator=torch.Generator().manual_seed(0))
             return Audio(model), (feats,), ["input_features"]
 
-        if kind in ("vit", "vit_p4"):
+        if kind in ("vit", "vit_p4", "vit_b_prop"):
             class Vision(torch.nn.Module):
                 def __init__(self, m):
                     super().__init__()
@@ -301,6 +307,14 @@ def hf(kind, attn="sdpa"):
 
 
 def specs() -> list[Spec]:
+    # vit_b_16 (torchvision): nn.MultiheadAttention; TorchScript merges the batch into the heads
+    # (view(S, B·H, D)), which the Reshape rule follows at the analysed batch 1 (rules/reshape.py).
+    # swin_t: both exporters give 30 groups, 24 prunable (17802 of 20338 channels). TorchScript keeps 3
+    # Pad barriers (PatchMerging's F.pad, pads computed Concat → Reshape(-1, 2) → Slice → Transpose →
+    # Reshape, and the graph layer's static evaluator has no Transpose): they pin only the hidden
+    # stream, which LayerNorm pins anyway unless --hidden-ratio is given. With --hidden, TorchScript's
+    # hidden groups of stages 1-3 stay pinned (dynamo: prunable): besides those Pads, the attention
+    # scale (C // heads) ** -0.5 is computed from the hidden size read at run time (Shape → Div → Pow).
     TV, TIMM, HF = ("torchvision",), ("timm",), ("transformers",)
     out = [Spec("tiny_cnn", "torch", tiny_cnn, ci=True),
            Spec("bert_tiny", "hf", hf("bert"), HF, ci=True)]
@@ -320,7 +334,7 @@ def specs() -> list[Spec]:
                            ("convnext_atto", 64, {}), ("regnetx_002", 64, {}), ("ghostnet_100", 64, {}),
                            ("deit_tiny_patch16_224", 64, {"img_size": 64}), ("pvt_v2_b0", 64, {})]:
         out.append(Spec("timm/" + name, "timm", tm(name, size, **kw), TIMM))
-    for kind in ("distilbert", "gpt2", "llama", "t5", "vit", "vit_p4", "whisper"):
+    for kind in ("distilbert", "gpt2", "llama", "t5", "vit", "vit_p4", "vit_b_prop", "whisper"):
         out.append(Spec(f"hf/{kind}", "hf", hf(kind), HF))
     return out
 

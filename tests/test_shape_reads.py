@@ -95,7 +95,32 @@ class FusedQkv(nn.Module):
         return x + self.o((att @ v).transpose(1, 2).reshape(b, n, d))
 
 
+class TorchMha(nn.Module):
+    """torch's ``nn.MultiheadAttention`` after a class token, as torchvision's ViT uses it. TorchScript
+    writes ``q.view(S, B·H, D)`` (batch merged into the heads, ``Mul(B read at run time, H)``) and
+    ``view(B, H, S, D)`` back; the class token's ``expand`` loses the batch symbol."""
+
+    def __init__(self, dim=32, heads=4, need_weights=False, norm=False):
+        super().__init__()
+        self.need_weights = need_weights
+        self.embed, self.head = nn.Linear(dim, dim), nn.Linear(dim, 10)
+        self.norm = nn.LayerNorm(dim) if norm else nn.Identity()  # pre-norm: a hidden-size stream
+        self.cls = nn.Parameter(torch.randn(1, 1, dim))
+        self.att = nn.MultiheadAttention(dim, heads, batch_first=True)
+
+    def forward(self, x):
+        x = self.embed(x)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1)
+        y = self.norm(x)
+        y, w = self.att(y, y, y, need_weights=self.need_weights)
+        y = self.head(x + y)
+        return (y, w) if self.need_weights else y
+
+
 MODELS = {
+    "mha": (TorchMha, (3, 8, 32)),  # batch 3: the merged B·H axis is checked at B > 1
+    "mha_weights": (lambda: TorchMha(need_weights=True), (3, 8, 32)),
+    "mha_norm": (lambda: TorchMha(norm=True), (3, 8, 32)),
     "qkv_timm": (lambda: FusedQkv(style="timm"), (2, 8, 32)),
     "qkv_select": (lambda: FusedQkv(style="select"), (2, 8, 32)),
     "shuffle": (ShuffleBlock, (2, 3, 8, 8)),
@@ -132,7 +157,7 @@ def _prunable(res):
 
 
 @pytest.mark.parametrize("name,heads", [("shuffle", None), ("pvt_mlp", None), ("sdpa", 2), ("qkv_timm", 2),
-                                        ("qkv_select", None)])
+                                        ("qkv_select", None), ("mha", 2)])
 def test_both_exporters_expose_the_same_groups(exported, name, heads):
     found = {}
     for exporter in EXPORTERS:
@@ -143,7 +168,7 @@ def test_both_exporters_expose_the_same_groups(exported, name, heads):
     assert found["torchscript"] == found["dynamo"], found
     if name == "shuffle":  # the shuffled pair (x1 | branch) keeps position i of both halves together
         assert ("channels", 8, 8) in found["dynamo"]
-    if name in ("sdpa", "qkv_timm"):
+    if name in ("sdpa", "qkv_timm", "mha"):
         assert ("heads", 4, 4) in found["dynamo"]
     if name == "qkv_select":  # channel i of q, k and v together, then whole heads after the split
         assert [g[0] for g in found["dynamo"]] == ["heads"]
@@ -157,3 +182,54 @@ def test_torchscript_shuffle_reads_are_rewritten(exported, tmp_path):
     pruned = onnx.load(out)
     shapes = [onnx.numpy_helper.to_array(t).tolist() for t in pruned.graph.initializer if t.data_type == 7]
     assert [4] in shapes, "the shuffle's channels per group (8 -> 4) became a constant"
+
+
+def test_mha_merged_batch_heads_rewritten(exported):
+    """TorchScript's nn.MultiheadAttention: the H of ``Mul(B, H)`` and of ``view(B, H, S, D)`` become
+    the kept head count, and the pruned model runs at batch sizes other than the analysed 1."""
+    import onnxruntime as ort
+
+    from onnxprune.testing import check_oracle
+
+    proto = onnx.load(exported["mha", "torchscript"])
+    for batch in (1, 5):
+        feeds = {"input": np.random.default_rng(batch).standard_normal((batch, 8, 32)).astype(np.float32)}
+        res = check_oracle(proto, ratio=0.5, heads=2, feeds=feeds)
+        assert res.removed > 0 and res.max_err <= 1e-4 * max(1.0, res.scale), (batch, res.max_err)
+        sess = ort.InferenceSession(res.pruned.SerializeToString(), providers=["CPUExecutionProvider"])
+        assert sess.run(None, feeds)[0].shape == (batch, 9, 10)
+    ints = [onnx.numpy_helper.to_array(t).tolist() for t in res.pruned.graph.initializer if t.data_type == 7]
+    ints += [onnx.numpy_helper.to_array(n.attribute[0].t).tolist() for n in res.pruned.graph.node
+             if n.op_type == "Constant" and n.attribute[0].t.data_type == 7]
+    assert 2 in ints or [2] in ints, "the H of Mul(B, H) and of view(B, H, S, D) is the kept head count"
+    assert 4 not in ints and [4] not in ints, "no head count of 4 is left"
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_mha_attention_weights_pin_heads_with_a_reason(exported, exporter):
+    """need_weights=True averages the attention weights over the heads: those heads stay, and (in
+    TorchScript) the barrier names the node that reads the merged B·H axis."""
+    from onnxprune.analysis import analyze
+    from onnxprune.graph import Model
+
+    an = analyze(Model(onnx.load(exported["mha_weights", exporter])))
+    heads = [g for g in an.groups if g.kind == "heads"]
+    assert all(not g.prunable for g in heads)
+    if exporter == "torchscript":
+        reasons = " ".join(r for g in heads for r in g.reasons)
+        assert "the batch merges into the head axis" in reasons and "before it is split back" in reasons, reasons
+
+
+@pytest.mark.parametrize("exporter", EXPORTERS)
+def test_mha_heads_and_hidden_size(exported, exporter):
+    """--hidden-ratio with nn.MultiheadAttention: TorchScript computes the head size as E // H from the
+    hidden size at run time; it stays the constant head size (before: a Reshape/Gemm size mismatch)."""
+    from conftest import TOL
+
+    from onnxprune.testing import check_oracle
+
+    proto = onnx.load(exported["mha_norm", exporter])
+    res = check_oracle(proto, ratio=0.5, heads=2, hidden_ratio=0.5, feeds=_feeds("mha_norm"))
+    assert res.removed > 0 and res.max_err <= TOL * max(1.0, res.scale), res.max_err
+    kinds = {g.kind: (g.size, g.n_prunable) for g in res.analysis.groups if g.prunable}
+    assert kinds.get("hidden") == (32, 32) and kinds.get("heads") == (4, 4), kinds

@@ -172,7 +172,8 @@ def set_plain(model, name: str, value: np.ndarray) -> None:
     old = _plain_tensor(v) if v is not None else None
     if old is None:
         raise KeyError(name)
-    value = np.ascontiguousarray(np.asarray(value).astype(old.dtype.numpy(), copy=False))
+    value = np.asarray(value).astype(old.dtype.numpy(), copy=False)
+    value = np.ascontiguousarray(value).reshape(value.shape)  # (ascontiguousarray makes a 0-d array 1-d)
     t = ir.tensor(value, dtype=old.dtype, name=name)
     if v.const_value is not None:
         v.const_value = t

@@ -181,6 +181,11 @@ class SliceRule(Moves):
             starts, ends = ctx.attr("starts"), ctx.attr("ends")
             axes, steps = ctx.attr("axes"), None
         else:
+            axes = ctx.value(3) if ctx.has_input(3) else None
+            if axes is not None and len(axes) and x.axis not in [norm_axis(int(a), rank) for a in axes]:
+                # along other axes only: bounds read at run time (Swin's crop x[:, :H, :W]) do not matter
+                ctx.set_out(0, x.axis, x.labels)
+                return
             for k in range(1, 5):
                 if ctx.has_input(k) and ctx.value(k) is None:
                     ctx.barrier(f"slice input {k} is not a constant")

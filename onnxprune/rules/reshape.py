@@ -11,7 +11,11 @@
    by the head axis; (stack, heads, head_dim) of a fused q/k/v projection makes head i of q, k and
    v one atom; (g, C/g) followed by a Transpose swapping the two axes (channel shuffle) or by a
    Gather/Split along g (a stacked q/k/v selected one by one) makes position i of every group one
-   atom, carried by the C/g axis, so the pruned tensor still has g equal groups.
+   atom, carried by the C/g axis, so the pruned tensor still has g equal groups. TorchScript's
+   ``nn.MultiheadAttention`` merges the dynamic batch into the heads (``view(S, B·H, D)``, the
+   entry ``Mul(B, H)``): followed at the analysed batch 1 when only Transposes move the merged axis
+   into a Reshape that splits it back into (B, H); both H constants are rewritten. Other static
+   entries of a run-time target become constants (``E // H`` read from the hidden size).
 5. Target entries read at run time (TorchScript's ``Shape → Gather/Slice → Unsqueeze → Concat``,
    through ``Where(s == -1, 1, s)`` and ``Reshape(s, [-1])`` of ``expand()``): an entry that reads
    the channel count of a tensor with the same channels follows the pruning by itself (the
@@ -23,10 +27,14 @@
 """
 from __future__ import annotations
 
+import logging
+
 import numpy as np
 
 from ..graph import inp
 from .base import Moves, block_repeat, norm_axis
+
+log = logging.getLogger("onnxprune.rules.reshape")
 
 
 def _prod(dims) -> int:
@@ -108,6 +116,12 @@ class ReshapeRule(Moves):
     op_types = ("Reshape",)
 
     def apply(self, ctx) -> None:
+        self._apply(ctx)
+        out = ctx.an.chan.get(ctx.output_name(0))
+        if out is not None and ctx.model.const(ctx.input_name(1)) is None:
+            _freeze_static_entries(ctx, out.axis, out.labels)
+
+    def _apply(self, ctx) -> None:
         x = ctx.chan(0)
         if x is None:
             return
@@ -179,6 +193,23 @@ class ReshapeRule(Moves):
         ctx.set_out(0, j, block_repeat(x.labels, inner, outer))
 
 
+def _freeze_static_entries(ctx, axis: int, labels) -> None:
+    """Entries of a run-time target other than the channel axis keep their size after pruning, but
+    one computed from a read of a channel count (``E // H`` in nn.MultiheadAttention's views, read
+    from the hidden stream) would change with it: each static one becomes the constant it is.
+    Entries that cannot be located are left as they are (logged)."""
+    entries = _target_entries(ctx)
+    if entries is None:
+        return
+    for j, e in enumerate(entries):
+        if isinstance(e, tuple):  # a read of a static dim (of a channel axis, maybe)
+            e = e[1]
+        if j == axis or not (isinstance(e, int) and e > 0):
+            continue
+        if not target_entry_fix(ctx, 1, j, lambda kept, e=e: e, labels):
+            log.debug("%s: shape entry %d (%d) left as computed", ctx.name, j, e)
+
+
 def _dynamic_dims_stay_outside(ctx, ca: int, after: int) -> bool:
     """Dims after the channel axis that are dynamic (declared) must reappear after output axis
     ``after - 1`` (the channel block): then the block's size does not depend on them."""
@@ -226,10 +257,192 @@ def _split_heads(ctx, labels, h: int, heads: int, head_dim: int, entries) -> Non
         if not target_entry_fix(ctx, 1, h, lambda kept: kept, rows[:, 0]):
             ctx.barrier("the head count in the shape cannot be rewritten")
             return
+    elif entry is None and (why := _batch_merged_heads(ctx, h, heads, rows[:, 0])) is not None:
+        if why:
+            ctx.barrier(why)
+            return
     elif entry != -1:
         ctx.barrier("the head count of the shape is computed at run time")
         return
+    if not _const_head_size(ctx, entries, h + 1, head_dim, rows[:, 0]):
+        return
     ctx.set_out(0, h, rows[:, 0].copy())
+
+
+def _const_head_size(ctx, entries, j: int, head_dim: int, labels) -> bool:
+    """The head size entry j of a run-time target becomes a constant: TorchScript computes it as
+    ``E // H`` from a read of the hidden size (nn.MultiheadAttention), which pruning the hidden
+    stream would change. False (after a barrier) when it cannot be located."""
+    if entries is None or j >= len(entries) or entries[j] == -1 or ctx.model.const(ctx.input_name(1)) is not None:
+        return True
+    if _fixable(entries[j]) and target_entry_fix(ctx, 1, j, lambda kept, d=head_dim: d, labels):
+        return True
+    ctx.barrier("the head size in the shape is computed at run time")
+    return False
+
+
+_MERGE_PASS = ("Transpose", "Identity")
+
+
+def _batch_merged_heads(ctx, h: int, heads: int, first) -> str | None:
+    """``nn.MultiheadAttention`` as TorchScript exports it: ``q.view(S, B·H, D)`` merges the dynamic
+    batch B (input axis h, just before the channel axis) into the head axis, with the entry computed
+    as ``Mul(B read at run time, H)``, and a later ``view(B, H, S, D)`` splits it back.
+
+    At the analysed input B is 1, so the merged axis holds the H heads; for any B it holds B blocks of
+    H heads (b-major), and removing heads is the same in every block as long as nothing but
+    Transposes moves the merged axis before a Reshape splits it back into (B, H) (checked here; that
+    Reshape's rule rewrites its H entry). The product's constant H is rewritten to the kept count.
+    Returns None when the entry is not such a product, "" when the pattern holds (fix declared),
+    else the reason for a barrier."""
+    model, x = ctx.model, ctx.input_name(0)
+    c = ctx.chan(0)
+    ins, outs = ctx.in_shape(0), ctx.out_shape(0)
+    mul = _batch_times_heads(ctx, h)
+    if mul is None:
+        return None
+    node, k_const, sym, _ = mul
+    if int(np.asarray(model.value(inp(node, k_const))).reshape(-1)[0]) != heads:
+        return None
+    tag = "the batch merges into the head axis (nn.MultiheadAttention's view(S, B·H, D))"
+    sym_in = model.sym_shape(x) or ()
+    if not (h == c.axis - 1 and len(ins) == len(outs) and model.is_dynamic_dim(x, h) and ins[h] == 1
+            and _is_batch_read(model, mul[3], sym_in[h] if h < len(sym_in) else None)
+            and _prod(ins[:h]) == _prod(outs[:h])):
+        return f"{tag}, but not from the axis just before the channels"
+    bad = _unmerge_problem(model, ctx.output_name(0), h, sym, heads, 0)
+    if bad:
+        return f"{tag}, and {bad} before it is split back into (B, H)"
+    # every Reshape whose target reads the same product must prune the same heads
+    for user in _product_readers(model, node.outputs[0].name):
+        if user is None:
+            return f"{tag}, and the product B·H is also read by something other than a Reshape's shape"
+        if user is ctx.node:
+            continue
+        other = ctx.an.chan.get(inp(user, 0))
+        if other is None or other.labels.size != c.labels.size:
+            return f"{tag}, and the product B·H also shapes '{model.node_name(user)}', whose channels differ"
+        ctx.unify(first, other.labels.reshape(heads, -1)[:, 0])
+
+    def fix(rw, node=node, k=k_const, labels=first):
+        old = np.asarray(rw.const_input(node, k))
+        rw.set_input_const(node, k, np.full(old.shape, int(rw.keep(labels).sum()), dtype=old.dtype))
+
+    ctx.fix(fix)
+    return ""
+
+
+def _batch_times_heads(ctx, h: int):
+    """Entry h of the Reshape target as ``Mul(B, H)``: (the Mul node, index of its constant input, B's
+    declared symbol or None, B's dim read) when B is a run-time read of a dynamic dim, else None."""
+    model = ctx.model
+    node = model.producer(ctx.input_name(1))
+    while node is not None and _is_shape_wrapper(model, node):
+        node = model.producer(inp(node, 2 if node.op_type == "Where" else 0))
+    if node is None or node.op_type != "Concat":
+        return None
+    pos = 0
+    for piece in range(len(node.inputs)):
+        name = inp(node, piece)
+        shape = model.shape(name)
+        size = int(np.atleast_1d(model.value(name)).size) if model.value(name) is not None else (
+            shape[0] if shape and len(shape) == 1 else (1 if shape == () else None))
+        if not isinstance(size, int):
+            return None
+        if pos <= h < pos + size:
+            if size != 1:
+                return None
+            break
+        pos += size
+    else:
+        return None
+    prod = model.producer(name)
+    while prod is not None and prod.op_type in ("Unsqueeze", "Cast", "Identity", "Squeeze"):
+        prod = model.producer(inp(prod, 0))
+    if prod is None or prod.op_type != "Mul":
+        return None
+    for k in (0, 1):
+        v = model.const(inp(prod, k))
+        if v is None or v.size != 1:
+            continue
+        reads = dim_reads(model, inp(prod, 1 - k))
+        if reads and len(reads) == 1 and isinstance(reads[0], tuple) and _is_batch_read(model, reads[0], None):
+            return prod, k, reads[0][1], reads[0]
+    return None
+
+
+def _is_batch_read(model, read, sym) -> bool:
+    """Whether a run-time dim read ("dim", declared, t, axis) reads the merged batch: the same symbol
+    as ``sym`` when both are named, else a dynamic dim that is 1 at the analysed input (the element
+    count of the Reshape then makes it the batch of its input)."""
+    if not isinstance(read, tuple):
+        return False
+    if isinstance(read[1], str) and isinstance(sym, str):
+        return read[1] == sym
+    shape = model.shape(read[2]) or ()
+    return model.is_dynamic_dim(read[2], read[3]) and read[3] < len(shape) and shape[read[3]] == 1
+
+
+def _product_readers(model, name: str, depth: int = 0):
+    """The Reshapes whose shape operand ``name`` (B·H) reaches through Unsqueeze/Cast/Concat; None in
+    the list for any other reader."""
+    found = []
+    for user, k in model.uses(name):
+        if user.op_type == "Reshape" and k == 1:
+            found.append(user)
+        elif user.op_type in ("Unsqueeze", "Squeeze", "Cast", "Identity", "Concat") and depth < 8 and \
+                not model.is_graph_output(user.outputs[0].name):
+            found.extend(_product_readers(model, user.outputs[0].name, depth + 1))
+        else:
+            found.append(None)
+    return found if not model.is_graph_output(name) else [None]
+
+
+def _unmerge_problem(model, name: str, axis: int, sym: str, heads: int, depth: int) -> str:
+    """Why the merged (B·H) axis of ``name`` is not only moved by Transposes into Reshapes that split
+    it back into (B, H) with B read at run time and H a constant; "" when it is."""
+    if model.is_graph_output(name):
+        return f"'{name}' is a graph output"
+    if depth > 8:
+        return "the path is too long"
+    for node, k in model.uses(name):
+        what = f"'{model.node_name(node)}' ({node.op_type}) reads it"
+        if k != 0:
+            return what
+        if node.op_type in _MERGE_PASS:
+            perm = model.attr(node, "perm") if node.op_type == "Transpose" else None
+            if node.op_type == "Transpose" and perm is None:
+                return what
+            bad = _unmerge_problem(model, node.outputs[0].name, list(perm).index(axis) if perm is not None else axis,
+                                   sym, heads, depth + 1)
+            if bad:
+                return bad
+            continue
+        if node.op_type == "Shape":  # reading the other dims (the key length of k) is harmless
+            rank = len(model.shape(name) or ())
+            start = norm_axis(int(model.attr(node, "start", 0)), rank)
+            end = model.attr(node, "end")
+            end = rank if end is None else norm_axis(int(end), rank)
+            if start <= axis < end and not all(j == 0 and _reads_other_dims(model, u, axis - start, end - start)
+                                               for u, j in model.uses(node.outputs[0].name)):
+                return what
+            continue
+        if node.op_type != "Reshape":
+            return what
+        ins, outs = model.shape(name), model.shape(node.outputs[0].name)
+        entries = dim_reads(model, inp(node, 1))
+        if ins is None or outs is None or entries is None or len(entries) != len(outs):
+            return what
+        ok = False
+        for p in range(len(outs) - 1):
+            e_b, e_h = entries[p], entries[p + 1]
+            if (_is_batch_read(model, e_b, sym) and e_h == heads and outs[p] == 1 and outs[p + 1] == heads
+                    and _prod(ins[:axis]) == _prod(outs[:p]) and _prod(ins[axis + 1:]) == _prod(outs[p + 2:])):
+                ok = True
+                break
+        if not ok:
+            return what
+    return ""
 
 
 def _stacked_axis(outs, c: int, s: int) -> int | None:
@@ -265,6 +478,8 @@ def _split_stacked_heads(ctx, labels, h: int, dims: list[int], entries) -> None:
             return
     elif entry != -1:
         ctx.barrier("the head count of the shape is computed at run time")
+        return
+    if not _const_head_size(ctx, entries, h + 2, head_dim, first):
         return
     ctx.set_out(0, h + 1, first.copy())
 

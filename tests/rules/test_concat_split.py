@@ -93,3 +93,18 @@ def test_densenet_style_concat_chain():
 
     res = assert_oracle(densenet(blocks=(3,)), round_to=2)
     assert all(g.size > 0 for g in res.analysis.groups)
+
+
+def test_slice_along_other_axes_with_runtime_bounds():
+    # Swin's crop x[:, :H, :W] as TorchScript writes it: the bound is read from a shape at run time;
+    # the slice does not touch the channel axis, so the channels pass through
+    n = Net("t", seed=7)
+    x = n.input("x", ["N", 3, "H", 6])
+    y = n.relu(n.bn(n.conv(x, 3, 8, 1), 8))
+    h = n.op("Slice", [n.op("Shape", [y]), n.const(np.array([2], np.int64)), n.const(np.array([3], np.int64))])
+    end = n.op("Sub", [h, n.const(np.array([1], np.int64))])
+    s = n.op("Slice", [y, n.const(np.array([0], np.int64)), end, n.const(np.array([2], np.int64))])
+    n.output(n.conv(s, 8, 4, 1))
+    res = assert_oracle(n.build(), feeds={"x": np.random.default_rng(0).standard_normal((2, 3, 5, 6)).astype(np.float32)})
+    assert not res.analysis.barriers, res.analysis.barriers
+    assert group_sizes(res.analysis)[0] == (8, 8)
