@@ -135,3 +135,79 @@ def test_seq_refits_a_grouped_conv_per_group(tmp_path):
         err[rec] = _rel(path, out, held)
     assert any("per group, 2 groups" in line for line in res.recovery), res.recovery
     assert err["seq"] < err["none"], err
+
+
+def _held_out(lines):
+    import re
+
+    return [tuple(map(float, m.groups())) for line in lines
+            if (m := re.search(r"held-out error (\S+) no refit -> (\S+) over", line))]
+
+
+def test_seq_frontier_cache_runs_each_node_once_and_matches_running_from_the_inputs(model, monkeypatch):
+    """Levels run only the segment after the cached frontier; the refits equal those of whole-prefix runs."""
+    from onnxprune.rewrite import sequential
+
+    path, calib, held, d = model
+    runs = []
+    segment = sequential._Frontier._segment
+
+    def counted(self, proto, nodes, feeds, outs):
+        runs.append(len(nodes))
+        return segment(self, proto, nodes, feeds, outs)
+
+    monkeypatch.setattr(sequential._Frontier, "_segment", counted)
+    outs, reports = {}, {}
+    for budget in (1 << 30, 0):  # 0: nothing fits, every level runs from the graph inputs
+        monkeypatch.setattr(sequential, "CACHE_BYTES", budget)
+        runs.clear()
+        out = str(d / f"cache{budget}.onnx")
+        res = onnxprune.prune(path, out, ratio=0.5, criterion="l2", calib=calib, round_to=1, recover="seq",
+                              remove_dead=False)
+        outs[budget], reports[budget] = run(onnx.load(out), held)[0], _held_out(res.recovery)
+        if budget:  # two models (original, current), each node of the original at most once
+            n_nodes = len(onnx.load(path).graph.node)
+            assert sum(runs) <= 2 * n_nodes + 4, runs
+            cached = sum(runs)
+        else:
+            assert sum(runs) > cached, (runs, cached)
+    assert len(reports[0]) == len(reports[1 << 30]) >= 3
+    np.testing.assert_allclose(reports[0], reports[1 << 30], rtol=1e-4)
+    np.testing.assert_allclose(outs[0], outs[1 << 30], rtol=1e-4, atol=1e-4 * np.abs(outs[0]).max())
+    assert {"onnxruntime", "statistics", "solves"} <= set(sequential.LAST_PHASES)
+
+
+def test_seq_chosen_refit_never_worse_than_no_refit_on_held_out_samples(model):
+    path, calib, _, d = model
+    res = onnxprune.prune(path, str(d / "never.onnx"), ratio=0.6, criterion="l1", calib=calib, round_to=1,
+                          recover="seq", remove_dead=False)
+    pairs = _held_out(res.recovery)
+    assert pairs and all(best <= plain * (1 + 1e-9) for plain, best in pairs), pairs
+    assert any(best < 0.9 * plain for plain, best in pairs)
+
+
+def test_ridge_walk_picks_the_grid_minimum(monkeypatch):
+    """Above WALK_DIM inputs the ridges are tried outward from the middle: same choice as all of them."""
+    from onnxprune.rewrite import sequential
+
+    r = np.random.default_rng(5)
+    chosen = []
+    for noise, n in ((0.01, 4000), (3.0, 700), (30.0, 650)):  # small to large best λ
+        d, per = 80, 6
+        x = np.concatenate([r.standard_normal((2 * n, d)) @ r.standard_normal((d, d)) * 0.3, np.ones((2 * n, 1))], 1)
+        y = x @ r.standard_normal((d + 1, per)) + noise * r.standard_normal((2 * n, per))
+        h = [x[i::2].T @ x[i::2] for i in (0, 1)]
+        b = [x[i::2].T @ y[i::2] for i in (0, 1)]
+        yy = np.array([np.sum(y[1::2] ** 2)])
+        errs = {}
+        for walk in (10, 10 ** 9):
+            monkeypatch.setattr(sequential, "WALK_DIM", walk)
+            e = np.full((len(sequential.RIDGES), 1), np.inf)
+            sequential._ridge_errors(h[0][None], b[0][None], h[1][None], b[1][None], yy, e)
+            errs[walk] = e
+        full = errs[10 ** 9]
+        assert np.isfinite(full).all()
+        assert np.argmin(errs[10]) == np.argmin(full), (noise, errs)
+        assert np.isinf(errs[10]).sum() >= 1  # a solve saved
+        chosen.append(int(np.argmin(full)))
+    assert len(set(chosen)) == 3, chosen  # the cases span the grid
