@@ -149,10 +149,14 @@ def timing(a, work: str) -> list[dict]:
                 print(f"  {crit:<10} {rec:<5} prune {wall:6.1f} s wall {cpu:6.1f} s CPU; eval cosine "
                       f"{ev['cosine']:.4f} top-1 agreement {ev['top1_agreement']:.3f}"
                       + (f"; held-out calibration error {err[0]:.4g} no refit -> {err[1]:.4g}" if err else ""))
+                import resource
+
+                row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
                 if row["phases"]:
                     tot = [sum(v[i] for v in row["phases"].values()) for i in (0, 1)]
                     print(f"    reconstruction {tot[0]:.1f} s wall {tot[1]:.1f} s CPU: " + ", ".join(
-                        f"{k} {v[0]:.1f}/{v[1]:.1f}" for k, v in row["phases"].items()) + " (wall/CPU s)")
+                        f"{k} {v[0]:.1f}/{v[1]:.1f}" for k, v in row["phases"].items()) + " (wall/CPU s); "
+                          f"peak RSS of the process so far {row['peak_rss_mb']:.0f} MB")
     return results
 
 

@@ -145,36 +145,36 @@ def _held_out(lines):
 
 
 def test_seq_frontier_cache_runs_each_node_once_and_matches_running_from_the_inputs(model, monkeypatch):
-    """Levels run only the segment after the cached frontier; the refits equal those of whole-prefix runs."""
+    """Levels run only the segment after the cached frontier; the refits equal those of runs from
+    the graph inputs (cache over budget) and of whole-model runs (a graph with subgraphs is never cut)."""
     from onnxprune.rewrite import sequential
 
     path, calib, held, d = model
     runs = []
     segment = sequential._Frontier._segment
 
-    def counted(self, proto, nodes, feeds, outs):
+    def counted(self, proto, side, nodes):
         runs.append(len(nodes))
-        return segment(self, proto, nodes, feeds, outs)
+        return segment(self, proto, side, nodes)
 
     monkeypatch.setattr(sequential._Frontier, "_segment", counted)
-    outs, reports = {}, {}
-    for budget in (1 << 30, 0):  # 0: nothing fits, every level runs from the graph inputs
-        monkeypatch.setattr(sequential, "CACHE_BYTES", budget)
+    outs, reports, n_runs = {}, {}, {}
+    for mode in ("cached", "over budget", "uncut"):
+        monkeypatch.setattr(sequential, "CACHE_BYTES", 0 if mode == "over budget" else 1 << 30)
+        monkeypatch.setattr(sequential, "_is_graph_attr", (lambda a: True) if mode == "uncut" else (lambda a: False))
         runs.clear()
-        out = str(d / f"cache{budget}.onnx")
+        out = str(d / f"cache-{mode}.onnx")
         res = onnxprune.prune(path, out, ratio=0.5, criterion="l2", calib=calib, round_to=1, recover="seq",
                               remove_dead=False)
-        outs[budget], reports[budget] = run(onnx.load(out), held)[0], _held_out(res.recovery)
-        if budget:  # two models (original, current), each node of the original at most once
-            n_nodes = len(onnx.load(path).graph.node)
-            assert sum(runs) <= 2 * n_nodes + 4, runs
-            cached = sum(runs)
-        else:
-            assert sum(runs) > cached, (runs, cached)
-    assert len(reports[0]) == len(reports[1 << 30]) >= 3
-    np.testing.assert_allclose(reports[0], reports[1 << 30], rtol=1e-4)
-    np.testing.assert_allclose(outs[0], outs[1 << 30], rtol=1e-4, atol=1e-4 * np.abs(outs[0]).max())
-    assert {"onnxruntime", "statistics", "solves"} <= set(sequential.LAST_PHASES)
+        outs[mode], reports[mode], n_runs[mode] = run(onnx.load(out), held)[0], _held_out(res.recovery), sum(runs)
+        assert {"onnxruntime", "statistics", "solves"} <= set(sequential.LAST_PHASES)
+    n_nodes = len(onnx.load(path).graph.node)
+    assert 0 < n_runs["cached"] <= 2 * n_nodes, n_runs  # two models, each node at most once
+    assert n_runs["over budget"] > n_runs["cached"] and n_runs["uncut"] == 0, n_runs
+    assert len(reports["cached"]) >= 3
+    for mode in ("over budget", "uncut"):
+        np.testing.assert_allclose(reports[mode], reports["cached"], rtol=1e-4)
+        np.testing.assert_allclose(outs[mode], outs["cached"], rtol=1e-4, atol=1e-4 * np.abs(outs["cached"]).max())
 
 
 def test_seq_chosen_refit_never_worse_than_no_refit_on_held_out_samples(model):

@@ -12,12 +12,16 @@ the inputs ``x̃_p`` of the already reconstructed upstream:
     H = X̃_pᵀ X̃_p,  B = X̃_pᵀ Y,  with x̃ = [x; 1] (the bias column).
 
 Only H, B and Σ‖Y‖² are kept, streamed over the calibration batches (two halves: even and odd
-samples), never the activations; the Gram products are BLAS matmuls on at most ``row_budget``
+samples), never the refitted layers' activations; the Gram products are BLAS matmuls on at most ``row_budget``
 sampled rows per consumer (im2col patches of a Conv, vectors of a Gemm/MatMul). Per consumer
 (per group of a grouped or depthwise Conv) the candidates — the current weights (no refit),
-bias correction only, ridge refits over ``RIDGES`` (one eigendecomposition) — are fitted on the
-even samples, scored on the odd ones, and the best is refitted on all samples, so the result is never worse than no refit on held-out
-calibration data. Consumers at the same level (no one upstream of another) share one pass.
+bias correction only, ridge refits over ``RIDGES`` (one LU solve each; above ``WALK_DIM`` inputs
+tried outward from the middle λ) — are fitted on the even samples, scored on the odd ones, and
+the best is refitted on all samples, so the result is never worse than no refit on held-out
+calibration data. Consumers at the same level (no one upstream of another) share one pass, and
+each level runs only the part of the model between the activations cached at the previous
+level's frontier and its own inputs (``_Frontier``; at most ``CACHE_BYTES`` kept), so the whole
+reconstruction runs each node about once per model instead of once per level.
 
 Handled: Conv (group 1: im2col; grouped and depthwise: per group), Gemm and MatMul with a 2-D
 constant weight (attention output projections, FFN down-projections). A consumer outside these
@@ -199,10 +203,13 @@ def _accumulate(job: _Job, half: int, xp: np.ndarray, xo: np.ndarray, rng, cap: 
     p = np.empty((len(gk), n, rp.shape[2] + 1))
     p[:, :, :-1] = rp.transpose(1, 0, 2)
     p[:, :, -1] = 1.0
-    o = np.empty((len(gk), n, ro.shape[2] + 1))
+    # the original layer's outputs [Gk, n, per], in the activations' precision (float32: the
+    # targets' relative error ~1e-6 is far below any refit's); the Gram products stay float64
+    ft = np.promote_types(ro.dtype, np.float32)
+    o = np.empty((len(gk), n, ro.shape[2] + 1), ft)
     o[:, :, :-1] = ro.transpose(1, 0, 2)
     o[:, :, -1] = 1.0
-    y = o @ a.transpose(0, 2, 1)  # [Gk, n, per]: the original layer's outputs
+    y = (o @ a.transpose(0, 2, 1).astype(ft)).astype(np.float64)
     pt = p.transpose(0, 2, 1)
     if job.h is None:
         dk = p.shape[2]
@@ -444,7 +451,13 @@ class _Frontier:
             want.update(x for x in n.input if x and x not in free)
         return nodes[::-1]
 
-    def _segment(self, proto: onnx.ModelProto, nodes: list[int], feeds: list[str], outs: list[str]) -> bytes:
+    def _type(self, name: str, side: _Side) -> int:
+        """A tensor's element type: from its cached value, else as the model knows it."""
+        if side.cache.get(name):
+            return onnx.helper.np_dtype_to_tensor_dtype(side.cache[name][0].dtype)
+        return self.model.dtypes.get(name, onnx.TensorProto.FLOAT)
+
+    def _segment(self, proto: onnx.ModelProto, side: _Side, nodes: list[int]) -> bytes:
         m = onnx.ModelProto()
         m.ir_version = proto.ir_version
         m.opset_import.extend(proto.opset_import)
@@ -455,11 +468,12 @@ class _Frontier:
         read = {x for i in nodes for x in proto.graph.node[i].input}
         g.initializer.extend(t for t in proto.graph.initializer if t.name in read)
         g.sparse_initializer.extend(t for t in proto.graph.sparse_initializer if t.values.name in read)
-        dt = self.model.dtypes
-        for n in feeds:
-            g.input.append(onnx.helper.make_tensor_value_info(n, dt.get(n, onnx.TensorProto.FLOAT), None))
-        for n in outs:
-            g.output.append(onnx.helper.make_tensor_value_info(n, dt.get(n, onnx.TensorProto.FLOAT), None))
+        declared = {i.name: i for i in proto.graph.input}
+        for n in side.feeds:
+            g.input.append(declared[n] if n in declared else
+                           onnx.helper.make_tensor_value_info(n, self._type(n, side), None))
+        for n in side.outs:
+            g.output.append(onnx.helper.make_tensor_value_info(n, self._type(n, side), None))
         return m.SerializeToString()
 
     def prepare(self, level: int) -> None:
@@ -471,41 +485,41 @@ class _Frontier:
         self.protos[1] = self.model.to_proto()
         for side, proto in zip(self.sides, self.protos):
             side.sess = None
-            side.feeds, side.outs, side.keep = [], list(targets), []
-            if not targets:  # the level reads graph inputs only: the frontier stays
-                side.keep = list(side.cache) if self.cut and self.caching else []
-                continue
+            side.feeds, side.outs, side.keep = [], [], []
             if not self.cut:
-                side.feeds = [i.name for i in proto.graph.input if i.name in self.inputs]
-                side.sess = make_session(self._with_outputs(proto, targets), "cpu")
+                if targets:
+                    side.feeds = [i.name for i in proto.graph.input if i.name in self.inputs]
+                    side.outs = list(targets)
+                    side.sess = make_session(self._with_outputs(proto, side, targets), "cpu")
                 continue
-            have = set(side.cache)
-            nodes = self._slice(proto, targets, have)
+            nodes = self._slice(proto, targets, set(side.cache))
             made = {o for i in nodes for o in proto.graph.node[i].output}
             read = {x for i in nodes for x in proto.graph.node[i].input} | set(targets)
             side.feeds = [n for n in side.cache if n in read] + [i.name for i in proto.graph.input
                                                                   if i.name in self.inputs and i.name in read]
+            side.outs = [t for t in targets if t not in side.cache]
             if self.caching:  # the next frontier: what the rest reads of all computed so far
-                done = side.computed | made
+                done = side.computed | made | set(side.cache)
                 rest = self._slice(proto, later, done)
                 reads = {x for i in rest for x in proto.graph.node[i].input} | set(later)
-                side.keep = [n for n in dict.fromkeys([*side.cache, *made]) if n in reads and n in done]
-                side.outs = list(dict.fromkeys([*targets, *(n for n in side.keep if n in made)]))
+                side.keep = [n for n in dict.fromkeys([*side.cache, *made]) if n in reads]
+                side.outs = list(dict.fromkeys([*side.outs, *(n for n in side.keep if n in made)]))
                 side.computed = done
+            if not side.outs:
+                continue
             try:
-                side.sess = make_session(self._segment(proto, nodes, side.feeds, side.outs), "cpu")
+                side.sess = make_session(self._segment(proto, side, nodes), "cpu")
             except OnnxPruneError as e:  # a segment onnxruntime will not load alone: run the whole model
-                log.info("sequential reconstruction runs the whole model for this level: %s", e)
+                log.info("sequential reconstruction runs the whole model at each level: %s", e)
                 self.cut = False
                 return self.prepare(level)
 
-    @staticmethod
-    def _with_outputs(proto: onnx.ModelProto, names: list[str]) -> bytes:
+    def _with_outputs(self, proto: onnx.ModelProto, side: _Side, names: list[str]) -> bytes:
         m = onnx.ModelProto()
         m.CopyFrom(proto)
         del m.graph.output[:]
         for n in names:
-            m.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.UNDEFINED, None))
+            m.graph.output.append(onnx.helper.make_tensor_value_info(n, self._type(n, side), None))
         return m.SerializeToString()
 
     def run(self, batch: int, feeds: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
