@@ -177,13 +177,26 @@ def test_seq_frontier_cache_runs_each_node_once_and_matches_running_from_the_inp
         np.testing.assert_allclose(outs[mode], outs["cached"], rtol=1e-4, atol=1e-4 * np.abs(outs["cached"]).max())
 
 
-def test_seq_chosen_refit_never_worse_than_no_refit_on_held_out_samples(model):
+def test_seq_chosen_refit_never_worse_than_no_refit_on_held_out_samples(model, monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from onnxprune.rewrite import sequential
+
     path, calib, _, d = model
+    threads = []
+    solve = sequential._solve
+
+    def counted(job):
+        threads.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return solve(job)
+
+    monkeypatch.setattr(sequential, "_solve", counted)
     res = onnxprune.prune(path, str(d / "never.onnx"), ratio=0.6, criterion="l1", calib=calib, round_to=1,
                           recover="seq", remove_dead=False)
     pairs = _held_out(res.recovery)
     assert pairs and all(best <= plain * (1 + 1e-9) for plain, best in pairs), pairs
     assert any(best < 0.9 * plain for plain, best in pairs)
+    assert threads and set(threads) == {sequential.BLAS_THREADS}  # one BLAS thread while refitting
 
 
 def test_ridge_walk_picks_the_grid_minimum(monkeypatch):

@@ -30,6 +30,7 @@ the sequential pass so the refits downstream see it.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from ..graph import Model, inp, out
 
 log = logging.getLogger(__name__)
 
-__all__ = ["reconstruct", "RIDGES", "CACHE_BYTES", "LAST_PHASES"]
+__all__ = ["reconstruct", "RIDGES", "CACHE_BYTES", "BLAS_THREADS", "LAST_PHASES"]
 
 RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
@@ -386,6 +387,9 @@ class _Tick:
         v[1] += time.process_time() - self.t[1]
 
 
+BLAS_THREADS: int | None = 1
+"""numpy's BLAS threads during the reconstruction (None: leave as is; see _blas_threads)."""
+
 CACHE_BYTES = 1 << 30
 """Activations (both models, all calibration batches) kept between levels at most."""
 
@@ -567,6 +571,31 @@ def reconstruct(model: Model, an: Analysis, keep_atom: np.ndarray, calibration, 
     slices); ``calibration`` is a :class:`~onnxprune.calib.Calibration`. ``cache_bytes``
     bounds the activations kept between levels (default :data:`CACHE_BYTES`; see :class:`_Frontier`).
     """
+    with _blas_threads(BLAS_THREADS):
+        return _reconstruct(model, an, keep_atom, calibration, row_budget=row_budget, seed=seed, progress=progress,
+                            cache_bytes=CACHE_BYTES if cache_bytes is None else cache_bytes)
+
+
+def _blas_threads(n: int | None):
+    """numpy's BLAS limited to ``n`` threads (None: as it is) for the reconstruction.
+
+    Its products and solves are a few hundred to a few thousand wide and alternate with
+    onnxruntime's own thread pool; OpenBLAS's spinning threads then fight onnxruntime's and
+    each other on a busy machine: one BLAS thread measured 2–3× less CPU (and less wall time)
+    for the full-size ResNet-18 on 2 shared cores (scripts/bench_recovery.py).
+    """
+    if n is None:
+        return contextlib.nullcontext()
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # pragma: no cover - a declared dependency
+        log.info("threadpoolctl is not installed: BLAS keeps its own thread count")
+        return contextlib.nullcontext()
+    return threadpool_limits(n, user_api="blas")
+
+
+def _reconstruct(model: Model, an: Analysis, keep_atom: np.ndarray, calibration, *, row_budget: int, seed: int,
+                 progress: bool, cache_bytes: int) -> list[str]:
     clock = _Clock()
     jobs = plan_jobs(model, an, keep_atom)
     with clock("serialise"):
@@ -584,7 +613,7 @@ def reconstruct(model: Model, an: Analysis, keep_atom: np.ndarray, calibration, 
     per_level = [list(dict.fromkeys(j.x for j in jobs if j.level == lv)) for lv in levels]
     rng = np.random.default_rng(seed)
     n_batches = max(len(calibration), 1)
-    front = _Frontier(model, original, per_level, n_batches, CACHE_BYTES if cache_bytes is None else cache_bytes)
+    front = _Frontier(model, original, per_level, n_batches, cache_bytes)
     del original
     from ..progress import progress as _progress
 
