@@ -103,7 +103,7 @@ def setup(name: str, work: str, n_calib: int = 64):
         return paths["torchscript"], os.path.join(work, "minilm", "calib.npz"), ev, None
     from onnxprune.testing.archs import resnet
 
-    image, kw = (224, dict(width=64, classes=1000)) if name == "resnet18-full" else (64, dict(width=16, classes=100))
+    image, kw = (224, {"width": 64, "classes": 1000}) if name == "resnet18-full" else (64, {"width": 16, "classes": 100})
     path = os.path.join(work, f"{name}.onnx")
     onnx.save(resnet(18, image=image, **kw), path)
     calib = os.path.join(work, f"{name}_calib.npz")
@@ -123,9 +123,21 @@ def held_out_error(recovery: list[str]) -> tuple[float, float] | None:
 
 def timing(a, work: str) -> list[dict]:
     """One pruned model per recovery at ``--ratio``: wall/CPU seconds (per phase for seq) and quality."""
+    import logging
+
     import onnxprune
     from onnxprune.rewrite import sequential
 
+    said = []  # the reconstruction's own summary line (phases, cached activations)
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+
+    seq_log = logging.getLogger(sequential.__name__)
+    seq_log.addHandler(Keep(logging.INFO))
+    seq_log.setLevel(logging.INFO)
+    seq_log.propagate = False
     results = []
     for model_name in a.models:
         path, calib, evaluation, labels = setup(model_name, work, a.calib)
@@ -134,6 +146,7 @@ def timing(a, work: str) -> list[dict]:
         for crit in a.criteria:
             for rec in a.recover:
                 out = os.path.join(work, f"{model_name}-{crit}-{rec}.onnx")
+                said.clear()
                 phases = getattr(sequential, "LAST_PHASES", {})
                 phases.clear()
                 t0, c0 = time.perf_counter(), time.process_time()
@@ -157,6 +170,9 @@ def timing(a, work: str) -> list[dict]:
                     print(f"    reconstruction {tot[0]:.1f} s wall {tot[1]:.1f} s CPU: " + ", ".join(
                         f"{k} {v[0]:.1f}/{v[1]:.1f}" for k, v in row["phases"].items()) + " (wall/CPU s); "
                           f"peak RSS of the process so far {row['peak_rss_mb']:.0f} MB")
+                for line in said:
+                    if "consumers in" in line:
+                        print("    " + line)
     return results
 
 

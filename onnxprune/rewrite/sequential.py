@@ -44,7 +44,7 @@ from ..graph import Model, inp, out
 
 log = logging.getLogger(__name__)
 
-__all__ = ["reconstruct", "RIDGES", "CACHE_BYTES", "BLAS_THREADS", "LAST_PHASES"]
+__all__ = ["BLAS_THREADS", "CACHE_BYTES", "LAST_PHASES", "RIDGES", "reconstruct"]
 
 RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
@@ -439,6 +439,7 @@ class _Frontier:
         self.protos = [original, None]
         self.sides = [_Side(), _Side()]  # original, current
         self.caching = True
+        self.peak = 0  # the largest frontier kept (bytes, both models, all batches; estimated from the first)
 
     @staticmethod
     def _slice(proto: onnx.ModelProto, targets, have: set[str]) -> list[int]:
@@ -544,6 +545,7 @@ class _Frontier:
             got.append(vals)
         if batch == 0 and self.caching and self.cut:
             size = sum(a.nbytes for side in self.sides for v in side.new.values() for a in v) * self.n_batches
+            self.peak = max(self.peak, size)
             if size > self.cache_bytes:
                 log.info("sequential reconstruction: frontier of %.0f MB over the cache budget of %.0f MB; "
                          "levels run from the inputs", size / 2**20, self.cache_bytes / 2**20)
@@ -651,6 +653,7 @@ def _reconstruct(model: Model, an: Analysis, keep_atom: np.ndarray, calibration,
             j.h = j.b = j.yy = None  # free the statistics
     LAST_PHASES.clear()
     LAST_PHASES.update({k: (v[0], v[1]) for k, v in clock.phases.items()})
-    log.info("sequential reconstruction: %d consumers in %d levels; %s", len(jobs), len(levels),
-             ", ".join(f"{k} {v[0]:.1f} s ({v[1]:.1f} s CPU)" for k, v in clock.phases.items()))
+    log.info("sequential reconstruction: %d consumers in %d levels; %s; activations cached between levels: "
+             "at most %.0f MB", len(jobs), len(levels),
+             ", ".join(f"{k} {v[0]:.1f} s ({v[1]:.1f} s CPU)" for k, v in clock.phases.items()), front.peak / 2**20)
     return report
