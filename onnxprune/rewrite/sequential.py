@@ -237,17 +237,13 @@ def _ridge_scale(h: np.ndarray) -> np.ndarray:
     return np.trace(h, axis1=1, axis2=2) / h.shape[1]
 
 
-def _ridges(h: np.ndarray, b: np.ndarray) -> list[np.ndarray]:
-    """Ridge refits for every λ in RIDGES: [Gk, per, dk+1] each (None where the system is singular).
-
-    One LU solve per λ (``np.linalg.solve``, batched over groups): for the kept block of a
-    full-size Conv this is ~3× cheaper than the eigendecomposition that serves every λ at once.
-    ``H + λI`` is positive definite (the bias row holds the row count > 0, so λ > 0).
-    """
-    return [_ridge(h, b, r) for r in RIDGES]
-
-
 def _ridge(h: np.ndarray, b: np.ndarray, r: float) -> np.ndarray | None:
+    """The ridge refit for λ = r·tr(H)/d: [Gk, per, dk+1] (None where the system is singular).
+
+    One LU solve (``np.linalg.solve``, batched over groups): for the kept block of a full-size
+    Conv ~3× cheaper than the eigendecomposition that used to serve every λ at once. ``H + λI``
+    is positive definite (the bias row holds the row count > 0, so λ > 0).
+    """
     reg = r * _ridge_scale(h)
     a = h.copy()
     idx = np.arange(h.shape[1])
@@ -498,8 +494,8 @@ class _Frontier:
                     side.sess = make_session(self._with_outputs(proto, side, targets), "cpu")
                 continue
             nodes = self._slice(proto, targets, set(side.cache))
-            made = {o for i in nodes for o in proto.graph.node[i].output}
-            read = {x for i in nodes for x in proto.graph.node[i].input} | set(targets)
+            made = {o for i in nodes for o in proto.graph.node[i].output if o}  # "": an optional output left out
+            read = {x for i in nodes for x in proto.graph.node[i].input if x} | set(targets)
             side.feeds = [n for n in side.cache if n in read] + [i.name for i in proto.graph.input
                                                                   if i.name in self.inputs and i.name in read]
             side.outs = [t for t in targets if t not in side.cache]
