@@ -17,7 +17,18 @@ from the model's torch module: the digits CNN has one (scripts/train_digits_cnn.
 from the .onnx; cross-entropy on the calibration images and labels); the generated ResNet has
 none, and an embedding model has no task loss, so the ResNet and MiniLM are scored without taylor.
 
+* ``resnet18-full``: the same architecture at its real size (224×224, width 64, 1000 classes),
+  ``--calib`` seeded Gaussian calibration inputs (64 by default), 64 other inputs to evaluate.
+
 Usage: python scripts/bench_recovery.py [--models digits resnet] [--json out.json]
+
+Timing of one recovery at a fixed ratio (wall and CPU seconds per phase of the sequential
+reconstruction, the held-out calibration error it reports, and the evaluation), e.g. the
+issue-9 figure:
+
+    python scripts/bench_recovery.py --models resnet18-full --calib 64 --recover none seq --criteria l2 --ratio 0.5
+
+Wall times are pessimistic on a machine shared with other jobs; CPU times are printed beside them.
 """
 from __future__ import annotations
 
@@ -74,7 +85,7 @@ def digits_gradients(path: str, calib: str, work: str) -> str | None:
     return out
 
 
-def setup(name: str, work: str):
+def setup(name: str, work: str, n_calib: int = 64):
     import onnx
 
     if name == "digits":
@@ -92,12 +103,77 @@ def setup(name: str, work: str):
         return paths["torchscript"], os.path.join(work, "minilm", "calib.npz"), ev, None
     from onnxprune.testing.archs import resnet
 
-    path = os.path.join(work, "resnet18.onnx")
-    onnx.save(resnet(18, image=64, width=16, classes=100), path)
-    calib = os.path.join(work, "resnet_calib.npz")
-    np.savez(calib, input=np.random.default_rng(1).standard_normal((64, 3, 64, 64)).astype(np.float32))
-    evaluation = np.random.default_rng(2).standard_normal((64, 3, 64, 64)).astype(np.float32)
+    image, kw = (224, {"width": 64, "classes": 1000}) if name == "resnet18-full" else (64, {"width": 16, "classes": 100})
+    path = os.path.join(work, f"{name}.onnx")
+    onnx.save(resnet(18, image=image, **kw), path)
+    calib = os.path.join(work, f"{name}_calib.npz")
+    np.savez(calib, input=np.random.default_rng(1).standard_normal((n_calib, 3, image, image)).astype(np.float32))
+    evaluation = np.random.default_rng(2).standard_normal((64, 3, image, image)).astype(np.float32)
     return path, calib, evaluation, None
+
+
+def held_out_error(recovery: list[str]) -> tuple[float, float] | None:
+    """Σ of the held-out calibration errors the sequential reconstruction reports: (no refit, chosen)."""
+    import re
+
+    pairs = [tuple(map(float, m.groups())) for line in recovery
+             if (m := re.search(r"held-out error (\S+) no refit -> (\S+) over", line))]
+    return (sum(p[0] for p in pairs), sum(p[1] for p in pairs)) if pairs else None
+
+
+def timing(a, work: str) -> list[dict]:
+    """One pruned model per recovery at ``--ratio``: wall/CPU seconds (per phase for seq) and quality."""
+    import logging
+
+    import onnxprune
+    from onnxprune.rewrite import sequential
+
+    said = []  # the reconstruction's own summary line (phases, cached activations)
+
+    class Keep(logging.Handler):
+        def emit(self, record):
+            said.append(record.getMessage())
+
+    seq_log = logging.getLogger(sequential.__name__)
+    seq_log.addHandler(Keep(logging.INFO))
+    seq_log.setLevel(logging.INFO)
+    seq_log.propagate = False
+    results = []
+    for model_name in a.models:
+        path, calib, evaluation, labels = setup(model_name, work, a.calib)
+        print(f"\n{model_name}: {path}; {a.calib} calibration samples; ratio {a.ratio}; "
+              f"wall times pessimistic on a shared machine, CPU times beside them")
+        for crit in a.criteria:
+            for rec in a.recover:
+                out = os.path.join(work, f"{model_name}-{crit}-{rec}.onnx")
+                said.clear()
+                phases = getattr(sequential, "LAST_PHASES", {})
+                phases.clear()
+                t0, c0 = time.perf_counter(), time.process_time()
+                res = onnxprune.prune(path, out, criterion=crit, ratio=a.ratio, calib=calib, recover=rec, round_to=1)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+                ev = evaluate(path, out, evaluation, labels)
+                err = held_out_error(res.recovery)
+                row = {"model": model_name, "criterion": crit, "recover": rec, "ratio": a.ratio, "calib": a.calib,
+                       "wall_s": wall, "cpu_s": cpu, "phases": dict(phases), **ev}
+                if err is not None:
+                    row["held_out_error_no_refit"], row["held_out_error"] = err
+                results.append(row)
+                print(f"  {crit:<10} {rec:<5} prune {wall:6.1f} s wall {cpu:6.1f} s CPU; eval cosine "
+                      f"{ev['cosine']:.4f} top-1 agreement {ev['top1_agreement']:.3f}"
+                      + (f"; held-out calibration error {err[0]:.4g} no refit -> {err[1]:.4g}" if err else ""))
+                import resource
+
+                row["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+                if row["phases"]:
+                    tot = [sum(v[i] for v in row["phases"].values()) for i in (0, 1)]
+                    print(f"    reconstruction {tot[0]:.1f} s wall {tot[1]:.1f} s CPU: " + ", ".join(
+                        f"{k} {v[0]:.1f}/{v[1]:.1f}" for k, v in row["phases"].items()) + " (wall/CPU s); "
+                          f"peak RSS of the process so far {row['peak_rss_mb']:.0f} MB")
+                for line in said:
+                    if "consumers in" in line:
+                        print("    " + line)
+    return results
 
 
 def main() -> int:
@@ -109,11 +185,20 @@ def main() -> int:
     ap.add_argument("--models", nargs="+", default=["digits", "resnet", "minilm"])
     ap.add_argument("--criteria", nargs="+", default=list(CRITERIA))
     ap.add_argument("--json")
+    ap.add_argument("--calib", type=int, default=64, help="calibration samples of the generated ResNets")
+    ap.add_argument("--ratio", type=float, help="timing mode: prune at this ratio with each --recover")
+    ap.add_argument("--recover", nargs="+", default=["seq"], help="recoveries of the timing mode")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="onnxprune-recovery-")
+    if a.ratio is not None:
+        results = timing(a, work)
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump(results, f, indent=1)
+        return 0
     results = []
     for model_name in a.models:
-        path, calib, evaluation, labels = setup(model_name, work)
+        path, calib, evaluation, labels = setup(model_name, work, a.calib)
         grads = digits_gradients(path, calib, work) if model_name == "digits" else None
         metric = "accuracy" if labels is not None else "cosine"
         base = evaluate(path, path, evaluation, labels)

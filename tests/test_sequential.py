@@ -135,3 +135,92 @@ def test_seq_refits_a_grouped_conv_per_group(tmp_path):
         err[rec] = _rel(path, out, held)
     assert any("per group, 2 groups" in line for line in res.recovery), res.recovery
     assert err["seq"] < err["none"], err
+
+
+def _held_out(lines):
+    import re
+
+    return [tuple(map(float, m.groups())) for line in lines
+            if (m := re.search(r"held-out error (\S+) no refit -> (\S+) over", line))]
+
+
+def test_seq_frontier_cache_runs_each_node_once_and_matches_running_from_the_inputs(model, monkeypatch):
+    """Levels run only the segment after the cached frontier; the refits equal those of runs from
+    the graph inputs (cache over budget) and of whole-model runs (a graph with subgraphs is never cut)."""
+    from onnxprune.rewrite import sequential
+
+    path, calib, held, d = model
+    runs = []
+    segment = sequential._Frontier._segment
+
+    def counted(self, proto, side, nodes):
+        runs.append(len(nodes))
+        return segment(self, proto, side, nodes)
+
+    monkeypatch.setattr(sequential._Frontier, "_segment", counted)
+    outs, reports, n_runs = {}, {}, {}
+    for mode in ("cached", "over budget", "uncut"):
+        monkeypatch.setattr(sequential, "CACHE_BYTES", 0 if mode == "over budget" else 1 << 30)
+        monkeypatch.setattr(sequential, "_is_graph_attr", (lambda a: True) if mode == "uncut" else (lambda a: False))
+        runs.clear()
+        out = str(d / f"cache-{mode}.onnx")
+        res = onnxprune.prune(path, out, ratio=0.5, criterion="l2", calib=calib, round_to=1, recover="seq",
+                              remove_dead=False)
+        outs[mode], reports[mode], n_runs[mode] = run(onnx.load(out), held)[0], _held_out(res.recovery), sum(runs)
+        assert {"onnxruntime", "statistics", "solves"} <= set(sequential.LAST_PHASES)
+    n_nodes = len(onnx.load(path).graph.node)
+    assert 0 < n_runs["cached"] <= 2 * n_nodes, n_runs  # two models, each node at most once
+    assert n_runs["over budget"] > n_runs["cached"] and n_runs["uncut"] == 0, n_runs
+    assert len(reports["cached"]) >= 3
+    for mode in ("over budget", "uncut"):
+        np.testing.assert_allclose(reports[mode], reports["cached"], rtol=1e-4)
+        np.testing.assert_allclose(outs[mode], outs["cached"], rtol=1e-4, atol=1e-4 * np.abs(outs["cached"]).max())
+
+
+def test_seq_chosen_refit_never_worse_than_no_refit_on_held_out_samples(model, monkeypatch):
+    from threadpoolctl import threadpool_info
+
+    from onnxprune.rewrite import sequential
+
+    path, calib, _, d = model
+    threads = []
+    solve = sequential._solve
+
+    def counted(job):
+        threads.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+        return solve(job)
+
+    monkeypatch.setattr(sequential, "_solve", counted)
+    res = onnxprune.prune(path, str(d / "never.onnx"), ratio=0.6, criterion="l1", calib=calib, round_to=1,
+                          recover="seq", remove_dead=False)
+    pairs = _held_out(res.recovery)
+    assert pairs and all(best <= plain * (1 + 1e-9) for plain, best in pairs), pairs
+    assert any(best < 0.9 * plain for plain, best in pairs)
+    assert threads and set(threads) == {sequential.BLAS_THREADS}  # one BLAS thread while refitting
+
+
+def test_ridge_walk_picks_the_grid_minimum(monkeypatch):
+    """Above WALK_DIM inputs the ridges are tried outward from the middle: same choice as all of them."""
+    from onnxprune.rewrite import sequential
+
+    r = np.random.default_rng(5)
+    chosen = []
+    for noise, n in ((0.01, 4000), (3.0, 700), (30.0, 650)):  # small to large best λ
+        d, per = 80, 6
+        x = np.concatenate([r.standard_normal((2 * n, d)) @ r.standard_normal((d, d)) * 0.3, np.ones((2 * n, 1))], 1)
+        y = x @ r.standard_normal((d + 1, per)) + noise * r.standard_normal((2 * n, per))
+        h = [x[i::2].T @ x[i::2] for i in (0, 1)]
+        b = [x[i::2].T @ y[i::2] for i in (0, 1)]
+        yy = np.array([np.sum(y[1::2] ** 2)])
+        errs = {}
+        for walk in (10, 10 ** 9):
+            monkeypatch.setattr(sequential, "WALK_DIM", walk)
+            e = np.full((len(sequential.RIDGES), 1), np.inf)
+            sequential._ridge_errors(h[0][None], b[0][None], h[1][None], b[1][None], yy, e)
+            errs[walk] = e
+        full = errs[10 ** 9]
+        assert np.isfinite(full).all()
+        assert np.argmin(errs[10]) == np.argmin(full), (noise, errs)
+        assert np.isinf(errs[10]).sum() >= 1  # a solve saved
+        chosen.append(int(np.argmin(full)))
+    assert len(set(chosen)) == 3, chosen  # the cases span the grid
