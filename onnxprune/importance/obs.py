@@ -9,7 +9,7 @@ optimally costs (Hassibi & Stork 1993; Kurtic et al. 2023 "ZipLM"; Frantar & Ali
     ΔE_S = tr(W_S ((H⁻¹)_SS)⁻¹ W_Sᵀ)        (one column: ‖W[:, j]‖² / [H⁻¹]_jj),
 
 which is the error the sequential reconstruction (``--recover seq``) is left with. Channels are
-removed greedily, a few at a time (``STEPS`` rounds per group), each round taking the channels
+removed greedily, a few at a time (``STEPS`` rounds per group, fewer for wide consumers), each round taking the channels
 of least ΔE summed over the group's consumers, then applying the OBS update to W and the
 Schur-complement downdate to H⁻¹, so later channels are scored against the already-refitted
 layer. A channel's score is the running maximum of the marginal ΔE along that order (the order
@@ -39,6 +39,7 @@ __all__ = ["obs", "greedy_obs", "DAMP", "STEPS"]
 DAMP = 1e-2  # λ·mean(diag H) added to H's diagonal (SparseGPT's default damping)
 STEPS = 128  # greedy rounds per group (channels removed per round: ceil(n / STEPS))
 NORM = "stream"  # ΔE relative to the energy of the stream the output lands in ("own": of the output)
+WORK = 5e8  # entries updated per group at most (fewer rounds for wide consumers: a Flatten'ed Gemm)
 GRAM_BYTES = 1 << 30  # Gram matrices recorded in one calibration pass at most
 
 
@@ -152,6 +153,8 @@ def greedy_obs(members: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     n_live = int(live.sum())
     if n_live == 0:
         return score
+    d_max = max(st[1].shape[0] for st in state)
+    steps = max(8, min(steps, int(WORK // d_max ** 2)))  # each round downdates a [d+1, d+1] inverse
     per_step = max(1, -(-n_live // steps))
     running = 0.0
     while live.any():
@@ -195,9 +198,9 @@ def greedy_obs(members: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
             except np.linalg.LinAlgError:
                 m = np.linalg.pinv(blk)
             rows = hinv[cs, :]  # [|S|, d+1]
-            st[0] = wt - (wt[:, cs] @ m) @ rows
-            st[0][:, cs] = 0.0
-            st[1] = hinv - rows.T @ (m @ rows)
+            wt -= (wt[:, cs] @ m) @ rows
+            wt[:, cs] = 0.0
+            hinv -= rows.T @ (m @ rows)
     return score
 
 
@@ -257,7 +260,7 @@ def all_scores(an: Analysis, data) -> dict[int, np.ndarray]:
         for g in progress(batch, "scoring (obs)", unit="groups"):
             ms = [(m.w, rec.grams[m.key].g, m.atoms, m.cols, _energy(rec, m)) for m in members[g.id]
                   if m.key in rec.grams]
-            s = greedy_obs(ms, g.size, ~g.pinned)
+            s = greedy_obs(ms, g.size, ~g.pinned, steps=STEPS, damp=DAMP)
             out[g.id] = s / cost.get(g.id, 1.0)
         del rec
     data.cache[key] = out
