@@ -55,6 +55,41 @@ def test_greedy_second_removal_is_scored_on_the_refitted_layer():
     assert np.isclose(s[second], max(both - s[first], s[first]), rtol=1e-6)
 
 
+@pytest.mark.parametrize("block", [1, 2])
+def test_held_out_errors_match_brute_force(block):
+    """With check rows, a channel's score is the output change of its removal + refit on the fit
+    rows, measured on the check rows and scaled to all rows; for the second removal that of the
+    change from the first refit (the downdated check matrix)."""
+    rng = np.random.default_rng(3)
+    c, out = 5, 3
+    d = c * block
+    mix = rng.standard_normal((d, d))
+    xa, xb = (np.c_[rng.standard_normal((k, d)) @ mix, np.ones(k)] for k in (60, 40))
+    w = rng.standard_normal((out, d))
+    wt = np.c_[w, np.zeros(out)]
+    cols = np.arange(d).reshape(c, block)
+
+    def refit(drop):
+        dropped = set(np.concatenate([cols[k] for k in drop]).tolist()) if drop else set()
+        keep = [j for j in range(d + 1) if j not in dropped]
+        a, *_ = np.linalg.lstsq(xa[:, keep], xa @ wt.T, rcond=None)
+        full = np.zeros((d + 1, out))
+        full[keep] = a
+        return full
+
+    def check_energy(a, b):  # the change between two refits on the check rows, scaled to all rows
+        return float(np.sum((xb @ (a - b)) ** 2)) * 100 / 40
+
+    s = greedy_obs([(w, xa.T @ xa, np.arange(c), cols, 1.0, xb.T @ xb)], c, steps=c, damp=0.0)
+    order = np.argsort(s)
+    first = [check_energy(refit([j]), wt.T) for j in range(c)]
+    assert int(order[0]) == int(np.argmin(first)) and np.isclose(s[order[0]], min(first), rtol=1e-6)
+    base = refit([order[0]])
+    second = {j: check_energy(refit([order[0], j]), base) for j in range(c) if j != order[0]}
+    assert int(order[1]) == min(second, key=second.get)
+    assert np.isclose(s[order[1]], max(second[order[1]], s[order[0]]), rtol=1e-6)
+
+
 def test_pinned_and_unreached_channels():
     rng = np.random.default_rng(1)
     x = rng.standard_normal((50, 4))
@@ -80,9 +115,12 @@ def _mlp(tmp_path, scale):
     return path, str(tmp_path / "calib.npz"), xs, w1, w2
 
 
-def test_obs_on_a_model_matches_brute_force(tmp_path):
+def test_obs_on_a_model_matches_brute_force(tmp_path, monkeypatch):
     """On a real graph, the unit obs drops first is the one whose removal + refit of the
     consumer (on the calibration data) costs least."""
+    from onnxprune.importance import obs
+
+    monkeypatch.setattr(obs, "HELDOUT", False)
     path, calib, xs, w1, w2 = _mlp(tmp_path, [1, 0.3, 2, 1, 0.5, 1, 3, 0.8])
     an = analyze(Model(onnx.load(path)))
     cal = Calibration(calib, ["x"], batch_size=16)

@@ -38,6 +38,7 @@ __all__ = ["obs", "greedy_obs", "DAMP", "STEPS"]
 
 DAMP = 1e-2  # λ·mean(diag H) added to H's diagonal (SparseGPT's default damping)
 STEPS = 128  # greedy rounds per group (channels removed per round: ceil(n / STEPS))
+HELDOUT = True  # fit the OBS updates on even calibration samples, measure their error on odd ones
 NORM = "stream"  # ΔE relative to the energy of the stream the output lands in ("own": of the output)
 WORK = 5e8  # entries updated per group at most (fewer rounds for wide consumers: a Flatten'ed Gemm)
 GRAM_BYTES = 1 << 30  # Gram matrices recorded in one calibration pass at most
@@ -131,21 +132,26 @@ def greedy_obs(members: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     """
     state = []
     reached = np.zeros(n, bool)
-    for w, h, atoms, cols, *norm in members:
+    for w, h, atoms, cols, *extra in members:
+        norm = extra[0] if extra else None
+        hc = np.asarray(extra[1], np.float64) if len(extra) > 1 and extra[1] is not None else None
         d = w.shape[1]
         h = np.array(h, np.float64)
         diag = np.diag(h)[:d]
         h[np.arange(d), np.arange(d)] += damp * max(float(diag.mean()), 1e-12) + 1e-12
         h[d, d] += 1e-12
         wt = np.concatenate([w, np.zeros((w.shape[0], 1))], axis=1)
-        energy = norm[0] if norm and norm[0] else max(float(np.sum((wt @ h) * wt)), 1e-30)
+        energy = norm if norm else max(float(np.sum((wt @ h) * wt)), 1e-30)
         try:
             hinv = np.linalg.inv(h)
         except np.linalg.LinAlgError:
             hinv = np.linalg.pinv(h)
         slot = np.full(n, -1)
         slot[atoms] = np.arange(atoms.size)
-        state.append([wt, hinv, slot, cols, energy])
+        if hc is not None:  # errors measured on the check rows: P = H⁻¹ Hc H⁻¹, scaled to all rows
+            energy = energy * hc[d, d] / max(h[d, d] + hc[d, d], 1e-30)
+            hc = [hc, hinv @ hc @ hinv]
+        state.append([wt, hinv, slot, cols, energy, hc])
         reached[atoms] = True
     live = reached.copy() if alive is None else (reached & alive)
     score = np.full(n, np.nan)
@@ -160,7 +166,7 @@ def greedy_obs(members: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     while live.any():
         cand = np.flatnonzero(live)
         de = np.zeros(cand.size)
-        for wt, hinv, slot, cols, energy in state:
+        for wt, hinv, slot, cols, energy, hc in state:
             s = slot[cand]
             on = s >= 0
             if not on.any():
@@ -168,7 +174,9 @@ def greedy_obs(members: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
             c = cols[s[on]]  # [m, b]
             if c.shape[1] == 1:  # one column per channel: ‖W[:, j]‖² / [H⁻¹]_jj
                 j = c[:, 0]
-                de[on] += np.einsum("oj,oj->j", wt[:, j], wt[:, j]) / np.maximum(hinv[j, j], 1e-300) / energy
+                hjj = np.maximum(hinv[j, j], 1e-300)
+                wn = np.einsum("oj,oj->j", wt[:, j], wt[:, j])
+                de[on] += (wn / hjj if hc is None else wn * hc[1][j, j] / hjj ** 2) / energy
                 continue
             blk = hinv[c[:, :, None], c[:, None, :]]  # [m, b, b]
             ws = wt[:, c].transpose(1, 2, 0)  # [m, b, out]
@@ -176,7 +184,11 @@ def greedy_obs(members: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
                 sol = np.linalg.solve(blk, ws)
             except np.linalg.LinAlgError:
                 sol = np.einsum("mij,mjo->mio", np.linalg.pinv(blk), ws)
-            de[on] += np.sum(ws * sol, axis=(1, 2)) / energy
+            if hc is None:
+                de[on] += np.sum(ws * sol, axis=(1, 2)) / energy
+            else:
+                pb = hc[1][c[:, :, None], c[:, None, :]]
+                de[on] += np.einsum("mbo,mbc,mco->m", sol, pb, sol) / energy
         de = np.maximum(de, 0.0)
         take = np.argsort(de, kind="stable")[:per_step]
         for j, v in zip(cand[take], de[take]):
@@ -186,7 +198,7 @@ def greedy_obs(members: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
         if not live.any():
             break
         for st in state:  # OBS update of W, Schur downdate of H⁻¹ for the removed columns
-            wt, hinv, slot, cols, _ = st
+            wt, hinv, slot, cols, _, hc = st
             s = slot[cand[take]]
             s = s[s >= 0]
             if s.size == 0:
@@ -198,10 +210,24 @@ def greedy_obs(members: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
             except np.linalg.LinAlgError:
                 m = np.linalg.pinv(blk)
             rows = hinv[cs, :]  # [|S|, d+1]
+            if hc is not None:  # P' = H'⁻¹ Hc H'⁻¹ with H'⁻¹ = H⁻¹ − U M Uᵀ, U = H⁻¹[:, S]
+                hcu = hc[0] @ rows.T
+                q = hinv @ hcu
+                k = rows @ hcu
+                um = rows.T @ m
+                hc[1] -= um @ q.T + q @ um.T - um @ k @ um.T
             wt -= (wt[:, cs] @ m) @ rows
             wt[:, cs] = 0.0
             hinv -= rows.T @ (m @ rows)
     return score
+
+
+def _fit_check(gram) -> tuple[np.ndarray, np.ndarray | None]:
+    """(Gram to fit on, Gram to measure errors on): the even and odd samples' halves when both
+    have rows (HELDOUT), else all rows and None."""
+    if HELDOUT and min(gram.rows_parts) > 0:
+        return gram.parts[0], gram.parts[1]
+    return gram.g, None
 
 
 def _energy(rec, m: _Member) -> float | None:
@@ -258,8 +284,9 @@ def all_scores(an: Analysis, data) -> dict[int, np.ndarray]:
         streams = {m.stream[0]: m.stream[1] for m in nodes.values() if m.stream is not None and NORM == "stream"}
         rec = record(an.model, cal, streams, grams=specs, progress="recording Gram matrices (obs)")
         for g in progress(batch, "scoring (obs)", unit="groups"):
-            ms = [(m.w, rec.grams[m.key].g, m.atoms, m.cols, _energy(rec, m)) for m in members[g.id]
+            ms = [(m.w, *_fit_check(rec.grams[m.key]), m.atoms, m.cols, _energy(rec, m)) for m in members[g.id]
                   if m.key in rec.grams]
+            ms = [(w, h, a, c, e, hc) for w, h, hc, a, c, e in ms]
             s = greedy_obs(ms, g.size, ~g.pinned, steps=STEPS, damp=DAMP)
             out[g.id] = s / cost.get(g.id, 1.0)
         del rec
