@@ -15,6 +15,12 @@ Schur-complement downdate to H⁻¹, so later channels are scored against the al
 layer. A channel's score is the running maximum of the marginal ΔE along that order (the order
 is kept and the score grows with what was removed before).
 
+Calibration sets are small (a few dozen sentences give fewer rows than an FFN's 1536 inputs):
+in-sample, any column is then refitted away for free. So (``HELDOUT``) the OBS updates are
+fitted on the even calibration samples' Gram and each round's output change is measured on the
+odd samples' Gram (``P = H⁻¹ H_odd H⁻¹``, downdated with H⁻¹), the way ``--recover seq`` picks
+its ridge by held-out error.
+
 Scores are comparable across groups (``importance.ABSOLUTE``: no per-group normalisation): ΔE
 is relative to the consumer's output energy ``tr(W H Wᵀ)`` and divided by the FLOPs one channel
 of the group costs, so one global ranking (``mode global``, the default with this criterion) is
@@ -41,7 +47,8 @@ STEPS = 128  # greedy rounds per group (channels removed per round: ceil(n / STE
 HELDOUT = True  # fit the OBS updates on even calibration samples, measure their error on odd ones
 NORM = "stream"  # ΔE relative to the energy of the stream the output lands in ("own": of the output)
 WORK = 5e8  # entries updated per group at most (fewer rounds for wide consumers: a Flatten'ed Gemm)
-GRAM_BYTES = 1 << 30  # Gram matrices recorded in one calibration pass at most
+GRAM_BYTES = 1 << 30
+ROW_BUDGET = 16384  # Gram rows per consumer at most (sampled evenly over batches), as --recover seq  # Gram matrices recorded in one calibration pass at most
 
 
 class _Member:
@@ -222,6 +229,25 @@ def greedy_obs(members: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarra
     return score
 
 
+def _cap(m: _Member, batches: int) -> int:
+    """Rows per batch half: ROW_BUDGET (at least 4× the Gram's width) over all batches."""
+    return max(64, -(-max(ROW_BUDGET, 4 * (m.w.shape[1] + 1)) // (2 * max(batches, 1))))
+
+
+class _Sampled:
+    """A GramSpec whose rows are sampled down to ``cap`` per batch half (im2col rows of a large
+    feature map: the Gram needs a few times its width in rows, not every position)."""
+
+    def __init__(self, spec, cap: int, rng):
+        self.spec, self.cap, self.rng = spec, cap, rng
+
+    def rows(self, x: np.ndarray) -> np.ndarray:
+        r = self.spec.rows(x)
+        if r.shape[0] > self.cap:
+            r = r[np.sort(self.rng.choice(r.shape[0], self.cap, replace=False))]
+        return r
+
+
 def _fit_check(gram) -> tuple[np.ndarray, np.ndarray | None]:
     """(Gram to fit on, Gram to measure errors on): the even and odd samples' halves when both
     have rows (HELDOUT), else all rows and None."""
@@ -280,7 +306,9 @@ def all_scores(an: Analysis, data) -> dict[int, np.ndarray]:
             nodes.update(extra)
             size += b
         todo = todo[len(batch):]
-        specs = {k: (inp(m.node, 0), gram_spec_for(an.model, m.node)) for k, m in nodes.items()}
+        rng = np.random.default_rng(0)
+        specs = {k: (inp(m.node, 0), _Sampled(gram_spec_for(an.model, m.node), _cap(m, len(cal)), rng))
+                 for k, m in nodes.items()}
         streams = {m.stream[0]: m.stream[1] for m in nodes.values() if m.stream is not None and NORM == "stream"}
         rec = record(an.model, cal, streams, grams=specs, progress="recording Gram matrices (obs)")
         for g in progress(batch, "scoring (obs)", unit="groups"):
