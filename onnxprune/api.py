@@ -389,7 +389,7 @@ def sensitivity(path: str, **options):
         from .record import record_for
 
         rec = record_for(an, cal)
-    scores = score_groups(an, o.rank_by, data=ScoreData(activations=rec))
+    scores = score_groups(an, o.rank_by, data=ScoreData(activations=rec, calibration=cal))
     return measure(an, cal, scores, ratios=o.ratios or DEFAULT_RATIOS)
 
 

@@ -140,3 +140,16 @@ def test_obs_needs_calibration_and_prunes_exactly(tmp_path):
         score_groups(an, "obs")
     p = onnxprune.plan(path, criterion="obs", calib=calib, ratio=0.5, round_to=1)
     assert p.criterion == "obs" and sum(len(g.remove) for g in p.groups) == 4
+
+
+def test_obs_through_sensitivity_and_quality_search(tmp_path):
+    """obs reaches its calibration data from every entry point that scores (sensitivity ranking,
+    the --target-cosine search)."""
+    path, calib, *_ = _mlp(tmp_path, [1, 0.3, 2, 1, 0.5, 1, 3, 0.8])
+    from onnxprune.api import sensitivity
+
+    table = sensitivity(path, calib=calib, rank_by="obs", ratios=[0.5])
+    assert len(table.rows) == 1
+    res = onnxprune.prune(path, str(tmp_path / "out.onnx"), criterion="obs", calib=calib, target_cosine=0.9,
+                          round_to=1)
+    assert res.plan.criterion == "obs"
