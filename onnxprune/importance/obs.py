@@ -45,6 +45,7 @@ __all__ = ["obs", "greedy_obs", "DAMP", "STEPS"]
 DAMP = 1e-2  # λ·mean(diag H) added to H's diagonal (SparseGPT's default damping)
 STEPS = 128  # greedy rounds per group (channels removed per round: ceil(n / STEPS))
 HELDOUT = True  # fit the OBS updates on even calibration samples, measure their error on odd ones
+HELDOUT_MAX_DIM = 2048  # wider Grams (a Flatten'ed Gemm) are fitted and checked on all rows: the check costs O(d³)
 NORM = "stream"  # ΔE relative to the energy of the stream the output lands in ("own": of the output)
 WORK = 5e8  # entries updated per group at most (fewer rounds for wide consumers: a Flatten'ed Gemm)
 GRAM_BYTES = 1 << 30
@@ -250,8 +251,8 @@ class _Sampled:
 
 def _fit_check(gram) -> tuple[np.ndarray, np.ndarray | None]:
     """(Gram to fit on, Gram to measure errors on): the even and odd samples' halves when both
-    have rows (HELDOUT), else all rows and None."""
-    if HELDOUT and min(gram.rows_parts) > 0:
+    have rows (HELDOUT) and the Gram is at most HELDOUT_MAX_DIM wide, else all rows and None."""
+    if HELDOUT and min(gram.rows_parts) > 0 and gram.dim <= HELDOUT_MAX_DIM:
         return gram.parts[0], gram.parts[1]
     return gram.g, None
 
