@@ -242,7 +242,7 @@ def prune(path: str, output: str, **options) -> PruneResult:
         path: the input model; never modified.
         output: where to write the pruned model (must not be ``path``).
         plan: a plan (or its JSON path) to apply instead of planning (then no planning options).
-        criterion: ``l1 l2 bn random activation apoz wanda taylor fisher grad hybrid sensitivity``.
+        criterion: ``l1 l2 bn random activation apoz wanda obs taylor fisher grad hybrid sensitivity``.
         calib: calibration ``.npz`` or image folder (``image_spec`` for preprocessing).
         recover: ``none``, ``bias`` (data-free from BatchNorm without ``calib``), ``lsq`` or ``seq``
             (sequential reconstruction; default with ``calib``, else ``none``).
