@@ -22,7 +22,7 @@ from .analysis import Analysis, analyze, group_kind
 from .cost import Cost, CostModel
 from .errors import OnnxPruneError, PlanError
 from .outputs import check_output, refuse_input_files
-from .importance import NEEDS, ScoreData, score_groups
+from .importance import ABSOLUTE, NEEDS, ScoreData, score_groups
 from .options import OptionError, Resolved, resolve, signature
 from .planner import Plan, dead_atoms, keep_atoms, make_plan, plan_dead_atoms
 
@@ -147,7 +147,7 @@ def _plan(m: Model, an: Analysis, o: Resolved, calib: _Calib, *, ratio, need_sta
     grads = calib.load_gradients(m)
     scores = score_groups(an, base, reduce=o.reduce, normalize=o.normalize, seed=o.seed,
                           data=ScoreData(activations=recording, gradients=grads,
-                                         hybrid_weights=tuple(calib.hybrid_weights)))
+                                         hybrid_weights=tuple(calib.hybrid_weights), calibration=cal))
     if an.hidden and cal is not None and base in ("l1", "l2", "bn"):  # the stream by its activation statistics
         from .record import record_for
 
@@ -168,8 +168,9 @@ def _plan(m: Model, an: Analysis, o: Resolved, calib: _Calib, *, ratio, need_sta
         group_ratios = allocate(an, table, scores, target=target, metric=metric, round_to=round_to,
                                 min_channels=o.min_channels)
         ratio = target_flops = target_params = None
+    mode = "global" if base in ABSOLUTE and "mode" not in o.given else o.mode  # comparable scores: one ranking
     p = make_plan(an, scores, criterion=o.criterion, ratio=ratio, target_flops=target_flops,
-                  target_params=target_params, mode=o.mode, round_to=round_to, min_channels=o.min_channels,
+                  target_params=target_params, mode=mode, round_to=round_to, min_channels=o.min_channels,
                   notes=scores.notes, model_name=os.path.basename(m.path or ""), dead=dead,
                   group_ratios=group_ratios, heads=o.heads, head_ratio=o.head_ratio, hidden=o.hidden,
                   hidden_ratio=o.hidden_ratio, target_latency=lat.goal_ms if lat is not None else None,
@@ -241,7 +242,7 @@ def prune(path: str, output: str, **options) -> PruneResult:
         path: the input model; never modified.
         output: where to write the pruned model (must not be ``path``).
         plan: a plan (or its JSON path) to apply instead of planning (then no planning options).
-        criterion: ``l1 l2 bn random activation apoz wanda taylor fisher grad hybrid sensitivity``.
+        criterion: ``l1 l2 bn random activation apoz wanda obs taylor fisher grad hybrid sensitivity``.
         calib: calibration ``.npz`` or image folder (``image_spec`` for preprocessing).
         recover: ``none``, ``bias`` (data-free from BatchNorm without ``calib``), ``lsq`` or ``seq``
             (sequential reconstruction; default with ``calib``, else ``none``).
@@ -388,7 +389,7 @@ def sensitivity(path: str, **options):
         from .record import record_for
 
         rec = record_for(an, cal)
-    scores = score_groups(an, o.rank_by, data=ScoreData(activations=rec))
+    scores = score_groups(an, o.rank_by, data=ScoreData(activations=rec, calibration=cal))
     return measure(an, cal, scores, ratios=o.ratios or DEFAULT_RATIOS)
 
 

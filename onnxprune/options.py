@@ -449,7 +449,7 @@ def _how_much(v, given):
     return None
 
 
-_DATA = ("activation", "apoz", "wanda", "sensitivity")
+_DATA = ("activation", "apoz", "wanda", "obs", "sensitivity")
 _GRADS = ("taylor", "fisher", "grad", "hybrid")
 
 RULES: tuple[Rule, ...] = (

@@ -188,7 +188,8 @@ class _Scorer:
         self.recording = record_for(an, cal)
         grads = calib.load_gradients(m)
         self.scores = score_groups(an, base, data=ScoreData(activations=self.recording, gradients=grads,
-                                                           hybrid_weights=tuple(calib.hybrid_weights)), **score_kw)
+                                                           hybrid_weights=tuple(calib.hybrid_weights),
+                                                           calibration=cal), **score_kw)
         self.dead = dead_atoms(an, self.recording, self.dead_tol) if remove_dead else None
         self.table = None
         if sens:

@@ -9,16 +9,16 @@ across groups (``NORMALIZE``). Later criteria (gradients, activations) are new e
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..analysis import Analysis, Group
 from ..errors import PlanError
-from . import activation, gradient, magnitude
+from . import activation, gradient, magnitude, obs
 from .reduce import NORMALIZE, REDUCE
 
-__all__ = ["SCORERS", "REDUCE", "NORMALIZE", "Scores", "ScoreData", "score_groups", "NEEDS"]
+__all__ = ["SCORERS", "REDUCE", "NORMALIZE", "Scores", "ScoreData", "score_groups", "NEEDS", "ABSOLUTE"]
 
 Scorer = Callable[[Analysis, Group, "ScoreData"], np.ndarray]
 
@@ -30,6 +30,8 @@ class ScoreData:
     activations: object = None
     gradients: object = None
     hybrid_weights: tuple[float, float, float] = (1.0, 1.0, 1.0)  # magnitude, gradient, activation
+    calibration: object = None  # a calib.Calibration, for criteria that record more (obs: Grams)
+    cache: dict = field(default_factory=dict)  # per-analysis results of criteria scoring all groups at once
 
 
 SCORERS: dict[str, Scorer] = {
@@ -43,11 +45,15 @@ SCORERS: dict[str, Scorer] = {
     "fisher": gradient.fisher,
     "grad": gradient.grad,
     "hybrid": gradient.hybrid,
+    "obs": obs.obs,
 }
-NEEDS = {"activation": "activations", "apoz": "activations", "wanda": "activations", "taylor": "gradients",
+NEEDS = {"obs": "activations", "activation": "activations", "apoz": "activations", "wanda": "activations", "taylor": "gradients",
          "fisher": "gradients", "grad": "gradients"}
-FALLBACK = {"bn": "l2", "activation": "l2", "apoz": "l2", "wanda": "l2", "taylor": "l2", "fisher": "l2", "grad": "l2"}
+FALLBACK = {"obs": "wanda", "bn": "l2", "activation": "l2", "apoz": "l2", "wanda": "l2", "taylor": "l2", "fisher": "l2", "grad": "l2"}
 CRITERIA = (*SCORERS, "random")
+# criteria whose scores are already comparable across groups (error per FLOP): no per-member or
+# per-group normalisation; a group that falls back is scaled to their groups' median
+ABSOLUTE = frozenset({"obs"})
 
 
 class Scores(dict):
@@ -86,7 +92,13 @@ def score_groups(an: Analysis, criterion: str = "l2", *, reduce: str = "mean", n
 
         opt = {"activations": "calib", "gradients": "gradients"}[need]
         raise OptionError(f"criterion '{criterion}' needs recorded {need}: give {{{opt}}}")
+    if criterion in ABSOLUTE and getattr(data, "calibration", None) is None:
+        from ..options import OptionError
+
+        raise OptionError(f"criterion '{criterion}' needs calibration data: give {{calib}}")
     data = data or ScoreData()
+    absolute = criterion in ABSOLUTE
+    fell_back: list[int] = []
     rng = np.random.default_rng(seed)
     out = Scores()
     for g in an.groups:
@@ -101,9 +113,14 @@ def score_groups(an: Analysis, criterion: str = "l2", *, reduce: str = "mean", n
             used = FALLBACK[criterion]
             members = SCORERS[used](an, g, data)
             out.notes[g.id] = f"no {criterion} member in this group; scored with {used}"
+            fell_back.append(g.id)
         if members.shape[0] == 0 or not np.isfinite(members).any():
             out[g.id] = np.ones(g.size)
             out.notes[g.id] = f"no weights to score with {used}; all channels tie"
+            continue
+        if absolute and used == criterion:
+            s = REDUCE["sum"](members)
+            out[g.id] = np.where(np.isfinite(s), s, 0.0)
             continue
         with np.errstate(invalid="ignore", divide="ignore"):
             means = np.nanmean(np.where(np.isfinite(members), members, np.nan), axis=1, keepdims=True)
@@ -111,4 +128,19 @@ def score_groups(an: Analysis, criterion: str = "l2", *, reduce: str = "mean", n
         s = REDUCE[reduce](members)
         s = np.where(np.isfinite(s), s, 0.0)
         out[g.id] = NORMALIZE[normalize](s)
+    if absolute and fell_back:
+        _rescale(out, fell_back)
     return out
+
+
+def _rescale(out: Scores, fell_back: list[int]) -> None:
+    """Fallback groups' mean-normalised scores onto the absolute groups' scale (their median)."""
+    own = [float(np.median(s[s > 0])) for gid, s in out.items() if gid not in fell_back and (s > 0).any()]
+    if not own:
+        return
+    scale = float(np.median(own))
+    for gid in fell_back:
+        s = out[gid]
+        m = float(np.mean(s[np.isfinite(s)])) if np.isfinite(s).any() else 0.0
+        out[gid] = s / m * scale if m > 0 else s
+        out.notes[gid] += " (scaled to the median of the groups scored with obs)"
