@@ -224,3 +224,34 @@ def test_ridge_walk_picks_the_grid_minimum(monkeypatch):
         assert np.isinf(errs[10]).sum() >= 1  # a solve saved
         chosen.append(int(np.argmin(full)))
     assert len(set(chosen)) == 3, chosen  # the cases span the grid
+
+
+def test_seq_targets_are_the_layers_before_bias_compensation(tmp_path, monkeypatch):
+    """A consumer seq cannot refit (ConvTranspose) gets bias compensation first; the refits downstream
+    must still reproduce the *original* layers, not the compensated ones."""
+    from onnxprune.rewrite import sequential
+    from onnxprune.testing.archs import unet
+
+    proto = unet(image=16, width=8, seed=3)
+    path = str(tmp_path / "u.onnx")
+    onnx.save(proto, path)
+    calib = str(tmp_path / "c.npz")
+    np.savez(calib, input=np.random.default_rng(0).standard_normal((16, 3, 16, 16)).astype(np.float32))
+    seen = {}
+    real = sequential.reconstruct
+
+    def spy(model, an, keep_atom, calibration, **kw):
+        seen["original"] = kw.get("original")
+        seen["current"] = model.to_proto()
+        return real(model, an, keep_atom, calibration, **kw)
+
+    monkeypatch.setattr(sequential, "reconstruct", spy)
+    res = onnxprune.prune(path, str(tmp_path / "p.onnx"), ratio=0.5, criterion="l2", calib=calib, round_to=1,
+                          recover="seq")
+    assert any("bias" in line for line in res.recovery), res.recovery
+    before = {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+    target = {t.name: onnx.numpy_helper.to_array(t) for t in seen["original"].graph.initializer}
+    current = {t.name: onnx.numpy_helper.to_array(t) for t in seen["current"].graph.initializer}
+    changed = [k for k in before if k in current and not np.array_equal(before[k], current[k])]
+    assert changed, "bias compensation changed nothing: the test does not exercise it"
+    assert all(np.array_equal(before[k], target[k]) for k in before if k in target)

@@ -110,9 +110,10 @@ def _sequential(model: Model, an: Analysis, keep_atom: np.ndarray, rec: Recovery
     if rec.calibration is None:
         raise ValueError("sequential reconstruction needs calibration data")
     refit = {j.name for j in plan_jobs(model, an, keep_atom)}
+    original = model.to_proto() if refit else None  # the refits' targets: the layers before any compensation
     recover(model, an, keep_atom, Recovery("bias", rec.means, fold_atoms=rec.fold_atoms, skip=refit,
                                            report=rec.report))
-    rec.report.extend(reconstruct(model, an, keep_atom, rec.calibration))
+    rec.report.extend(reconstruct(model, an, keep_atom, rec.calibration, original=original))
     return rec.report
 
 

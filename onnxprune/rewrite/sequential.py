@@ -562,16 +562,18 @@ class _Frontier:
 
 
 def reconstruct(model: Model, an: Analysis, keep_atom: np.ndarray, calibration, *, row_budget: int = 16384,
-                seed: int = 0, progress: bool = True, cache_bytes: int | None = None) -> list[str]:
+                seed: int = 0, progress: bool = True, cache_bytes: int | None = None, original=None) -> list[str]:
     """Zero the removed channels' consumer slices, then refit consumers level by level.
 
     ``model`` is changed in place at full size (the slicing that follows removes the zeroed
     slices); ``calibration`` is a :class:`~onnxprune.calib.Calibration`. ``cache_bytes``
     bounds the activations kept between levels (default :data:`CACHE_BYTES`; see :class:`_Frontier`).
+    ``original``: the model whose layer outputs are the targets (an ``onnx.ModelProto``; default
+    ``model`` as it is now) — given when ``model`` was already changed (bias compensation).
     """
     with _blas_threads(BLAS_THREADS):
         return _reconstruct(model, an, keep_atom, calibration, row_budget=row_budget, seed=seed, progress=progress,
-                            cache_bytes=CACHE_BYTES if cache_bytes is None else cache_bytes)
+                            cache_bytes=CACHE_BYTES if cache_bytes is None else cache_bytes, original=original)
 
 
 def _blas_threads(n: int | None):
@@ -593,11 +595,11 @@ def _blas_threads(n: int | None):
 
 
 def _reconstruct(model: Model, an: Analysis, keep_atom: np.ndarray, calibration, *, row_budget: int, seed: int,
-                 progress: bool, cache_bytes: int) -> list[str]:
+                 progress: bool, cache_bytes: int, original=None) -> list[str]:
     clock = _Clock()
     jobs = plan_jobs(model, an, keep_atom)
     with clock("serialise"):
-        original = model.to_proto() if jobs else None
+        original = (original if original is not None else model.to_proto()) if jobs else None
     # the pruned equivalent at full size (later sliced: zeroed slices go)
     for p in an.params:
         if p.role in ("in", "recurrent"):
