@@ -270,8 +270,11 @@ def prune(path: str, output: str, **options) -> PruneResult:
         target_latency / target_speedup: plan against a latency table measured on
             ``latency_provider`` with ``latency_threads`` at the concrete input shape, then time the
             result against the original (interleaved) and replan (at most twice) when it misses.
-        never_slower: measure the table for a ratio/FLOPs/params target too: widths that save no
-            time are not cut and a result measured slower than the original is reported.
+        never_slower / allow_slower: by default a ratio/FLOPs/params plan is checked against the
+            measured table too (widths that save no time are not cut, small groups may keep a finer
+            step measured as fast, the result is timed and replanned once when slower), except when
+            ``round_to`` is pinned or the model is too small to time (``never_slower`` forces it,
+            ``allow_slower`` turns it off; see ``latency.never_slower_by_default``).
 
     Raises:
         TypeError: an option ``prune`` does not take.
@@ -439,17 +442,28 @@ def _search(path: str, target, o: Resolved):
 
 
 def _latency_setup(m: Model, an: Analysis, o: Resolved, *, planning: bool):
-    """Resolve ``round_to`` (``auto``) and measure the latency table when a latency goal asks for it."""
-    from .latency import LatencyTarget, resolve_round_to
+    """Resolve ``round_to`` (``auto``) and measure the latency table when a latency goal asks for it, and
+    by default for any other plan too (never slower: ``latency.never_slower_by_default``)."""
+    from .latency import LatencyTarget, never_slower_by_default, resolve_round_to
 
     lat = LatencyTarget(o.latency_provider, o.latency_threads, o.target_latency, o.target_speedup, o.never_slower)
     lat.check()
     if not planning:
         return (o.round_to if isinstance(o.round_to, int) else 1), None
+    auto = o.round_to == "auto"
+    if not lat.wanted:
+        lat.never_slower = never_slower_by_default(
+            m, an, ratio=o.get("ratio"), round_to_pinned=not auto, allow_slower=bool(o.get("allow_slower")),
+            removes_more=any(o.get(n) for n in ("heads", "head_ratio", "hidden", "hidden_ratio", "remove_blocks",
+                                                "block_target_flops")))
+    if lat.wanted and not o.latency_threads:  # one shared pool, as deployed (a no-op once onnxruntime is set up)
+        from .validate.runtime import use_global_thread_pool
+
+        use_global_thread_pool()
     round_to = resolve_round_to(o.round_to, o.latency_provider, o.latency_threads)
     if not lat.wanted:
         return round_to, None
-    lat.measure(m, an, round_to)
+    lat.measure(m, an, round_to, fine=auto)
     return round_to, lat
 
 

@@ -41,13 +41,16 @@ import onnx
 
 from .errors import OnnxPruneError
 
-__all__ = ["TIMED_OPS", "LatencyTable", "LatencyTarget", "alignment", "bisect_latency", "cache_dir", "check_plan", "measure_table", "pruned_bytes", "resolve_round_to", "time_models"]
+__all__ = ["TIMED_OPS", "LatencyTable", "LatencyTarget", "alignment", "bisect_latency", "cache_dir", "check_plan", "compare", "measure_table", "never_slower_by_default", "pruned_bytes", "resolve_round_to", "time_models"]
 
 log = logging.getLogger(__name__)
 
 TIMED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-TABLE_VERSION = 3
+TABLE_VERSION = 4
 FRACTIONS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
+FINE_STEP = 8          # with ``auto`` rounding, groups up to FINE_MAX wide are timed at every multiple of 8 too
+FINE_MAX = 128
+SMALL_MACS = 1_000_000  # below: a run of a few µs, per-run overhead and noise; never-slower not by default
 
 
 # ----------------------------------------------------------------------------- cache
@@ -235,6 +238,8 @@ class LatencyTable:
     measure_s: float = 0.0
     rest_ms: float | None = None  # untimed part of base_ms (calibrated); None: base_ms − Σ nodes
     scale: float | None = None    # in-model ms per ms of nodes timed alone (calibrated)
+    fine_step: int | None = None  # small groups also timed at multiples of this (``round_width``)
+    min_gain: float = 0.0         # a width must save this fraction of its nodes' time (raised after a slower result)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -242,7 +247,27 @@ class LatencyTable:
     @classmethod
     def from_dict(cls, d: dict) -> LatencyTable:
         return cls(d["key"], d["base_ms"], d["round_to"], d["nodes"], d["groups"], d.get("measure_s", 0.0),
-                   d.get("rest_ms"), d.get("scale"))
+                   d.get("rest_ms"), d.get("scale"), d.get("fine_step"))
+
+    def group_ms(self, gid: int, width: int) -> float:
+        """The measured time of the group's nodes with the group alone at ``width``."""
+        g = self.groups[str(gid)]
+        return sum(self.nodes[n] * self.ratio(gid, n, width) for n in g["nodes"])
+
+    def round_width(self, gid: int, want: int, coarse: int) -> int:
+        """The kept width for a group that wants ``want`` channels, ``coarse`` being ``want`` rounded up to
+        the table's step: the smallest measured multiple of ``fine_step`` in ``[want, coarse)`` that saves at
+        least half its proportional share of the time against ``coarse`` (kernels as fast at that step),
+        else ``coarse``."""
+        g = self.groups.get(str(gid))
+        if self.fine_step is None or g is None or coarse <= want:
+            return coarse
+        t_coarse = self.group_ms(gid, coarse)
+        for w in g["widths"]:
+            if want <= w < coarse and w % self.fine_step == 0:
+                if self.group_ms(gid, w) <= t_coarse * (1 - 0.5 * (coarse - w) / coarse):
+                    return int(w)
+        return coarse
 
     def ratio(self, gid: int, node: str, width: int) -> float:
         """``t_{g,n}(w) / t_n``, interpolated between measured widths (proportional below the smallest)."""
@@ -263,8 +288,7 @@ class LatencyTable:
         if g is None:  # not measured (head groups, no heavy node): no opinion
             return True
         full = sum(self.nodes[n] for n in g["nodes"])
-        at = sum(self.nodes[n] * self.ratio(gid, n, width) for n in g["nodes"])
-        return at < full * (1 - min_gain)
+        return self.group_ms(gid, width) < full * (1 - max(min_gain, self.min_gain))
 
     def predict(self, widths: dict[int, int]) -> float:
         """Predicted end-to-end ms with group ``gid`` kept at ``widths[gid]`` channels."""
@@ -370,14 +394,20 @@ def full_feeds(model, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_to: int | None = None,
-                  repeats: int = 7, refresh: bool = False) -> LatencyTable:
-    """Measure (or read from the cache) the latency table of ``model`` (shapes inferred) for ``an``'s groups."""
+                  repeats: int = 7, refresh: bool = False, fine: bool = False) -> LatencyTable:
+    """Measure (or read from the cache) the latency table of ``model`` (shapes inferred) for ``an``'s groups.
+
+    ``fine``: groups up to ``FINE_MAX`` channels are also timed at every multiple of ``FINE_STEP`` (when
+    the step is a larger multiple of it), so that the planner can keep such a width where it measured as
+    fast (``LatencyTable.round_width``: 40 of 64 channels instead of 48).
+    """
     from .cost import CostModel
 
     step = round_to or alignment(provider, threads=threads)
+    fine_step = FINE_STEP if fine and step > FINE_STEP and step % FINE_STEP == 0 else None
     key = {"v": TABLE_VERSION, "machine": machine_id(), "provider": provider, "threads": threads,
            "inputs": {k: list(v) for k, v in model.concrete.items()}, "model": model_digest(model),
-           "signature": an.signature(), "step": step}
+           "signature": an.signature(), "step": step, "fine": fine_step}
     if not refresh and (hit := _cache_read("latency", key)) is not None:
         log.info("latency table from the cache (%s)", _cache_path("latency", key))
         return LatencyTable.from_dict(hit)
@@ -414,7 +444,10 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
             continue
         free = np.flatnonzero(~g.pinned)
         # head groups count heads (never rounded); channel groups step by the alignment
-        widths = [w for w in _widths(g.size, 1 if g.kind == "heads" else step) if w >= int(g.pinned.sum())]
+        widths = _widths(g.size, 1 if g.kind == "heads" else step)
+        if fine_step is not None and g.kind != "heads" and g.size <= FINE_MAX:
+            widths = sorted(set(widths) | set(range(fine_step, g.size, fine_step)))
+        widths = [w for w in widths if w >= int(g.pinned.sum())]
         if len(widths) < 2:
             continue
         per_node: dict[str, list[float]] = {}
@@ -471,7 +504,7 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
     if skipped:
         log.warning("latency: %d node(s) could not be timed alone and count as fixed time: %s", len(skipped),
                     ", ".join(sorted(skipped)[:5]))
-    table = LatencyTable(key, ms["full"], step, nodes, groups, time.perf_counter() - t0)
+    table = LatencyTable(key, ms["full"], step, nodes, groups, time.perf_counter() - t0, fine_step=fine_step)
     if "half" in ms:
         table.calibrate(table.node_sum(widths), ms["half"])
     _cache_write("latency", key, table.to_dict())
@@ -483,7 +516,12 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
 # ----------------------------------------------------------------------------- targets (used by api)
 @dataclass
 class LatencyTarget:
-    """What ``prune``/``plan`` were asked for on which target; ``table`` once measured."""
+    """What ``prune``/``plan`` were asked for on which target; ``table`` once measured.
+
+    ``never_slower``: measure the table for a ratio/FLOPs/params target too (the default, see
+    :func:`never_slower_by_default`). ``aim``: the predicted speed-up planned for, corrected by
+    :func:`check_plan` from measurements (``None``: the target itself).
+    """
 
     provider: str = "cpu"
     threads: int = 0
@@ -491,6 +529,7 @@ class LatencyTarget:
     speedup: float | None = None
     never_slower: bool = False
     table: LatencyTable | None = None
+    aim: float | None = None
 
     @property
     def wanted(self) -> bool:
@@ -506,18 +545,58 @@ class LatencyTarget:
         if self.speedup is not None and not self.speedup >= 1:
             raise PlanError(f"target_speedup {self.speedup} must be ≥ 1 (e.g. 1.5 for 1.5× faster)")
 
-    def measure(self, model, an, round_to: int) -> LatencyTable:
-        self.table = measure_table(model, an, provider=self.provider, threads=self.threads, round_to=round_to)
+    def measure(self, model, an, round_to: int, *, fine: bool = False) -> LatencyTable:
+        self.table = measure_table(model, an, provider=self.provider, threads=self.threads, round_to=round_to,
+                                   fine=fine)
         return self.table
 
     @property
-    def goal_ms(self) -> float | None:
-        """The ms the planner aims at (a speed-up is relative to the measured original)."""
+    def want(self) -> float | None:
+        """The speed-up asked for, relative to the table's measured original (None: no latency goal)."""
         if self.table is None:
             return None
         if self.target_ms is not None:
-            return self.target_ms
-        return self.table.base_ms / self.speedup if self.speedup is not None else None
+            return self.table.base_ms / self.target_ms
+        return self.speedup
+
+    @property
+    def goal_ms(self) -> float | None:
+        """The predicted ms the planner aims at (a speed-up is relative to the measured original)."""
+        want = self.want
+        if want is None:
+            return None
+        return self.table.base_ms / (self.aim if self.aim is not None else want)
+
+
+def never_slower_by_default(model, an, *, ratio=None, round_to_pinned: bool = False, allow_slower: bool = False,
+                            never_slower: bool = False, removes_more: bool = False) -> bool:
+    """Whether a ratio/FLOPs/params plan is checked against a measured latency table (never slower).
+
+    Yes by default; no (logged) when the user opted out (``allow_slower``), pinned ``round_to`` (exact
+    widths asked for), asked for ratio 0 with nothing else, or the model has fewer than ``SMALL_MACS``
+    MACs (a run of microseconds: timing is per-run overhead and noise, the table would thrash).
+    ``never_slower`` forces it.
+    """
+    from .cost import CostModel
+
+    if never_slower:
+        return True
+    if allow_slower:
+        log.info("allow_slower: the plan is not checked against measured times")
+        return False
+    if not any(g.prunable for g in an.groups):
+        return False
+    if ratio is not None and ratio == 0 and not removes_more:
+        return False
+    if round_to_pinned:
+        log.info("round_to given: exact widths, not checked against measured times (never_slower checks them)")
+        return False
+    macs = CostModel(model, an).count().macs
+    if macs < SMALL_MACS:
+        log.info("the model has %d MACs (< %d): a run of microseconds, timing would be noise; not checked "
+                 "against measured times (never_slower forces it)", macs, SMALL_MACS)
+        return False
+    return True
 
 
 def resolve_round_to(round_to: int | str, provider: str = "cpu", threads: int = 0) -> int:
@@ -536,31 +615,56 @@ def resolve_round_to(round_to: int | str, provider: str = "cpu", threads: int = 
     return int(round_to)
 
 
+def compare(original: bytes, pruned: bytes, feeds: dict, *, provider: str = "cpu", threads: int = 0,
+            repeats: int = 20) -> dict:
+    """Original and pruned model timed interleaved (in one shared thread pool when ``LatencyTarget.measure``
+    could set one up)."""
+    ms = time_models({"original": original, "pruned": pruned}, feeds, provider=provider, threads=threads,
+                     repeats=repeats, warmup=3)
+    out = {"provider": provider, "original_ms": ms["original"], "pruned_ms": ms["pruned"],
+           "speedup": ms["original"] / ms["pruned"]}
+    if out["speedup"] < 1:
+        out["slower"] = True
+    return out
+
+
 def verify(model, an, keep: np.ndarray, table: LatencyTable, *, provider: str = "cpu", threads: int = 0,
            repeats: int = 20) -> dict:
     """Time the original and the pruned model (interleaved) and compare with the prediction."""
-    pruned = pruned_bytes(model, an, keep)
-    ms = time_models({"original": model.to_proto().SerializeToString(), "pruned": pruned}, full_feeds(model),
-                     provider=provider, threads=threads, repeats=repeats, warmup=3)
+    out = compare(model.to_proto().SerializeToString(), pruned_bytes(model, an, keep), full_feeds(model),
+                  provider=provider, threads=threads, repeats=repeats)
     widths = table.widths_of(an, keep)
     pred = table.predict(widths)
-    return {"provider": provider, "original_ms": ms["original"], "pruned_ms": ms["pruned"],
-            "speedup": ms["original"] / ms["pruned"], "predicted_ms": pred,
-            "predicted_speedup": table.base_ms / pred if pred > 0 else float("nan"), "table_base_ms": table.base_ms,
-            "node_sum": table.node_sum(widths)}
+    out.update(predicted_ms=pred, predicted_speedup=table.base_ms / pred if pred > 0 else float("nan"),
+               table_base_ms=table.base_ms, node_sum=table.node_sum(widths))
+    return out
 
 
-def correct(table: LatencyTable, check: dict) -> None:
-    """Refit the table's scale on a measured plan (times relative to the measured original)."""
-    table.calibrate(check["node_sum"], check["pruned_ms"] * table.base_ms / check["original_ms"])
+def _next_aim(tried: list[tuple[float, float]], want: float) -> float:
+    """The predicted speed-up to plan for next, from (aimed, measured) pairs: the secant through the
+    last two when it rises, else the last aim scaled by want/measured."""
+    a1, s1 = tried[-1]
+    if len(tried) >= 2:
+        a0, s0 = tried[-2]
+        if s1 != s0 and (s1 - s0) / (a1 - a0 if a1 != a0 else math.nan) > 0:
+            return max(1.0, a1 + (want - s1) * (a1 - a0) / (s1 - s0))
+    return max(1.0, a1 * want / max(s1, 1e-9))
 
 
-def check_plan(model, an, plan, keep: np.ndarray, lat: LatencyTarget, replan, tolerance: float = 0.05):
-    """Time a plan's result; when it misses a latency goal by more than ``tolerance``, refit the
-    table on the measurement and plan again (at most twice; the closest plan is kept).
+def check_plan(model, an, plan, keep: np.ndarray, lat: LatencyTarget, replan, tolerance: float = 0.05,
+               rounds: int = 2):
+    """Time a plan's result against the original (interleaved, one thread pool).
+
+    With a latency goal: when the measured speed-up misses it by more than ``tolerance``, the speed-up
+    planned for is corrected from the measurements (``aim``: scaled by wanted/measured, then the
+    secant) and the model planned again, at most ``rounds`` times; the measured plan closest to the
+    goal is kept (one at or above it preferred on a tie). Without one (never slower): a result measured
+    slower than the original is said so and planned once more with only widths measured ≥ 5% faster;
+    the faster of the two is kept.
 
     Returns ``(plan, keep, report)``; the report holds predicted and measured ms and speed-ups.
     """
+    from .errors import PlanError
     from .planner import keep_atoms
 
     table = lat.table
@@ -569,29 +673,53 @@ def check_plan(model, an, plan, keep: np.ndarray, lat: LatencyTarget, replan, to
         return verify(model, an, k, table, provider=lat.provider, threads=lat.threads)
 
     check = timed(keep)
-    goal = lat.goal_ms
-    if goal is not None:
-        want = table.base_ms / goal
+    want = lat.want
+    if want is not None:
         check["target_speedup"] = want
 
         def miss(c: dict) -> float:
-            return abs(c["speedup"] / want - 1)
+            return abs(c["speedup"] / want - 1) + (1e-6 if c["speedup"] < want else 0.0)
 
-        for attempt in range(2):
+        tried = [(lat.aim or want, check["speedup"])]
+        for attempt in range(rounds):
             if miss(check) <= tolerance:
                 break
-            log.info("latency: measured speed-up %.3f misses %.3f; refitting the table and planning again",
-                     check["speedup"], want)
-            correct(table, check)
-            p2 = replan()
+            lat.aim = _next_aim(tried, want)
+            log.info("latency: measured speed-up %.3f misses %.3f (predicted %.3f); planning for a predicted %.3f",
+                     tried[-1][1], want, check["predicted_speedup"], lat.aim)
+            try:
+                p2 = replan()
+            except PlanError as e:
+                log.info("latency: no plan for a predicted %.3f (%s); keeping the closest measured plan", lat.aim, e)
+                break
             k2 = keep_atoms(an, p2)
             c2 = timed(k2)
-            c2["target_speedup"] = want
-            c2["replanned"] = attempt + 1
+            c2.update(target_speedup=want, replanned=attempt + 1)
+            tried.append((lat.aim, c2["speedup"]))
             if miss(c2) < miss(check):
                 plan, keep, check = p2, k2, c2
-            else:
-                break
+        check["tried"] = [{"aimed": a, "measured": s} for a, s in tried]
+        if miss(check) > 0.10:
+            log.warning("latency: measured speed-up %.3f misses the target %.3f by more than 10%% on %s (a busy "
+                        "machine, or the target is beyond what the widths give)", check["speedup"], want,
+                        lat.provider)
+    elif check["speedup"] < 1 and not keep.all():
+        log.info("latency: the plan measured %.3f× the original's speed; planning again with only widths measured "
+                 "≥ 5%% faster", check["speedup"])
+        table.min_gain = 0.05
+        try:
+            p2 = replan()
+        except PlanError as e:
+            log.info("latency: no plan with only clearly faster widths (%s)", e)
+            p2 = None
+        finally:
+            table.min_gain = 0.0
+        if p2 is not None:
+            k2 = keep_atoms(an, p2)
+            c2 = timed(k2)
+            c2["replanned"] = 1
+            if c2["speedup"] > check["speedup"]:
+                plan, keep, check = p2, k2, c2
     if check["speedup"] < 1:
         check["slower"] = True
         log.warning("the pruned model measured %.3f× the original's speed on %s: slower (%.3f ms vs %.3f ms)",
