@@ -300,8 +300,14 @@ def prune(path: str, output: str, **options) -> PruneResult:
             external_data = True
         found.model.ir.metadata_props.update(provenance_props(found.plan, {n: o[n] for n in sorted(o.given)
                                                                           if n != "metric"}, path))
+        lat_check = None
+        if not o.get("allow_slower") and (o.never_slower or o.round_to == "auto"):  # never slower: said so
+            from .latency import SMALL_MACS, time_result
+
+            if o.never_slower or found.before.macs >= SMALL_MACS:
+                lat_check = time_result(path, found.model, provider=o.latency_provider, threads=o.latency_threads)
         save_model(found.model, output, external_data=external_data, avoid=reads)
-        return PruneResult(output, found.plan, found.before, found.after, found.recovery)
+        return PruneResult(output, found.plan, found.before, found.after, found.recovery, latency=lat_check)
     m = load_model(path)
     reads = refuse_input_files(output, path, m)
     cal = _calib(o)
