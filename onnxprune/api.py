@@ -331,7 +331,7 @@ def prune(path: str, output: str, **options) -> PruneResult:
         p = plan
     keep = keep_atoms(an, p)
     lat_check = None
-    if lat is not None and lat.table is not None:
+    if lat is not None and lat.table is not None and not (lat.want is None and keep.all()):
         def replan() -> Plan:
             return _plan(m, an, o, cal, ratio=ratio, need_stats=False, round_to=round_to, lat=lat)[0]
 

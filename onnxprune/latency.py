@@ -16,7 +16,8 @@ their MACs. So the planner asks the target instead of the cost model.
 3. **Prediction** for kept widths ``w_g``: a node touched by groups ``g1, g2`` (input and output
    channels) costs ``t_n · Π_g r_{g,n}(w_g)`` with ``r_{g,n}(w) = t_{g,n}(w) / t_n`` interpolated
    linearly between measured widths. The model is timed at full width and with every group at
-   about half width; the two fix ``predicted = rest + scale · Σ_n t_n · Π r`` (``rest``: what
+   about 3/4 and 1/2 width; a least-squares line through the three fixes
+   ``predicted = rest + scale · Σ_n t_n · Π r`` (``rest``: what
    does not shrink, element-wise and memory-bound ops; ``scale``: in-model vs alone, where
    nodes alone carry per-run overheads and miss fusions). If that fit is implausible (noise),
    the model is assumed to scale like its heavy nodes: ``base_ms · Σ t_n Π r / Σ t_n``. ``api.prune`` verifies a latency target
@@ -316,13 +317,15 @@ class LatencyTable:
     def widths_of(self, an, keep: np.ndarray) -> dict[int, int]:
         return {g.id: int(keep[g.atoms].sum()) for g in an.groups if str(g.id) in self.groups}
 
-    def calibrate(self, predicted_sum: float, measured_ms: float) -> None:
-        """Fit ``rest + scale · Σ`` through the full model and one measured pruned model."""
+    def calibrate(self, points: list[tuple[float, float]]) -> None:
+        """Fit ``rest + scale · Σ`` (least squares) through the full model and measured pruned models,
+        given as ``(Σ of their nodes' predicted ms, measured ms)``."""
         full = sum(self.nodes.values())
-        if full - predicted_sum <= 1e-9 * full:
+        xs = np.array([full] + [p[0] for p in points])
+        ys = np.array([self.base_ms] + [p[1] for p in points])
+        if np.ptp(xs) <= 1e-9 * full:
             return
-        scale = (self.base_ms - measured_ms) / (full - predicted_sum)
-        rest = self.base_ms - scale * full
+        scale, rest = (float(v) for v in np.polyfit(xs, ys, 1))
         # a negative rest: the model shrinks faster than its nodes alone (fused layout changes)
         if scale <= 0 or rest < -0.5 * self.base_ms:  # noise: keep the uncalibrated model
             log.warning("latency calibration ignored (scale %.3g, rest %.3g ms): timings too noisy", scale, rest)
@@ -490,19 +493,22 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
             continue  # a node touched at some widths only (a pinned remainder): leave the group out
         groups[str(g.id)] = {"size": g.size, "widths": widths, "nodes": per_node}
     feeds = full_feeds(model)
-    # the full model and one with every measured group at about half width, timed interleaved:
-    # they fix the untimed part and the alone-vs-in-model scale of the prediction
-    half = np.ones(an.n_atoms, dtype=bool)
-    widths = {}
-    for gid, d in groups.items():
-        g = an.groups[int(gid)]
-        w = min(d["widths"], key=lambda x: abs(x - d["size"] / 2))
-        free = np.flatnonzero(~g.pinned)
-        half[g.atoms[free[len(free) - (g.size - w):]]] = False
-        widths[int(gid)] = w
+    # the full model and two with every measured group at about 3/4 and 1/2 width, timed interleaved:
+    # they fit the untimed part and the alone-vs-in-model scale of the prediction (least squares)
     models = {"full": model.to_proto().SerializeToString()}
-    if widths:
-        models["half"] = pruned_bytes(model, an, half)
+    at: dict[str, dict[int, int]] = {}
+    for name, frac in (("3/4", 0.75), ("1/2", 0.5)):
+        cut = np.ones(an.n_atoms, dtype=bool)
+        widths = {}
+        for gid, d in groups.items():
+            g = an.groups[int(gid)]
+            w = min(d["widths"], key=lambda x: abs(x - d["size"] * frac))
+            free = np.flatnonzero(~g.pinned)
+            if w < g.size:
+                cut[g.atoms[free[len(free) - (g.size - w):]]] = False
+            widths[int(gid)] = w
+        if widths:
+            models[name], at[name] = pruned_bytes(model, an, cut), widths
     try:
         # the best run, like the nodes': the statistic least moved by other processes
         ms = time_models(models, feeds, provider=provider, threads=threads, repeats=max(repeats, 5), warmup=2,
@@ -513,8 +519,8 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
         log.warning("latency: %d node(s) could not be timed alone and count as fixed time: %s", len(skipped),
                     ", ".join(sorted(skipped)[:5]))
     table = LatencyTable(key, ms["full"], step, nodes, groups, time.perf_counter() - t0, fine_step=fine_step)
-    if "half" in ms:
-        table.calibrate(table.node_sum(widths), ms["half"])
+    if at:
+        table.calibrate([(table.node_sum(w), ms[name]) for name, w in at.items()])
     _cache_write("latency", key, table.to_dict())
     log.info("latency table: %d nodes (%d distinct), %d groups, base %.3f ms, measured in %.1f s", len(nodes),
              len(memo), len(groups), table.base_ms, table.measure_s)

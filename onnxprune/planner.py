@@ -251,6 +251,7 @@ class _Options:
     group_ratios: dict = field(default_factory=dict)
     saves: object = None  # (group id, kept width) -> whether that width saves time (latency table)
     round_width: object = None  # (group id, wanted, rounded up) -> kept width (latency table, finer steps)
+    fine_step: int | None = None  # the finer step ``round_width`` may choose
 
 
 def dead_atoms(an: Analysis, recording, tol: float = 1e-6) -> np.ndarray:
@@ -399,7 +400,8 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
         raise OptionError("{round_to} and {min_channels} must be ≥ 1")
     opts = _Options(ratio, target_flops, target_params, mode, round_to, min_channels, group_ratios or {},
                     saves=latency.group_saves if latency is not None else None,
-                    round_width=latency.round_width if latency is not None and latency.fine_step else None)
+                    round_width=latency.round_width if latency is not None and latency.fine_step else None,
+                    fine_step=latency.fine_step if latency is not None else None)
     cm = CostModel(an.model, an)
     before = cm.count()
     if target_latency is not None:
@@ -524,10 +526,7 @@ def _next_width(g, kept: int, o: _Options) -> int | None:
     """The largest allowed width below ``kept``: a multiple of ``round_to`` (or of the latency table's
     finer step where it measured as fast) that saves time (when measured), at least the group's minimum."""
     floor = max(o.min_channels, int(g.pinned.sum()), 1)
-    step = o.round_to
-    fine = getattr(getattr(o.round_width, "__self__", None), "fine_step", None)
-    if fine:
-        step = min(step, fine)
+    step = min(o.round_to, o.fine_step) if o.round_width is not None and o.fine_step else o.round_to
     w = (kept - 1) // step * step
     while w >= floor:
         if w % o.round_to and o.round_width(g.id, w, min(-(-w // o.round_to) * o.round_to, g.size)) != w:
