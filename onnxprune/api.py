@@ -462,10 +462,6 @@ def _latency_setup(m: Model, an: Analysis, o: Resolved, *, planning: bool):
             m, an, ratio=o.get("ratio"), round_to_pinned=not auto, allow_slower=bool(o.get("allow_slower")),
             removes_more=any(o.get(n) for n in ("heads", "head_ratio", "hidden", "hidden_ratio", "remove_blocks",
                                                 "block_target_flops")))
-    if lat.wanted and not o.latency_threads:  # one shared pool, as deployed (a no-op once onnxruntime is set up)
-        from .validate.runtime import use_global_thread_pool
-
-        use_global_thread_pool()
     round_to = resolve_round_to(o.round_to, o.latency_provider, o.latency_threads)
     if not lat.wanted:
         return round_to, None

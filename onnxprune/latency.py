@@ -633,8 +633,9 @@ def resolve_round_to(round_to: int | str, provider: str = "cpu", threads: int = 
 
 def compare(original: bytes, pruned: bytes, feeds: dict, *, provider: str = "cpu", threads: int = 0,
             repeats: int = 20) -> dict:
-    """Original and pruned model timed interleaved (in one shared thread pool when ``LatencyTarget.measure``
-    could set one up)."""
+    """Original and pruned model timed interleaved (in one shared thread pool when the process set one
+    up before its first session, ``validate.runtime.use_global_thread_pool``, as the benchmark does; a
+    library never does: onnxruntime then refuses every other session of the process)."""
     runs = time_models({"original": original, "pruned": pruned}, feeds, provider=provider, threads=threads,
                        repeats=repeats, warmup=3, stat="all")
     ms = {k: float(np.median(v)) for k, v in runs.items()}
