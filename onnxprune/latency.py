@@ -59,7 +59,8 @@ TABLE_VERSION = 4
 FRACTIONS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 FINE_STEP = 8          # with ``auto`` rounding, groups up to FINE_MAX wide are timed at every multiple of 8 too
 FINE_MAX = 128
-SMALL_MACS = 1_000_000  # below: a run of a few µs, per-run overhead and noise; never-slower not by default
+SMALL_MACS = 5_000_000  # below (~0.1 ms a run on a CPU core or less): per-run overhead and noise; never-slower
+#                         not by default (the digits CNN's nodes take 5-20 µs alone: its table is noise)
 
 
 # ----------------------------------------------------------------------------- cache
@@ -320,14 +321,15 @@ class LatencyTable:
         return {g.id: int(keep[g.atoms].sum()) for g in an.groups if str(g.id) in self.groups}
 
     def calibrate(self, points: list[tuple[float, float]]) -> None:
-        """Fit ``rest + scale · Σ`` (least squares) through the full model and measured pruned models,
-        given as ``(Σ of their nodes' predicted ms, measured ms)``."""
+        """Fit ``rest + scale · Σ`` through the full model (exactly) and measured pruned models (least
+        squares), given as ``(Σ of their nodes' predicted ms, measured ms)``."""
         full = sum(self.nodes.values())
-        xs = np.array([full] + [p[0] for p in points])
-        ys = np.array([self.base_ms] + [p[1] for p in points])
-        if np.ptp(xs) <= 1e-9 * full:
+        dx = np.array([p[0] for p in points]) - full
+        dy = np.array([p[1] for p in points]) - self.base_ms
+        if not dx.size or float(dx @ dx) <= (1e-9 * full) ** 2:
             return
-        scale, rest = (float(v) for v in np.polyfit(xs, ys, 1))
+        scale = float(dx @ dy / (dx @ dx))
+        rest = self.base_ms - scale * full
         # a negative rest: the model shrinks faster than its nodes alone (fused layout changes)
         if scale <= 0 or rest < -0.5 * self.base_ms:  # noise: keep the uncalibrated model
             log.warning("latency calibration ignored (scale %.3g, rest %.3g ms): timings too noisy", scale, rest)
