@@ -591,7 +591,8 @@ def never_slower_by_default(model, an, *, ratio=None, round_to_pinned: bool = Fa
     """Whether a ratio/FLOPs/params plan is checked against a measured latency table (never slower).
 
     Yes by default; no (logged) when the user opted out (``allow_slower``), pinned ``round_to`` (exact
-    widths asked for), asked for ratio 0 with nothing else, or the model has fewer than ``SMALL_MACS``
+    widths asked for), asked for ratio 0 with nothing else, the model keeps its weights in external
+    data (the timed copies are serialised in memory), or the model has fewer than ``SMALL_MACS``
     MACs (a run of microseconds: timing is per-run overhead and noise, the table would thrash).
     ``never_slower`` forces it.
     """
@@ -608,6 +609,9 @@ def never_slower_by_default(model, an, *, ratio=None, round_to_pinned: bool = Fa
         return False
     if round_to_pinned:
         log.info("round_to given: exact widths, not checked against measured times (never_slower checks them)")
+        return False
+    if model.external_data:  # the timed copies are serialised in memory: no external data (a 2 GB+ model)
+        log.info("the model keeps its weights in external data: not checked against measured times")
         return False
     macs = CostModel(model, an).count().macs
     if macs < SMALL_MACS:
