@@ -387,7 +387,7 @@ def pruned_bytes(model, an, keep: np.ndarray) -> bytes:
 
     copy = Model(model.to_proto(), model.path)
     copy.infer(concrete=model.concrete or None)
-    an2 = analyze(copy)
+    an2 = analyze(copy, hidden=bool(an.hidden))
     if an2.n_atoms != an.n_atoms or [g.size for g in an2.groups] != [g.size for g in an.groups]:
         raise OnnxPruneError("latency: the model's copy analyses differently (a bug); time it without target_latency")
     rewrite.apply(copy, an2, keep)
