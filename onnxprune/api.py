@@ -271,8 +271,11 @@ def prune(path: str, output: str, **options) -> PruneResult:
         target_latency / target_speedup: plan against a latency table measured on
             ``latency_provider`` with ``latency_threads`` at the concrete input shape, then time the
             result against the original (interleaved) and replan (at most twice) when it misses.
-        never_slower: measure the table for a ratio/FLOPs/params target too: widths that save no
-            time are not cut and a result measured slower than the original is reported.
+        never_slower / allow_slower: by default a ratio/FLOPs/params plan is checked against the
+            measured table too (widths that save no time are not cut, small groups may keep a finer
+            step measured as fast, the result is timed and replanned once when slower), except when
+            ``round_to`` is pinned or the model is too small to time (``never_slower`` forces it,
+            ``allow_slower`` turns it off; see ``latency.never_slower_by_default``).
 
     Raises:
         TypeError: an option ``prune`` does not take.
@@ -298,8 +301,14 @@ def prune(path: str, output: str, **options) -> PruneResult:
             external_data = True
         found.model.ir.metadata_props.update(provenance_props(found.plan, {n: o[n] for n in sorted(o.given)
                                                                           if n != "metric"}, path))
+        lat_check = None
+        if not o.get("allow_slower") and (o.never_slower or o.round_to == "auto"):  # never slower: said so
+            from .latency import SMALL_MACS, time_result
+
+            if o.never_slower or found.before.macs >= SMALL_MACS:
+                lat_check = time_result(path, found.model, provider=o.latency_provider, threads=o.latency_threads)
         save_model(found.model, output, external_data=external_data, avoid=reads)
-        return PruneResult(output, found.plan, found.before, found.after, found.recovery)
+        return PruneResult(output, found.plan, found.before, found.after, found.recovery, latency=lat_check)
     m = load_model(path)
     reads = refuse_input_files(output, path, m)
     cal = _calib(o)
@@ -323,7 +332,7 @@ def prune(path: str, output: str, **options) -> PruneResult:
         p = plan
     keep = keep_atoms(an, p)
     lat_check = None
-    if lat is not None and lat.table is not None:
+    if lat is not None and lat.table is not None and not (lat.want is None and keep.all()):
         def replan() -> Plan:
             return _plan(m, an, o, cal, ratio=ratio, need_stats=False, round_to=round_to, lat=lat)[0]
 
@@ -440,17 +449,24 @@ def _search(path: str, target, o: Resolved):
 
 
 def _latency_setup(m: Model, an: Analysis, o: Resolved, *, planning: bool):
-    """Resolve ``round_to`` (``auto``) and measure the latency table when a latency goal asks for it."""
-    from .latency import LatencyTarget, resolve_round_to
+    """Resolve ``round_to`` (``auto``) and measure the latency table when a latency goal asks for it, and
+    by default for any other plan too (never slower: ``latency.never_slower_by_default``)."""
+    from .latency import LatencyTarget, never_slower_by_default, resolve_round_to
 
     lat = LatencyTarget(o.latency_provider, o.latency_threads, o.target_latency, o.target_speedup, o.never_slower)
     lat.check()
     if not planning:
         return (o.round_to if isinstance(o.round_to, int) else 1), None
+    auto = o.round_to == "auto"
+    if not lat.wanted:
+        lat.never_slower = never_slower_by_default(
+            m, an, ratio=o.get("ratio"), round_to_pinned=not auto, allow_slower=bool(o.get("allow_slower")),
+            removes_more=any(o.get(n) for n in ("heads", "head_ratio", "hidden", "hidden_ratio", "remove_blocks",
+                                                "block_target_flops")))
     round_to = resolve_round_to(o.round_to, o.latency_provider, o.latency_threads)
     if not lat.wanted:
         return round_to, None
-    lat.measure(m, an, round_to)
+    lat.measure(m, an, round_to, fine=auto)
     return round_to, lat
 
 

@@ -16,11 +16,20 @@ their MACs. So the planner asks the target instead of the cost model.
 3. **Prediction** for kept widths ``w_g``: a node touched by groups ``g1, g2`` (input and output
    channels) costs ``t_n · Π_g r_{g,n}(w_g)`` with ``r_{g,n}(w) = t_{g,n}(w) / t_n`` interpolated
    linearly between measured widths. The model is timed at full width and with every group at
-   about half width; the two fix ``predicted = rest + scale · Σ_n t_n · Π r`` (``rest``: what
+   about 3/4 and 1/2 width; a least-squares line through the three fixes
+   ``predicted = rest + scale · Σ_n t_n · Π r`` (``rest``: what
    does not shrink, element-wise and memory-bound ops; ``scale``: in-model vs alone, where
    nodes alone carry per-run overheads and miss fusions). If that fit is implausible (noise),
    the model is assumed to scale like its heavy nodes: ``base_ms · Σ t_n Π r / Σ t_n``. ``api.prune`` verifies a latency target
-   by timing the result and refits and replans (at most twice) when it misses by more than 5%.
+   by timing the result; when it misses by more than 5% the speed-up planned for is corrected by
+   measured/predicted (then the secant), replanned at most twice, and the candidates timed again
+   together (``check_plan``).
+4. **Never slower by default** (``never_slower_by_default``): a ratio/FLOPs/params plan is made
+   against the table too (widths that save no time are not cut; groups up to ``FINE_MAX`` wide
+   may keep a multiple of ``FINE_STEP`` where it measured as fast as the coarser step) and the
+   result is timed; a slower one is replanned once with only widths measured ≥ 5% faster. Not
+   when ``round_to`` is pinned (exact widths asked for), for models under ``SMALL_MACS`` (timing
+   is noise there) or with ``allow_slower``; ``never_slower`` forces it.
 
 Cache: ``$ONNXPRUNE_CACHE_DIR``, else ``$XDG_CACHE_HOME/onnxprune``, else ``~/.cache/onnxprune``
 (never the working directory). Entries are JSON, written atomically.
@@ -41,13 +50,17 @@ import onnx
 
 from .errors import OnnxPruneError
 
-__all__ = ["TIMED_OPS", "LatencyTable", "LatencyTarget", "alignment", "bisect_latency", "cache_dir", "check_plan", "measure_table", "pruned_bytes", "resolve_round_to", "time_models"]
+__all__ = ["TIMED_OPS", "LatencyTable", "LatencyTarget", "alignment", "bisect_latency", "cache_dir", "check_plan", "compare", "measure_table", "never_slower_by_default", "pruned_bytes", "resolve_round_to", "time_models", "time_result"]
 
 log = logging.getLogger(__name__)
 
 TIMED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-TABLE_VERSION = 3
+TABLE_VERSION = 4
 FRACTIONS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
+FINE_STEP = 8          # with ``auto`` rounding, groups up to FINE_MAX wide are timed at every multiple of 8 too
+FINE_MAX = 128
+SMALL_MACS = 5_000_000  # below (~0.1 ms a run on a CPU core or less): per-run overhead and noise; never-slower
+#                         not by default (the digits CNN's nodes take 5-20 µs alone: its table is noise)
 
 
 # ----------------------------------------------------------------------------- cache
@@ -122,8 +135,8 @@ def _time(sess, feeds: dict, repeats: int, warmup: int = 2) -> float:
 
 def time_models(models: dict[str, bytes | str], feeds: dict, *, provider: str = "cpu", threads: int = 0,
                 repeats: int = 20, warmup: int = 3, stat: str = "median") -> dict[str, float]:
-    """Median (or ``stat="min"``) ms of each model, timed interleaved (each round runs every model
-    once, the order rotating)."""
+    """Median (or ``stat="min"``; ``stat="all"``: every round's ms, a list) of each model, timed
+    interleaved (each round runs every model once, the order rotating)."""
     sessions = {k: _session(v, provider, threads) for k, v in models.items()}
     from .validate.compare import run_timed
 
@@ -137,6 +150,8 @@ def time_models(models: dict[str, bytes | str], feeds: dict, *, provider: str = 
         shift = i % len(keys)
         for k in keys[shift:] + keys[:shift]:
             times[k].append(runners[k]())
+    if stat == "all":
+        return times
     reduce = np.min if stat == "min" else np.median
     return {k: float(reduce(v)) for k, v in times.items()}
 
@@ -235,6 +250,8 @@ class LatencyTable:
     measure_s: float = 0.0
     rest_ms: float | None = None  # untimed part of base_ms (calibrated); None: base_ms − Σ nodes
     scale: float | None = None    # in-model ms per ms of nodes timed alone (calibrated)
+    fine_step: int | None = None  # small groups also timed at multiples of this (``round_width``)
+    min_gain: float = 0.0         # a width must save this fraction of its nodes' time (raised after a slower result)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -242,7 +259,27 @@ class LatencyTable:
     @classmethod
     def from_dict(cls, d: dict) -> LatencyTable:
         return cls(d["key"], d["base_ms"], d["round_to"], d["nodes"], d["groups"], d.get("measure_s", 0.0),
-                   d.get("rest_ms"), d.get("scale"))
+                   d.get("rest_ms"), d.get("scale"), d.get("fine_step"))
+
+    def group_ms(self, gid: int, width: int) -> float:
+        """The measured time of the group's nodes with the group alone at ``width``."""
+        g = self.groups[str(gid)]
+        return sum(self.nodes[n] * self.ratio(gid, n, width) for n in g["nodes"])
+
+    def round_width(self, gid: int, want: int, coarse: int) -> int:
+        """The kept width for a group that wants ``want`` channels, ``coarse`` being ``want`` rounded up to
+        the table's step: the smallest measured multiple of ``fine_step`` in ``[want, coarse)`` that saves at
+        least half its proportional share of the time against ``coarse`` (kernels as fast at that step),
+        else ``coarse``."""
+        g = self.groups.get(str(gid))
+        if self.fine_step is None or g is None or coarse <= want:
+            return coarse
+        t_coarse = self.group_ms(gid, coarse)
+        for w in g["widths"]:
+            if want <= w < coarse and w % self.fine_step == 0:
+                if self.group_ms(gid, w) <= t_coarse * (1 - 0.5 * (coarse - w) / coarse):
+                    return int(w)
+        return coarse
 
     def ratio(self, gid: int, node: str, width: int) -> float:
         """``t_{g,n}(w) / t_n``, interpolated between measured widths (proportional below the smallest)."""
@@ -263,8 +300,7 @@ class LatencyTable:
         if g is None:  # not measured (head groups, no heavy node): no opinion
             return True
         full = sum(self.nodes[n] for n in g["nodes"])
-        at = sum(self.nodes[n] * self.ratio(gid, n, width) for n in g["nodes"])
-        return at < full * (1 - min_gain)
+        return self.group_ms(gid, width) < full * (1 - max(min_gain, self.min_gain))
 
     def predict(self, widths: dict[int, int]) -> float:
         """Predicted end-to-end ms with group ``gid`` kept at ``widths[gid]`` channels."""
@@ -284,12 +320,15 @@ class LatencyTable:
     def widths_of(self, an, keep: np.ndarray) -> dict[int, int]:
         return {g.id: int(keep[g.atoms].sum()) for g in an.groups if str(g.id) in self.groups}
 
-    def calibrate(self, predicted_sum: float, measured_ms: float) -> None:
-        """Fit ``rest + scale · Σ`` through the full model and one measured pruned model."""
+    def calibrate(self, points: list[tuple[float, float]]) -> None:
+        """Fit ``rest + scale · Σ`` through the full model (exactly) and measured pruned models (least
+        squares), given as ``(Σ of their nodes' predicted ms, measured ms)``."""
         full = sum(self.nodes.values())
-        if full - predicted_sum <= 1e-9 * full:
+        dx = np.array([p[0] for p in points]) - full
+        dy = np.array([p[1] for p in points]) - self.base_ms
+        if not dx.size or float(dx @ dx) <= (1e-9 * full) ** 2:
             return
-        scale = (self.base_ms - measured_ms) / (full - predicted_sum)
+        scale = float(dx @ dy / (dx @ dx))
         rest = self.base_ms - scale * full
         # a negative rest: the model shrinks faster than its nodes alone (fused layout changes)
         if scale <= 0 or rest < -0.5 * self.base_ms:  # noise: keep the uncalibrated model
@@ -348,7 +387,7 @@ def pruned_bytes(model, an, keep: np.ndarray) -> bytes:
 
     copy = Model(model.to_proto(), model.path)
     copy.infer(concrete=model.concrete or None)
-    an2 = analyze(copy)
+    an2 = analyze(copy, hidden=bool(an.hidden))
     if an2.n_atoms != an.n_atoms or [g.size for g in an2.groups] != [g.size for g in an.groups]:
         raise OnnxPruneError("latency: the model's copy analyses differently (a bug); time it without target_latency")
     rewrite.apply(copy, an2, keep)
@@ -370,14 +409,20 @@ def full_feeds(model, seed: int = 0) -> dict[str, np.ndarray]:
 
 
 def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_to: int | None = None,
-                  repeats: int = 7, refresh: bool = False) -> LatencyTable:
-    """Measure (or read from the cache) the latency table of ``model`` (shapes inferred) for ``an``'s groups."""
+                  repeats: int = 7, refresh: bool = False, fine: bool = False) -> LatencyTable:
+    """Measure (or read from the cache) the latency table of ``model`` (shapes inferred) for ``an``'s groups.
+
+    ``fine``: groups up to ``FINE_MAX`` channels are also timed at every multiple of ``FINE_STEP`` (when
+    the step is a larger multiple of it), so that the planner can keep such a width where it measured as
+    fast (``LatencyTable.round_width``: 40 of 64 channels instead of 48).
+    """
     from .cost import CostModel
 
     step = round_to or alignment(provider, threads=threads)
+    fine_step = FINE_STEP if fine and step > FINE_STEP and step % FINE_STEP == 0 else None
     key = {"v": TABLE_VERSION, "machine": machine_id(), "provider": provider, "threads": threads,
            "inputs": {k: list(v) for k, v in model.concrete.items()}, "model": model_digest(model),
-           "signature": an.signature(), "step": step}
+           "signature": an.signature(), "step": step, "fine": fine_step}
     if not refresh and (hit := _cache_read("latency", key)) is not None:
         log.info("latency table from the cache (%s)", _cache_path("latency", key))
         return LatencyTable.from_dict(hit)
@@ -414,7 +459,10 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
             continue
         free = np.flatnonzero(~g.pinned)
         # head groups count heads (never rounded); channel groups step by the alignment
-        widths = [w for w in _widths(g.size, 1 if g.kind == "heads" else step) if w >= int(g.pinned.sum())]
+        widths = _widths(g.size, 1 if g.kind == "heads" else step)
+        if fine_step is not None and g.kind != "heads" and g.size <= FINE_MAX:
+            widths = sorted(set(widths) | set(range(fine_step, g.size, fine_step)))
+        widths = [w for w in widths if w >= int(g.pinned.sum())]
         if len(widths) < 2:
             continue
         per_node: dict[str, list[float]] = {}
@@ -449,19 +497,22 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
             continue  # a node touched at some widths only (a pinned remainder): leave the group out
         groups[str(g.id)] = {"size": g.size, "widths": widths, "nodes": per_node}
     feeds = full_feeds(model)
-    # the full model and one with every measured group at about half width, timed interleaved:
-    # they fix the untimed part and the alone-vs-in-model scale of the prediction
-    half = np.ones(an.n_atoms, dtype=bool)
-    widths = {}
-    for gid, d in groups.items():
-        g = an.groups[int(gid)]
-        w = min(d["widths"], key=lambda x: abs(x - d["size"] / 2))
-        free = np.flatnonzero(~g.pinned)
-        half[g.atoms[free[len(free) - (g.size - w):]]] = False
-        widths[int(gid)] = w
+    # the full model and two with every measured group at about 3/4 and 1/2 width, timed interleaved:
+    # they fit the untimed part and the alone-vs-in-model scale of the prediction (least squares)
     models = {"full": model.to_proto().SerializeToString()}
-    if widths:
-        models["half"] = pruned_bytes(model, an, half)
+    at: dict[str, dict[int, int]] = {}
+    for name, frac in (("3/4", 0.75), ("1/2", 0.5)):
+        cut = np.ones(an.n_atoms, dtype=bool)
+        widths = {}
+        for gid, d in groups.items():
+            g = an.groups[int(gid)]
+            w = min(d["widths"], key=lambda x: abs(x - d["size"] * frac))
+            free = np.flatnonzero(~g.pinned)
+            if w < g.size:
+                cut[g.atoms[free[len(free) - (g.size - w):]]] = False
+            widths[int(gid)] = w
+        if widths:
+            models[name], at[name] = pruned_bytes(model, an, cut), widths
     try:
         # the best run, like the nodes': the statistic least moved by other processes
         ms = time_models(models, feeds, provider=provider, threads=threads, repeats=max(repeats, 5), warmup=2,
@@ -471,9 +522,9 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
     if skipped:
         log.warning("latency: %d node(s) could not be timed alone and count as fixed time: %s", len(skipped),
                     ", ".join(sorted(skipped)[:5]))
-    table = LatencyTable(key, ms["full"], step, nodes, groups, time.perf_counter() - t0)
-    if "half" in ms:
-        table.calibrate(table.node_sum(widths), ms["half"])
+    table = LatencyTable(key, ms["full"], step, nodes, groups, time.perf_counter() - t0, fine_step=fine_step)
+    if at:
+        table.calibrate([(table.node_sum(w), ms[name]) for name, w in at.items()])
     _cache_write("latency", key, table.to_dict())
     log.info("latency table: %d nodes (%d distinct), %d groups, base %.3f ms, measured in %.1f s", len(nodes),
              len(memo), len(groups), table.base_ms, table.measure_s)
@@ -483,7 +534,12 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
 # ----------------------------------------------------------------------------- targets (used by api)
 @dataclass
 class LatencyTarget:
-    """What ``prune``/``plan`` were asked for on which target; ``table`` once measured."""
+    """What ``prune``/``plan`` were asked for on which target; ``table`` once measured.
+
+    ``never_slower``: measure the table for a ratio/FLOPs/params target too (the default, see
+    :func:`never_slower_by_default`). ``aim``: the predicted speed-up planned for, corrected by
+    :func:`check_plan` from measurements (``None``: the target itself).
+    """
 
     provider: str = "cpu"
     threads: int = 0
@@ -491,6 +547,7 @@ class LatencyTarget:
     speedup: float | None = None
     never_slower: bool = False
     table: LatencyTable | None = None
+    aim: float | None = None
 
     @property
     def wanted(self) -> bool:
@@ -506,18 +563,62 @@ class LatencyTarget:
         if self.speedup is not None and not self.speedup >= 1:
             raise PlanError(f"target_speedup {self.speedup} must be ≥ 1 (e.g. 1.5 for 1.5× faster)")
 
-    def measure(self, model, an, round_to: int) -> LatencyTable:
-        self.table = measure_table(model, an, provider=self.provider, threads=self.threads, round_to=round_to)
+    def measure(self, model, an, round_to: int, *, fine: bool = False) -> LatencyTable:
+        self.table = measure_table(model, an, provider=self.provider, threads=self.threads, round_to=round_to,
+                                   fine=fine)
         return self.table
 
     @property
-    def goal_ms(self) -> float | None:
-        """The ms the planner aims at (a speed-up is relative to the measured original)."""
+    def want(self) -> float | None:
+        """The speed-up asked for, relative to the table's measured original (None: no latency goal)."""
         if self.table is None:
             return None
         if self.target_ms is not None:
-            return self.target_ms
-        return self.table.base_ms / self.speedup if self.speedup is not None else None
+            return self.table.base_ms / self.target_ms
+        return self.speedup
+
+    @property
+    def goal_ms(self) -> float | None:
+        """The predicted ms the planner aims at (a speed-up is relative to the measured original)."""
+        want = self.want
+        if want is None:
+            return None
+        return self.table.base_ms / (self.aim if self.aim is not None else want)
+
+
+def never_slower_by_default(model, an, *, ratio=None, round_to_pinned: bool = False, allow_slower: bool = False,
+                            never_slower: bool = False, removes_more: bool = False) -> bool:
+    """Whether a ratio/FLOPs/params plan is checked against a measured latency table (never slower).
+
+    Yes by default; no (logged) when the user opted out (``allow_slower``), pinned ``round_to`` (exact
+    widths asked for), asked for ratio 0 with nothing else, the model keeps its weights in external
+    data (the timed copies are serialised in memory), or the model has fewer than ``SMALL_MACS``
+    MACs (a run of microseconds: timing is per-run overhead and noise, the table would thrash).
+    ``never_slower`` forces it.
+    """
+    from .cost import CostModel
+
+    if never_slower:
+        return True
+    if allow_slower:
+        log.info("allow_slower: the plan is not checked against measured times")
+        return False
+    if not any(g.prunable for g in an.groups):
+        return False
+    if ratio is not None and ratio == 0 and not removes_more:
+        return False
+    if round_to_pinned:
+        log.info("round_to given: exact widths, not checked against measured times (never_slower checks them)")
+        return False
+    if model.external_data:  # the timed copies are serialised in memory: no external data (a 2 GB+ model)
+        log.info("the model keeps its weights in external data: not checked against measured times")
+        return False
+    macs = CostModel(model, an).count().macs
+    if macs < SMALL_MACS:
+        log.info("the model has %d MACs (< %d): a run of microseconds, timing would be noise; not checked "
+                 "against measured times (never_slower forces it)", macs, SMALL_MACS)
+        return False
+    return True
 
 
 def resolve_round_to(round_to: int | str, provider: str = "cpu", threads: int = 0) -> int:
@@ -536,31 +637,92 @@ def resolve_round_to(round_to: int | str, provider: str = "cpu", threads: int = 
     return int(round_to)
 
 
+def compare(original: bytes, pruned: bytes, feeds: dict, *, provider: str = "cpu", threads: int = 0,
+            repeats: int = 20) -> dict:
+    """Original and pruned model timed interleaved (in one shared thread pool when the process set one
+    up before its first session, ``validate.runtime.use_global_thread_pool``, as the benchmark does; a
+    library never does: onnxruntime then refuses every other session of the process)."""
+    runs = time_models({"original": original, "pruned": pruned}, feeds, provider=provider, threads=threads,
+                       repeats=repeats, warmup=3, stat="all")
+    ms = {k: float(np.median(v)) for k, v in runs.items()}
+    # how far the speed-up could be off from noise: the spread of the rounds' ratios (a busy machine)
+    ratios = np.asarray(runs["original"]) / np.asarray(runs["pruned"])
+    q1, q3 = np.percentile(ratios, [25, 75])
+    out = {"provider": provider, "original_ms": ms["original"], "pruned_ms": ms["pruned"],
+           "speedup": ms["original"] / ms["pruned"], "speedup_noise": float((q3 - q1) / math.sqrt(len(ratios)))}
+    if out["speedup"] < 1:
+        out["slower"] = True
+    return out
+
+
+def time_result(original: str, pruned, *, provider: str = "cpu", threads: int = 0) -> dict:
+    """A finished result (a ``Model``, e.g. of a quality-target search) timed against the original file,
+    interleaved; a slower result is said so (the search itself does not plan against times)."""
+    out = compare(original, pruned.to_proto().SerializeToString(), full_feeds(pruned), provider=provider,
+                  threads=threads)
+    if out.get("slower"):
+        log.warning("the pruned model measured %.3f× the original's speed on %s: slower (%.3f ms vs %.3f ms); "
+                    "a quality target is searched on FLOPs, not times (try a FLOPs target or round_to)",
+                    out["speedup"], provider, out["pruned_ms"], out["original_ms"])
+    return out
+
+
 def verify(model, an, keep: np.ndarray, table: LatencyTable, *, provider: str = "cpu", threads: int = 0,
            repeats: int = 20) -> dict:
     """Time the original and the pruned model (interleaved) and compare with the prediction."""
-    pruned = pruned_bytes(model, an, keep)
-    ms = time_models({"original": model.to_proto().SerializeToString(), "pruned": pruned}, full_feeds(model),
-                     provider=provider, threads=threads, repeats=repeats, warmup=3)
+    out = compare(model.to_proto().SerializeToString(), pruned_bytes(model, an, keep), full_feeds(model),
+                  provider=provider, threads=threads, repeats=repeats)
     widths = table.widths_of(an, keep)
     pred = table.predict(widths)
-    return {"provider": provider, "original_ms": ms["original"], "pruned_ms": ms["pruned"],
-            "speedup": ms["original"] / ms["pruned"], "predicted_ms": pred,
-            "predicted_speedup": table.base_ms / pred if pred > 0 else float("nan"), "table_base_ms": table.base_ms,
-            "node_sum": table.node_sum(widths)}
+    out.update(predicted_ms=pred, predicted_speedup=table.base_ms / pred if pred > 0 else float("nan"),
+               table_base_ms=table.base_ms, node_sum=table.node_sum(widths))
+    return out
 
 
-def correct(table: LatencyTable, check: dict) -> None:
-    """Refit the table's scale on a measured plan (times relative to the measured original)."""
-    table.calibrate(check["node_sum"], check["pruned_ms"] * table.base_ms / check["original_ms"])
+def _next_aim(tried: list[tuple[float, float]], want: float) -> float:
+    """The predicted speed-up to plan for next, from (aimed, measured) pairs: the secant through the
+    last two when it rises, else the last aim scaled by want/measured."""
+    a1, s1 = tried[-1]
+    if len(tried) >= 2:
+        a0, s0 = tried[-2]
+        if s1 != s0 and (s1 - s0) / (a1 - a0 if a1 != a0 else math.nan) > 0:
+            return max(1.0, a1 + (want - s1) * (a1 - a0) / (s1 - s0))
+    return max(1.0, a1 * want / max(s1, 1e-9))
 
 
-def check_plan(model, an, plan, keep: np.ndarray, lat: LatencyTarget, replan, tolerance: float = 0.05):
-    """Time a plan's result; when it misses a latency goal by more than ``tolerance``, refit the
-    table on the measurement and plan again (at most twice; the closest plan is kept).
+def _retime(model, an, plans: list, miss, lat: LatencyTarget, repeats: int = 20):
+    """The candidate plans and the original timed in one interleaved run; the one closest to the goal."""
+    blobs = {"original": model.to_proto().SerializeToString()}
+    for i, (_, k, _) in enumerate(plans):
+        blobs[f"p{i}"] = pruned_bytes(model, an, k)
+    ms = time_models(blobs, full_feeds(model), provider=lat.provider, threads=lat.threads, repeats=repeats,
+                     warmup=2)
+    best = None
+    for i, (p, k, c) in enumerate(plans):
+        c = {**c, "original_ms": ms["original"], "pruned_ms": ms[f"p{i}"], "speedup": ms["original"] / ms[f"p{i}"],
+             "retimed": len(plans)}
+        c.pop("slower", None)
+        if best is None or miss(c) < miss(best[2]):
+            best = (p, k, c)
+    return best
+
+
+def check_plan(model, an, plan, keep: np.ndarray, lat: LatencyTarget, replan, tolerance: float = 0.05,
+               rounds: int = 2):
+    """Time a plan's result against the original (interleaved, one thread pool).
+
+    With a latency goal: when the measured speed-up misses it by more than ``tolerance`` and by more
+    than twice the timing noise (``speedup_noise``: the rounds' ratios' IQR / √n), the speed-up
+    planned for is corrected from the measurements (``aim``: scaled by wanted/measured, then the
+    secant) and the model planned again, at most ``rounds`` times; the candidates are then timed again
+    together (one interleaved run) and the one closest to the goal is kept (at or above it on a tie).
+    Without one (never slower): a result measured
+    slower than the original is said so and planned once more with only widths measured ≥ 5% faster;
+    the faster of the two is kept.
 
     Returns ``(plan, keep, report)``; the report holds predicted and measured ms and speed-ups.
     """
+    from .errors import PlanError
     from .planner import keep_atoms
 
     table = lat.table
@@ -569,29 +731,58 @@ def check_plan(model, an, plan, keep: np.ndarray, lat: LatencyTarget, replan, to
         return verify(model, an, k, table, provider=lat.provider, threads=lat.threads)
 
     check = timed(keep)
-    goal = lat.goal_ms
-    if goal is not None:
-        want = table.base_ms / goal
+    want = lat.want
+    if want is not None:
         check["target_speedup"] = want
 
         def miss(c: dict) -> float:
-            return abs(c["speedup"] / want - 1)
+            return abs(c["speedup"] / want - 1) + (1e-6 if c["speedup"] < want else 0.0)
 
-        for attempt in range(2):
-            if miss(check) <= tolerance:
+        tried = [(lat.aim or want, check["speedup"])]
+        plans = [(plan, keep, check)]
+        for attempt in range(rounds):
+            # within tolerance, or a miss the timing noise explains: no replanning after noise
+            if miss(check) <= max(tolerance, 2 * check.get("speedup_noise", 0.0) / want):
                 break
-            log.info("latency: measured speed-up %.3f misses %.3f; refitting the table and planning again",
-                     check["speedup"], want)
-            correct(table, check)
-            p2 = replan()
+            lat.aim = _next_aim(tried, want)
+            log.info("latency: measured speed-up %.3f misses %.3f (predicted %.3f); planning for a predicted %.3f",
+                     tried[-1][1], want, check["predicted_speedup"], lat.aim)
+            try:
+                p2 = replan()
+            except PlanError as e:
+                log.info("latency: no plan for a predicted %.3f (%s); keeping the closest measured plan", lat.aim, e)
+                break
             k2 = keep_atoms(an, p2)
             c2 = timed(k2)
-            c2["target_speedup"] = want
-            c2["replanned"] = attempt + 1
+            c2.update(target_speedup=want, replanned=attempt + 1)
+            tried.append((lat.aim, c2["speedup"]))
+            plans.append((p2, k2, c2))
             if miss(c2) < miss(check):
                 plan, keep, check = p2, k2, c2
-            else:
-                break
+        if len(plans) > 1:  # one measurement each on a busy machine: time the candidates again, together
+            plan, keep, check = _retime(model, an, plans, miss, lat)
+        check["tried"] = [{"aimed": a, "measured": s} for a, s in tried]
+        if miss(check) > 0.10:
+            log.warning("latency: measured speed-up %.3f misses the target %.3f by more than 10%% on %s (a busy "
+                        "machine, or the target is beyond what the widths give)", check["speedup"], want,
+                        lat.provider)
+    elif check["speedup"] < 1 and not keep.all():
+        log.info("latency: the plan measured %.3f× the original's speed; planning again with only widths measured "
+                 "≥ 5%% faster", check["speedup"])
+        table.min_gain = 0.05
+        try:
+            p2 = replan()
+        except PlanError as e:
+            log.info("latency: no plan with only clearly faster widths (%s)", e)
+            p2 = None
+        finally:
+            table.min_gain = 0.0
+        if p2 is not None:
+            k2 = keep_atoms(an, p2)
+            c2 = timed(k2)
+            c2["replanned"] = 1
+            if c2["speedup"] > check["speedup"]:
+                plan, keep, check = p2, k2, c2
     if check["speedup"] < 1:
         check["slower"] = True
         log.warning("the pruned model measured %.3f× the original's speed on %s: slower (%.3f ms vs %.3f ms)",

@@ -345,9 +345,12 @@ OPTIONS: tuple[Option, ...] = (
          range=Range(0, lo_open=True), metavar="MS", plans=True, commands=frozenset({PLAN, PRUNE})),
     _opt("target_speedup", float, None, "plan to X times faster than the original, measured on the target",
          group="deployment", range=Range(1), metavar="X", plans=True, commands=frozenset({PLAN, PRUNE})),
-    _opt("never_slower", bool, False, "with ratio/target_flops/target_params: measure the target too, cut only "
-         "widths that save time, report a slower result", group="deployment", cli="flag", plans=True,
-         commands=frozenset({PLAN, PRUNE})),
+    _opt("never_slower", bool, False, "measure the target even where the default skips it (a pinned round_to, a "
+         "model too small to time): cut only widths that save time, report a slower result", group="deployment",
+         cli="flag", plans=True, commands=frozenset({PLAN, PRUNE})),
+    _opt("allow_slower", bool, False, "do not measure the target for a ratio/FLOPs/params/quality target (by default "
+         "widths that save no time are not cut and the result is timed against the original)", group="deployment",
+         cli="flag", plans=True, commands=frozenset({PLAN, PRUNE})),
     _opt("latency_provider", str, "cpu", "provider the latency is measured on (cpu, cuda, tensorrt)",
          group="deployment", commands=frozenset({PLAN, PRUNE})),
     _opt("latency_threads", int, 0, "intra-op threads while measuring (0: all)", group="deployment",
@@ -470,6 +473,10 @@ RULES: tuple[Rule, ...] = (
         "{metric} must be a callable metric(original_outputs, pruned_outputs) given with {metric_target}"
         if "metric" in g and (not callable(v["metric"]) or v.get("metric_target") is None) else None)),
     Rule(PLANNING, _one_of("hidden", "hidden_ratio")),
+    Rule(frozenset({PLAN, PRUNE}), _one_of("never_slower", "allow_slower")),
+    Rule(frozenset({PLAN, PRUNE}), lambda v, g: (
+        "a latency target is planned against measured times; drop {allow_slower}"
+        if v.get("allow_slower") and g & {"target_latency", "target_speedup"} else None)),
     Rule(PLANNING, _one_of("heads", "head_ratio")),
     Rule(frozenset({PRUNE}), _one_of("remove_blocks", "block_target_flops")),
     Rule(frozenset({PRUNE}), _plan_given),

@@ -17,6 +17,7 @@ groups differ is refused. Editing a plan = editing the ``remove`` lists.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -27,6 +28,8 @@ from .analysis import Analysis
 from .cost import Cost, CostModel
 from .errors import PlanError
 from .options import OptionError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["GroupPlan", "Plan", "make_plan", "keep_atoms", "dead_atoms", "plan_dead_atoms", "MODES"]
 
@@ -247,6 +250,8 @@ class _Options:
     min_channels: int
     group_ratios: dict = field(default_factory=dict)
     saves: object = None  # (group id, kept width) -> whether that width saves time (latency table)
+    round_width: object = None  # (group id, wanted, rounded up) -> kept width (latency table, finer steps)
+    fine_step: int | None = None  # the finer step ``round_width`` may choose
 
 
 def dead_atoms(an: Analysis, recording, tol: float = 1e-6) -> np.ndarray:
@@ -394,7 +399,9 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
     if round_to < 1 or min_channels < 1:
         raise OptionError("{round_to} and {min_channels} must be ≥ 1")
     opts = _Options(ratio, target_flops, target_params, mode, round_to, min_channels, group_ratios or {},
-                    saves=latency.group_saves if latency is not None else None)
+                    saves=latency.group_saves if latency is not None else None,
+                    round_width=latency.round_width if latency is not None and latency.fine_step else None,
+                    fine_step=latency.fine_step if latency is not None else None)
     cm = CostModel(an.model, an)
     before = cm.count()
     if target_latency is not None:
@@ -460,7 +467,8 @@ def _select(an: Analysis, scores: dict[int, np.ndarray], ratio: float, o: _Optio
         kept = g.size - want[g.id]
         kept = max(kept, o.min_channels if g.kind != "heads" else 1, int(g.pinned.sum()))
         if o.round_to > 1 and g.kind != "heads":  # head groups: widths are multiples of head_dim
-            kept = int(math.ceil(kept / o.round_to) * o.round_to)
+            coarse = min(int(math.ceil(kept / o.round_to) * o.round_to), g.size)
+            kept = coarse if o.round_width is None else o.round_width(g.id, kept, coarse)
         kept = min(kept, g.size)
         if o.saves is not None and kept < g.size and not n_dead[g.id] and not o.saves(g.id, kept):
             continue  # measured: this width is not faster than the full one
@@ -484,9 +492,14 @@ def _bisect(an, scores, o, cm: CostModel, before: Cost, metric: str, target: flo
     if base == 0:
         raise PlanError(f"the model has no {metric} to reduce")
 
+    above: dict = {}  # the plan of the largest ratio that missed the target
+
     def frac(r: float) -> tuple[float, np.ndarray]:
         k = _select(an, scores, r, o)
-        return getattr(cm.count(k), metric) / base, k
+        v = getattr(cm.count(k), metric) / base
+        if v > target and r >= above.get("r", -1.0):
+            above.update(r=r, k=k)
+        return v, k
 
     f_hi, k_hi = frac(0.999)
     if target >= 1:
@@ -494,4 +507,63 @@ def _bisect(an, scores, o, cm: CostModel, before: Cost, metric: str, target: flo
     if f_hi > target + 1e-9:
         raise PlanError(f"cannot reach {metric} {target:.3f} of the original: removing every prunable channel "
                         f"keeps {f_hi:.3f} (pinned channels, min width, rounding); relax the target")
-    return bisect_ratio(frac, target, 0.999, k_hi, steps=24, tol=1e-4)
+    keep = bisect_ratio(frac, target, 0.999, k_hi, steps=24, tol=1e-4)
+    got = getattr(cm.count(keep), metric) / base
+    if o.round_to > 1 and got < 0.9 * target and "k" in above:
+        # rounding made the uniform ratio jump past the target (e.g. 32/64-wide layers in steps of 16):
+        # from the plan just above it, cut one width step in one group at a time instead
+        filled = _fill(an, scores, o, cm, metric, base, target, above["k"])
+        if filled is not None:
+            f = getattr(cm.count(filled), metric) / base
+            if got < f <= target:
+                log.info("%s target %.3f: uniform rounding gives %.3f; stepping single groups gives %.3f", metric,
+                         target, got, f)
+                keep = filled
+    return keep
+
+
+def _next_width(g, kept: int, o: _Options) -> int | None:
+    """The largest allowed width below ``kept``: a multiple of ``round_to`` (or of the latency table's
+    finer step where it measured as fast) that saves time (when measured), at least the group's minimum."""
+    floor = max(o.min_channels, int(g.pinned.sum()), 1)
+    step = min(o.round_to, o.fine_step) if o.round_width is not None and o.fine_step else o.round_to
+    w = (kept - 1) // step * step
+    while w >= floor:
+        if w % o.round_to and o.round_width(g.id, w, min(-(-w // o.round_to) * o.round_to, g.size)) != w:
+            w -= step
+            continue
+        if o.saves is None or o.saves(g.id, w):
+            return w
+        w -= step
+    return None
+
+
+def _fill(an, scores, o: _Options, cm: CostModel, metric: str, base: float, target: float,
+          keep: np.ndarray) -> np.ndarray | None:
+    """Lower one channel group by one width step at a time (the step reaching the target with the least
+    removed, else the largest reduction) until ``metric`` ≤ ``target``; None when it cannot."""
+    keep = keep.copy()
+    groups = [g for g in an.groups if g.prunable and g.kind == "channels" and g.id in scores
+              and g.id not in o.group_ratios]
+    for _ in range(4 * len(groups) + 8):
+        best = None
+        for g in groups:
+            w = _next_width(g, int(keep[g.atoms].sum()), o)
+            if w is None:
+                continue
+            k2 = keep.copy()
+            s = np.where(g.pinned, np.inf, scores[g.id])
+            k2[g.atoms] = True
+            k2[g.atoms[np.argsort(s, kind="stable")[:g.size - w]]] = False
+            if any(not k2[s_atoms].any() for s_atoms in an.nonempty_sets):
+                continue
+            v = getattr(cm.count(k2), metric) / base
+            rank = (v <= target, v if v <= target else -v)
+            if best is None or rank > best[0]:
+                best = (rank, k2, v)
+        if best is None:
+            return None
+        keep = best[1]
+        if best[2] <= target:
+            return keep
+    return None

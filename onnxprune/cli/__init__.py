@@ -296,7 +296,9 @@ def _cmd_prune(a) -> int:
 
 def _latency_line(d: dict) -> str:
     want = f", target ×{d['target_speedup']:.3f}" if d.get("target_speedup") else ""
-    line = (f"latency on {d['provider']}: predicted {d['predicted_ms']:.3f} ms (×{d['predicted_speedup']:.3f}), "
+    pred = (f"predicted {d['predicted_ms']:.3f} ms (×{d['predicted_speedup']:.3f}), " if "predicted_ms" in d
+            else "")  # a quality-target result is timed, not predicted
+    line = (f"latency on {d['provider']}: {pred}"
             f"measured {d['pruned_ms']:.3f} ms vs original {d['original_ms']:.3f} ms (×{d['speedup']:.3f}{want})")
     if d.get("slower"):
         line += " -- SLOWER than the original"
