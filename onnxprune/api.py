@@ -301,7 +301,8 @@ def prune(path: str, output: str, **options) -> PruneResult:
         target_cosine / target_error: instead of a ratio, remove as much as keeps every output
             within this cosine (relative L2 error) on calibration samples held back from fitting
             (``search.py``); ``metric`` (a callable of original and pruned output lists, higher is
-            better) with ``metric_target`` replaces the built-in measures.
+            better) with ``metric_target`` replaces the built-in measures. ``quality_search``:
+            ``pergroup`` (default: the global bisection, then per-group refinement) or ``global``.
         remove_dead: remove channels constant on calibration data (default: when ``calib``).
         rank_by: the within-group ranking used by ``sensitivity``.
         gradients: a gradient record (``.npz`` path or ``GradientRecord``) for ``taylor``,
