@@ -23,7 +23,8 @@ budget are listed as not run), ``--calib-limit N`` calibration samples.
 
 Usage: python scripts/bench_quality.py --cache /tmp/devcache [--models digits_cnn minilm_torchscript]
        [--parts flops cosine] [--searches pergroup global] [--criteria l2 wanda] [--recover none lsq seq]
-       [--flops 0.8 0.6] [--cosines 0.99 0.95 0.9] [--budget 600] [--json out.json] [--markdown out.md]
+       [--flops 0.8 0.6] [--cosines 0.99 0.95 0.9] [--budget 600] [--calib-limit N] [--no-defaults]
+       [--json out.json] [--markdown out.md]
        python scripts/bench_quality.py --table a.json b.json [--markdown out.md]   # tables from saved runs
 """
 from __future__ import annotations
@@ -51,7 +52,11 @@ def _cell(r: dict | None, removed: bool) -> str:
         q += f" / dec {r['decision']:.2f}"
     if "accuracy" in r:
         q += f" / acc {r['accuracy']:.2f} ({r['accuracy_original']:.2f})"
-    return f"**{1 - r['flops']:.0%}** removed, {q}" if removed else q
+    if removed:
+        return f"**{1 - r['flops']:.0%}** removed, {q}"
+    if abs(r["flops"] - r["target"]) > 0.02:  # dead channels removed first, rounding
+        return f"(kept {r['flops']:.2f}) {q}"
+    return q
 
 
 def markdown(rows: list[dict]) -> str:
@@ -111,6 +116,7 @@ def main() -> int:
     ap.add_argument("--cosines", nargs="*", type=float, default=[0.99, 0.95, 0.9])
     ap.add_argument("--calib-batch", type=int, default=8)
     ap.add_argument("--calib-limit", type=int)
+    ap.add_argument("--no-defaults", action="store_true", help="no separate defaults run in the flops part")
     ap.add_argument("--budget", type=float, default=900, help="seconds per model; later runs are skipped")
     ap.add_argument("--json")
     ap.add_argument("--markdown")
@@ -153,7 +159,8 @@ def main() -> int:
 
         def run(part, target, variant, search=None, **kw):
             tag = f"{part} {target:g} {variant}" + (f" [{search}]" if search else "")
-            row = {"model": e["name"], "part": part, "target": target, "variant": variant, "search": search}
+            row = {"model": e["name"], "part": part, "target": target, "variant": variant, "search": search,
+                   "calib_limit": a.calib_limit}
             if time.perf_counter() - start > a.budget:
                 print(f"  {tag:<40} not run (the model's budget of {a.budget:.0f} s is spent)")
                 rows.append({**row, "error": "not run: budget"})
@@ -186,7 +193,7 @@ def main() -> int:
         if "flops" in a.parts:  # the defaults first, then the cheap runs without recovery (budget order)
             combos = [(c, r) for c in a.criteria for r in a.recover]
             combos.sort(key=lambda cr: (cr != (d_crit, d_rec), cr[1] != "none"))
-            if (d_crit, d_rec) not in combos:
+            if (d_crit, d_rec) not in combos and not a.no_defaults:
                 for f in a.flops:
                     run("flops", f, f"defaults ({d_crit}+{d_rec})", target_flops=f)
             for crit, rec in combos:
