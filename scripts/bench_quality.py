@@ -53,7 +53,9 @@ def _cell(r: dict | None, removed: bool) -> str:
     if "accuracy" in r:
         q += f" / acc {r['accuracy']:.2f} ({r['accuracy_original']:.2f})"
     if removed:
-        return f"**{1 - r['flops']:.0%}** removed, {q}"
+        g = r.get("global_phase_flops")
+        more = f" (its global phase: {1 - g:.0%})" if r.get("search") == "pergroup" and g is not None else ""
+        return f"**{1 - r['flops']:.0%}** removed{more}, {q}"
     if abs(r["flops"] - r["target"]) > 0.02:  # dead channels removed first, rounding
         return f"(kept {r['flops']:.2f}) {q}"
     return q
@@ -181,6 +183,9 @@ def main() -> int:
             if "trajectory" in st:
                 row["candidates"] = len(st["trajectory"])
                 row["stopped"] = st.get("stopped")
+                # the per-group search starts with the global one: its best is what --quality-search global finds
+                met = [t["flops"] for t in st["trajectory"] if t["met"] and t.get("phase", "global") == "global"]
+                row["global_phase_flops"] = min(met) if met else None
             rows.append(row)
             os.remove(out)
             print(f"  {tag:<40} FLOPs kept {row['flops']:.3f}  {fmt_quality(ev)}  ({sec:.0f} s)", flush=True)

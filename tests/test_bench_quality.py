@@ -33,13 +33,13 @@ def test_tables_from_rows_and_shared_cosine():
     from _devset_eval import cosines
 
     rows = [{"model": "m", "part": "cosine", "target": 0.95, "search": "pergroup", "variant": "d", "flops": 0.4,
-             "cosine": 0.96, "decision": None, "seconds": 12.0},
+             "cosine": 0.96, "decision": None, "seconds": 12.0, "global_phase_flops": 0.5},
             {"model": "m", "part": "cosine", "target": 0.95, "search": "global", "variant": "d",
              "error": "not run: budget"},
             {"model": "m", "part": "flops", "target": 0.6, "variant": "l2+none", "flops": 0.5, "cosine": 0.9,
              "decision": 0.8, "seconds": 3.0}]
     text = bench_quality.markdown(rows)
-    assert "**60%** removed, 0.960 (12 s)" in text and "not run" in text
+    assert "**60%** removed (its global phase: 50%), 0.960 (12 s)" in text and "not run" in text
     assert "(kept 0.50) 0.900 / dec 0.80" in text
     a = np.array([[1.0, 0.0], [0.0, 2.0]])
     assert np.allclose(cosines(a, np.array([[2.0, 0.0], [1.0, 1.0]])), [1.0, np.sqrt(0.5)])
