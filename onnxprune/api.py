@@ -129,16 +129,26 @@ def _calib(o: Resolved) -> _Calib:
                   drop_nonfinite=bool(o.get("drop_nonfinite")))
 
 
-def _plan(m: Model, an: Analysis, o: Resolved, calib: _Calib, *, ratio, need_stats: bool, round_to: int = 1,
-          lat=None):
-    """Score and plan; returns (plan, recording or None)."""
+@dataclass
+class _Scored:
+    """What planning needs from the data, computed once: scores, statistics, dead atoms, sensitivity."""
+
+    scores: object
+    recording: object = None
+    dead: np.ndarray | None = None
+    table: object = None  # sensitivity.SensitivityTable when the criterion is sensitivity
+
+
+def _score(m: Model, an: Analysis, o: Resolved, calib: _Calib, *, need_stats: bool) -> _Scored:
+    """Record statistics (when the criterion, dead channels or recovery need them) and score the groups."""
     cal = calib.load(m)
-    target_flops, target_params = o.get("target_flops"), o.target_params
     sens = o.criterion == "sensitivity"
     base = o.rank_by if sens else o.criterion
     remove_dead = cal is not None if o.remove_dead is None else o.remove_dead
     if remove_dead and cal is None:
         raise OptionError("removing dead channels needs calibration data: give {calib}")
+    if sens and cal is None:
+        raise OptionError("criterion 'sensitivity' needs calibration data: give {calib}")
     recording = None
     if cal is not None and (NEEDS.get(base) == "activations" or base == "hybrid" or remove_dead or need_stats):
         from .record import record_for
@@ -154,28 +164,72 @@ def _plan(m: Model, an: Analysis, o: Resolved, calib: _Calib, *, ratio, need_sta
         recording = recording if recording is not None else record_for(an, cal)
         _hidden_scores(an, scores, recording)
     dead = dead_atoms(an, recording, o.dead_tol) if remove_dead and recording is not None else None
-    group_ratios = None
+    table = None
     if sens:
-        from .sensitivity import DEFAULT_RATIOS, allocate, measure
+        from .sensitivity import DEFAULT_RATIOS, measure
 
-        if cal is None:
-            raise OptionError("criterion 'sensitivity' needs calibration data: give {calib}")
+        table = measure(an, cal, scores, ratios=o.sensitivity_ratios or DEFAULT_RATIOS)
+    return _Scored(scores, recording, dead, table)
+
+
+def _plan_scored(m: Model, an: Analysis, o: Resolved, sc: _Scored, *, ratio=None, target_flops=None,
+                 target_params=None, round_to: int = 1, lat=None, group_ratios=None) -> Plan:
+    """A plan from computed scores (sensitivity: per-group ratios allocated for the FLOPs/params target)."""
+    if sc.table is not None and group_ratios is None:
+        from .sensitivity import allocate
+
         if target_flops is None and target_params is None:
             raise OptionError("criterion 'sensitivity' allocates ratios for a target: give {target_flops} or "
                               "{target_params}")
-        table = measure(an, cal, scores, ratios=o.sensitivity_ratios or DEFAULT_RATIOS)
         metric, target = ("flops", target_flops) if target_flops is not None else ("params", target_params)
-        group_ratios = allocate(an, table, scores, target=target, metric=metric, round_to=round_to,
+        group_ratios = allocate(an, sc.table, sc.scores, target=target, metric=metric, round_to=round_to,
                                 min_channels=o.min_channels)
         ratio = target_flops = target_params = None
+    base = o.rank_by if o.criterion == "sensitivity" else o.criterion
     mode = "global" if base in ABSOLUTE and "mode" not in o.given else o.mode  # comparable scores: one ranking
-    p = make_plan(an, scores, criterion=o.criterion, ratio=ratio, target_flops=target_flops,
-                  target_params=target_params, mode=mode, round_to=round_to, min_channels=o.min_channels,
-                  notes=scores.notes, model_name=os.path.basename(m.path or ""), dead=dead,
-                  group_ratios=group_ratios, heads=o.heads, head_ratio=o.head_ratio, hidden=o.hidden,
-                  hidden_ratio=o.hidden_ratio, target_latency=lat.goal_ms if lat is not None else None,
-                  latency=lat.table if lat is not None else None)
-    return p, recording
+    return make_plan(an, sc.scores, criterion=o.criterion, ratio=ratio, target_flops=target_flops,
+                     target_params=target_params, mode=mode, round_to=round_to, min_channels=o.min_channels,
+                     notes=sc.scores.notes, model_name=os.path.basename(m.path or ""), dead=sc.dead,
+                     group_ratios=group_ratios, heads=o.heads, head_ratio=o.head_ratio, hidden=o.hidden,
+                     hidden_ratio=o.hidden_ratio, target_latency=lat.goal_ms if lat is not None else None,
+                     latency=lat.table if lat is not None else None)
+
+
+def _plan(m: Model, an: Analysis, o: Resolved, calib: _Calib, *, ratio, need_stats: bool, round_to: int = 1,
+          lat=None):
+    """Score and plan; returns (plan, recording or None)."""
+    if o.criterion == "sensitivity" and o.get("target_flops") is None and o.target_params is None:
+        raise OptionError("criterion 'sensitivity' allocates ratios for a target: give {target_flops} or "
+                          "{target_params}")
+    sc = _score(m, an, o, calib, need_stats=need_stats)
+    p = _plan_scored(m, an, o, sc, ratio=ratio, target_flops=o.get("target_flops"), target_params=o.target_params,
+                     round_to=round_to, lat=lat)
+    return p, sc.recording
+
+
+def _recovery(an: Analysis, recover: str, data, recording, keep: np.ndarray, p: Plan):
+    """The ``rewrite.recover.Recovery`` of a plan (None: nothing to recover or fold).
+
+    ``data``: the calibration data (None: data-free); ``recording``: its statistics, or None
+    (recorded here when data is given).
+    """
+    from .rewrite.recover import Recovery, data_free_means
+
+    folds = plan_dead_atoms(an, p)
+    if recover == "none" and not folds.any():
+        return None
+    if recording is None and data is not None:
+        from .record import record_for
+
+        recording = record_for(an, data)
+    means = ({k: st.mean for k, st in recording.stats.items()} if recording is not None else data_free_means(an))
+    grams = {}
+    if recover == "lsq":
+        from .record import record_for
+
+        consumers = list(dict.fromkeys(q.node for q in an.params if q.role == "in" and _loses_input(an, q, keep)))
+        grams = record_for(an, data, with_grams=consumers, stats=False).grams
+    return Recovery(recover, means, grams, fold_atoms=folds, calibration=data if recover == "seq" else None)
 
 
 def _hidden_scores(an: Analysis, scores, recording) -> None:
@@ -249,7 +303,8 @@ def prune(path: str, output: str, **options) -> PruneResult:
         target_cosine / target_error: instead of a ratio, remove as much as keeps every output
             within this cosine (relative L2 error) on calibration samples held back from fitting
             (``search.py``); ``metric`` (a callable of original and pruned output lists, higher is
-            better) with ``metric_target`` replaces the built-in measures.
+            better) with ``metric_target`` replaces the built-in measures. ``quality_search``:
+            ``pergroup`` (default: the global bisection, then per-group refinement) or ``global``.
         remove_dead: remove channels constant on calibration data (default: when ``calib``).
         rank_by: the within-group ranking used by ``sensitivity``.
         gradients: a gradient record (``.npz`` path or ``GradientRecord``) for ``taylor``,
@@ -282,8 +337,6 @@ def prune(path: str, output: str, **options) -> PruneResult:
         OnnxPruneError: bad input, bad or contradictory options, impossible target, stale plan, or
             a result failing the checker.
     """
-    from .rewrite.recover import Recovery, data_free_means
-
     o = resolve("prune", options, skip_groups=_NOT_PRUNE)
     o["criterion"], o["recover"] = _defaults(o.criterion, o.recover, o.calib)
     from .provenance import group_table, provenance_props
@@ -341,23 +394,7 @@ def prune(path: str, output: str, **options) -> PruneResult:
         p, keep, lat_check = check_plan(m, an, p, keep, lat, replan)
     cm = CostModel(m, an)
     after = cm.count(keep)
-    folds = plan_dead_atoms(an, p)
-    recovery = None
-    if o.recover != "none" or folds.any():
-        if recording is None and cal.source is not None:
-            from .record import record_for
-
-            recording = record_for(an, cal.load(m))
-        means = ({k: st.mean for k, st in recording.stats.items()} if recording is not None
-                 else data_free_means(an))
-        grams = {}
-        if o.recover == "lsq":
-            from .record import record_for
-
-            consumers = list(dict.fromkeys(q.node for q in an.params if q.role == "in" and _loses_input(an, q, keep)))
-            grams = record_for(an, cal.load(m), with_grams=consumers, stats=False).grams
-        recovery = Recovery(o.recover, means, grams, fold_atoms=folds,
-                            calibration=cal.load(m) if o.recover == "seq" else None)
+    recovery = _recovery(an, o.recover, cal.load(m), recording, keep, p)
     external_data = o.external_data
     if external_data is None and m.external_data:
         external_data = True
@@ -435,12 +472,9 @@ def _search(path: str, target, o: Resolved):
     from .latency import resolve_round_to
     from .search import search
 
-    planning = dict(mode=o.mode, round_to=resolve_round_to(o.round_to, o.latency_provider, o.latency_threads),
-                    min_channels=o.min_channels, reduce=o.reduce, normalize=o.normalize, seed=o.seed,
-                    remove_dead=o.remove_dead, dead_tol=o.dead_tol, rank_by=o.rank_by,
-                    sensitivity_ratios=o.sensitivity_ratios)
-    found = search(path, target, calib=_calib(o), criterion=o.criterion, recover=o.recover, protect=o.protect,
-                   dims=o.dims, planning=planning)
+    found = search(path, target, o, calib=_calib(o), dims=o.dims,
+                   round_to=resolve_round_to(o.round_to, o.latency_provider, o.latency_threads),
+                   per_group=o.get("quality_search", "pergroup") == "pergroup")
     if found.model is None:
         steps = "; ".join(f"{s.flops:.3f} -> {s.score:.4f}" for s in found.trajectory)
         raise PlanError(f"no plan meets {target.describe()} on the check samples ({found.stopped}; FLOPs kept "

@@ -336,6 +336,9 @@ OPTIONS: tuple[Option, ...] = (
     _opt("target_error", float, None, "remove as much as keeps every output's relative L2 error ≤ E on held-back "
          "calibration samples (needs calibration data)", range=Range(0, 1, hi_open=True), metavar="E", plans=True,
          commands=frozenset({PLAN, PRUNE})),
+    _opt("quality_search", str, "pergroup", "how a quality target is searched: one global FLOPs fraction "
+         "(bisection), or that then a greedy per-group refinement (each candidate pruned, recovered and checked)",
+         choices=("pergroup", "global"), plans=True, commands=frozenset({PLAN, PRUNE})),
     _opt("metric", None, None, "a quality measure metric(original_outputs, pruned_outputs) -> float, higher is "
          "better, searched like target_cosine", cli=None, plans=True, commands=frozenset({PLAN, PRUNE})),
     _opt("metric_target", float, None, "the value metric must reach", cli=None, plans=True,
@@ -469,6 +472,8 @@ RULES: tuple[Rule, ...] = (
                                           "a quality target is measured on held-back calibration samples")),
     Rule(frozenset({PLAN, PRUNE}), _needs("metric", lambda _: True, "calib",
                                           "a quality target is measured on held-back calibration samples")),
+    Rule(frozenset({PLAN, PRUNE}), _needs("quality_search", lambda _: True, ("target_cosine", "target_error", "metric"),
+                                          "it says how a quality target is searched")),
     Rule(frozenset({PLAN, PRUNE}), lambda v, g: (
         "{metric} must be a callable metric(original_outputs, pruned_outputs) given with {metric_target}"
         if "metric" in g and (not callable(v["metric"]) or v.get("metric_target") is None) else None)),

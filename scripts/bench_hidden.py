@@ -29,16 +29,11 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 VARIANTS = (("magnitude", {}), ("calib", {"calib": True}), ("calib, no comp", {"calib": True, "hidden_compensate": False}))
 
 
-def cosines(y0: np.ndarray, y: np.ndarray) -> np.ndarray:
-    a, b = y0.reshape(len(y0), -1).astype(np.float64), y.reshape(len(y), -1).astype(np.float64)
-    return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
-
-
 def run_variants(name: str, src: str, ev: dict, calib: str, out_dir: str, ratio: float) -> list[dict]:
-    import onnxprune
-    from onnxprune.validate.runtime import make_session
+    from _devset_eval import embedding_cosines
 
-    y0 = make_session(src, "cpu").run(None, ev)[0]
+    import onnxprune
+
     rows = []
     for label, kw in VARIANTS:
         out = os.path.join(out_dir, f"{os.path.basename(src)[:-5]}_hidden_{label.replace(' ', '').replace(',', '_')}.onnx")
@@ -46,8 +41,7 @@ def run_variants(name: str, src: str, ev: dict, calib: str, out_dir: str, ratio:
         if kw.pop("calib", False):
             kw["calib"] = calib
         res = onnxprune.prune(src, out, hidden_ratio=ratio, remove_dead=False, **kw)
-        y = make_session(out, "cpu").run(None, ev)[0]
-        cos = cosines(y0, y)
+        cos = embedding_cosines(src, out, ev)
         hid = res.hidden[0] if res.hidden else {}
         row = {"model": name, "variant": label, "hidden": f"{hid.get('channels')}->{hid.get('kept')}",
                "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),

@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 
 
 def main() -> int:
+    from _devset_eval import cosines
     from export_minilm import export_all
 
     import onnxprune
@@ -51,7 +52,7 @@ def main() -> int:
                                   calib=calib if recover != "none" else None, remove_dead=False)
             sess = make_session(out, "cpu")
             y = sess.run(None, ev)[0]
-            cos = np.sum(y0 * y, 1) / (np.linalg.norm(y0, axis=1) * np.linalg.norm(y, axis=1))
+            cos = cosines(y0, y)
             lat = measure_latency(base, sess, ev, warmup=3, repeats=a.repeats)
             row = {"exporter": exporter, "recover": recover, "cosine_mean": float(cos.mean()),
                    "cosine_min": float(cos.min()), "flops_ratio": res.after.flops / res.before.flops,

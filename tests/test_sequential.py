@@ -255,3 +255,34 @@ def test_seq_targets_are_the_layers_before_bias_compensation(tmp_path, monkeypat
     changed = [k for k in before if k in current and not np.array_equal(before[k], current[k])]
     assert changed, "bias compensation changed nothing: the test does not exercise it"
     assert all(np.array_equal(before[k], target[k]) for k in before if k in target)
+
+def test_per_group_search_removes_at_least_the_global_and_never_misses(model, tmp_path):
+    """The per-group phase starts from the best global plan, only removes more, and keeps only met plans."""
+    path, calib, _, _ = model
+
+    def cos(a, b):  # mean per-sample cosine of the first output
+        a, b = a[0].astype(np.float64), b[0].astype(np.float64)
+        return float(np.mean(np.sum(a * b, 1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)))
+
+    found = {}
+    for how in ("global", "pergroup"):
+        out = str(tmp_path / f"{how}.onnx")
+        res = onnxprune.prune(path, out, metric=cos, metric_target=0.9, calib=calib, round_to=1, criterion="l2", recover="none",
+                              remove_dead=False, quality_search=how)
+        found[how] = (res, out)
+    g, p = found["global"][0], found["pergroup"][0]
+    g_traj, p_traj = g.plan.settings["trajectory"], p.plan.settings["trajectory"]
+    assert {s["phase"] for s in g_traj} == {"global"}
+    per = [s for s in p_traj if s["phase"] == "per-group"]
+    assert per and all(s["moved"] for s in per)
+    same = [(s["flops"], s["met"]) for s in p_traj if s["phase"] == "global"]
+    assert same == [(s["flops"], s["met"]) for s in g_traj]  # the same global phase first
+    g_best = min(s["flops"] for s in g_traj if s["met"])
+    assert all(s["flops"] < g_best for s in per)  # a move only ever removes more
+    assert p.after.flops <= g.after.flops
+    chosen = min((s for s in p_traj if s["met"]), key=lambda s: s["flops"])
+    assert p.after.flops / p.before.flops == pytest.approx(chosen["flops"], abs=1e-4)
+    x = np.load(calib)["x"][3::4]  # the check split: the written model meets the target on it
+    a, b = run(onnx.load(path), {"x": x})[0], run(onnx.load(found["pergroup"][1]), {"x": x})[0]
+    assert cos([a], [b]) >= 0.9 and chosen["score"] >= 0.9
+    assert main(["plan", path, "-o", str(tmp_path / "p.json"), "--ratio", "0.3", "--quality-search", "global"]) == 1

@@ -196,13 +196,13 @@ def _print_trajectory(plan) -> None:
         return
     print(f"quality search for {st['quality_target']} on {st['check_samples']} held-back calibration samples "
           f"({st['fit_samples']} fit); {st['stopped']}:")
-    print(f"  {'FLOPs kept':>10}  {'params kept':>11}  {'score':>8}  result  worst output")
+    print(f"  {'phase':<9}  {'FLOPs kept':>10}  {'params kept':>11}  {'score':>8}  result  worst output")
     for s in st["trajectory"]:
         worst = min(s["outputs"], key=lambda q: min(q["cosine"], q["decision"] if q["decision"] is not None else 1),
                     default=None)
         w = (f"{worst['name']} ({worst['kind']}): cosine {worst['cosine']:.4f}, rel. error {worst['rel_error']:.4f}"
              + (f", decisions {worst['decision']:.4f}" if worst["decision"] is not None else "")) if worst else ""
-        print(f"  {s['flops']:>10.3f}  {s['params']:>11.3f}  {s['score']:>8.4f}  {'met ' if s['met'] else 'MISS'}    {w}")
+        print(f"  {s.get('phase', 'global'):<9}  {s['flops']:>10.3f}  {s['params']:>11.3f}  {s['score']:>8.4f}  {'met ' if s['met'] else 'MISS'}    {w}")
 
 
 def _cmd_plan(a) -> int:
