@@ -680,8 +680,19 @@ def verify(model, an, keep: np.ndarray, table: LatencyTable, *, provider: str = 
 
 
 def _next_aim(tried: list[tuple[float, float]], want: float) -> float:
-    """The predicted speed-up to plan for next, from (aimed, measured) pairs: the secant through the
-    last two when it rises, else the last aim scaled by want/measured."""
+    """The predicted speed-up to plan for next, from (aimed, measured) pairs.
+
+    Once one aim measured below ``want`` and another above, the midpoint of the closest such pair
+    (plans move in whole alignment steps, so measured speed-up is a step function of the aim: a
+    secant can jump across the target); before that, the secant through the last two when it
+    rises, else the last aim scaled by want/measured."""
+    under = [a for a, s in tried if s < want]
+    over = [a for a, s in tried if s >= want]
+    if under and over:
+        lo = max(under)
+        above = [a for a in over if a > lo]
+        if above:
+            return 0.5 * (lo + min(above))
     a1, s1 = tried[-1]
     if len(tried) >= 2:
         a0, s0 = tried[-2]
@@ -708,13 +719,13 @@ def _retime(model, an, plans: list, miss, lat: LatencyTarget, repeats: int = 20)
 
 
 def check_plan(model, an, plan, keep: np.ndarray, lat: LatencyTarget, replan, tolerance: float = 0.05,
-               rounds: int = 2):
+               rounds: int = 3):
     """Time a plan's result against the original (interleaved, one thread pool).
 
     With a latency goal: when the measured speed-up misses it by more than ``tolerance`` and by more
     than twice the timing noise (``speedup_noise``: the rounds' ratios' IQR / √n), the speed-up
     planned for is corrected from the measurements (``aim``: scaled by wanted/measured, then the
-    secant) and the model planned again, at most ``rounds`` times; the candidates are then timed again
+    secant, then the midpoint of a bracket) and the model planned again, at most ``rounds`` times; the candidates are then timed again
     together (one interleaved run) and the one closest to the goal is kept (at or above it on a tie).
     Without one (never slower): a result measured
     slower than the original is said so and planned once more with only widths measured ≥ 5% faster;

@@ -219,17 +219,9 @@ class _Zeroed:
         self.energy = float(sum(np.sum(np.square(y.astype(np.float64))) for o in self.base for y in o))
 
     def error(self, keep: np.ndarray) -> float:
-        feeds: dict[str, np.ndarray] = {}
-        model = self.an.model
-        for tensor, axis, labels in self.params:
-            drop = ~self.an.keep_mask(labels, keep)
-            if drop.any():
-                w = feeds.get(tensor)
-                w = np.array(model.const(tensor), copy=True) if w is None else w
-                idx = [slice(None)] * w.ndim
-                idx[axis] = drop
-                w[tuple(idx)] = 0
-                feeds[tensor] = w
+        from .sensitivity import zeroed_weights
+
+        feeds = zeroed_weights(self.an, self.params, keep)
         num = 0.0
         for b, o0 in zip(self.batches, self.base):
             out = self.sess.run(None, {**b, **feeds})

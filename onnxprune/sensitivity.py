@@ -86,6 +86,25 @@ def _overridable(model: Model, names: set[str]) -> bytes:
     return proto.SerializeToString()
 
 
+def zeroed_weights(an: Analysis, params, keep: np.ndarray) -> dict[str, np.ndarray]:
+    """Weights with the removed channels' consumer-side slices zeroed (the oracle's equivalent of
+    removal without recovery), as feeds for a session of :func:`_overridable`.
+
+    ``params``: ``(tensor, axis, labels)`` of the consumer-side weights to consider.
+    """
+    feeds: dict[str, np.ndarray] = {}
+    for tensor, axis, labels in params:
+        drop = ~an.keep_mask(labels, keep)
+        if drop.any():
+            w = feeds.get(tensor)
+            w = np.array(an.model.const(tensor), copy=True) if w is None else w
+            idx = [slice(None)] * w.ndim
+            idx[axis] = drop
+            w[tuple(idx)] = 0
+            feeds[tensor] = w
+    return feeds
+
+
 def measure(an: Analysis, calibration, scores: dict[int, np.ndarray], *, ratios=DEFAULT_RATIOS) -> SensitivityTable:
     """Measure every prunable group's error at each ratio (see the module docstring)."""
     from .validate.runtime import make_session
@@ -120,16 +139,7 @@ def measure(an: Analysis, calibration, scores: dict[int, np.ndarray], *, ratios=
         errors, flops_saved, params_saved = [], [], []
         for r in ratios:
             keep = _removal(an, gid, scores[gid], r)
-            feeds_w = {}
-            for tensor, axis, labs in params:
-                drop = ~an.keep_mask(labs, keep)
-                if drop.any():
-                    w = feeds_w.get(tensor)
-                    w = np.array(model.const(tensor), copy=True) if w is None else w
-                    idx = [slice(None)] * w.ndim
-                    idx[axis] = drop
-                    w[tuple(idx)] = 0
-                    feeds_w[tensor] = w
+            feeds_w = zeroed_weights(an, params, keep)
             outs = [sess.run(None, {**b, **feeds_w}) for b in batches]
             num = sum(np.sum(np.square(y.astype(np.float64) - y0)) for o, o0 in zip(outs, base_out)
                       for y, y0 in zip(o, o0))

@@ -239,6 +239,9 @@ def test_next_aim_corrects_by_measurement():
     # secant through two tries: measured rises with the aim
     assert latency._next_aim([(1.5, 1.2), (1.875, 1.4)], 1.5) == pytest.approx(1.875 + 0.1 * 0.375 / 0.2)
     assert latency._next_aim([(1.5, 1.8)], 1.5) >= 1.0
+    # bracketed (one aim measured under the target, one over): the midpoint, not a secant across the step
+    assert latency._next_aim([(3.0, 3.67), (2.455, 2.48), (2.69, 3.70)], 3.0) == pytest.approx((2.455 + 2.69) / 2)
+    assert latency._next_aim([(3.0, 3.67), (2.455, 2.48)], 3.0) == pytest.approx((2.455 + 3.0) / 2)
 
 
 def _scripted_verify(monkeypatch, measured_of):

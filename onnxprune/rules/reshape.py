@@ -336,10 +336,8 @@ def _batch_times_heads(ctx, h: int):
     """Entry h of the Reshape target as ``Mul(B, H)``: (the Mul node, index of its constant input, B's
     declared symbol or None, B's dim read) when B is a run-time read of a dynamic dim, else None."""
     model = ctx.model
-    node = model.producer(ctx.input_name(1))
-    while node is not None and _is_shape_wrapper(model, node):
-        node = model.producer(inp(node, 2 if node.op_type == "Where" else 0))
-    if node is None or node.op_type != "Concat":
+    node = _target_concat(model, ctx.input_name(1))
+    if node is None:
         return None
     pos = 0
     for piece in range(len(node.inputs)):
@@ -600,10 +598,8 @@ def target_entry_fix(ctx, k: int, j: int, value, labels, node=None) -> bool:
 
         ctx.fix(fix)
         return True
-    node = model.producer(name)
-    while node is not None and _is_shape_wrapper(model, node):  # TorchScript's expand(): Where(s == -1, 1, s)
-        node = model.producer(inp(node, 2 if node.op_type == "Where" else 0))
-    if node is None or node.op_type != "Concat":
+    node = _target_concat(model, name)
+    if node is None:
         return False
     pos = 0
     for piece in range(len(node.inputs)):
@@ -624,6 +620,15 @@ def target_entry_fix(ctx, k: int, j: int, value, labels, node=None) -> bool:
             return True
         pos += size
     return False
+
+
+def _target_concat(model, name: str):
+    """The ``Concat`` that builds a run-time shape vector ``name``, through shape wrappers
+    (TorchScript's expand(): ``Where(s == -1, 1, s)``); None when it is not built by one."""
+    node = model.producer(name)
+    while node is not None and _is_shape_wrapper(model, node):
+        node = model.producer(inp(node, 2 if node.op_type == "Where" else 0))
+    return node if node is not None and node.op_type == "Concat" else None
 
 
 def _is_shape_wrapper(model, node) -> bool:
