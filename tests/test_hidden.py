@@ -254,3 +254,26 @@ def _with_output(proto, name):
     p.CopyFrom(proto)
     p.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     return p
+
+
+def test_seq_is_skipped_for_hidden_size_plans(tmp_path):
+    """Sequential reconstruction aims at the zeroed full-size model, which is not the pruned model
+    when norms re-normalise over the kept hidden channels: with --calib's default (seq) a hidden-size
+    plan gives the same model as recover none, and says so."""
+    import onnxprune
+    from onnxprune.testing.oracle import run
+
+    proto = transformer(c=32, t=6, layers=2, stream_output=False, seed=3)
+    src = str(tmp_path / "t.onnx")
+    onnx.save(proto, src)
+    ids = np.random.default_rng(5).integers(0, 11, (64, 6)).astype(np.int64)
+    np.savez(tmp_path / "c.npz", ids=ids)
+    outs = {}
+    for rec in ("seq", "none"):
+        out = str(tmp_path / f"{rec}.onnx")
+        res = onnxprune.prune(src, out, hidden_ratio=0.25, remove_dead=False, round_to=1, criterion="l2",
+                              recover=rec, calib=str(tmp_path / "c.npz"))
+        outs[rec] = run(onnx.load(out), {"ids": ids})[0]
+        if rec == "seq":
+            assert "seq: skipped (hidden-size pruning)" in res.recovery, res.recovery
+    np.testing.assert_allclose(outs["seq"], outs["none"], rtol=1e-5, atol=1e-5)

@@ -23,6 +23,7 @@ sliced with them.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +34,8 @@ from ..rules import rule_for
 from ..rules.elementwise import activation_fn
 from ..analysis import Analysis, ParamAxis
 from ..errors import UnsupportedModelError
+
+log = logging.getLogger(__name__)
 
 __all__ = ["Recovery", "recover", "data_free_means", "MODES"]
 
@@ -109,6 +112,14 @@ def _sequential(model: Model, an: Analysis, keep_atom: np.ndarray, rec: Recovery
 
     if rec.calibration is None:
         raise ValueError("sequential reconstruction needs calibration data")
+    if any(g.kind == "hidden" and not keep_atom[g.atoms].all() for g in an.groups):
+        # its full-size equivalent (removed slices zeroed) is not the pruned model when norms
+        # re-normalise over the kept hidden channels: refits aimed at it measured worse than none
+        # (MiniLM --hidden-ratio 0.25: held-out embedding cosine 0.709 with seq, 0.747 without)
+        log.warning("sequential reconstruction skipped: the plan prunes the hidden size, whose norms re-normalise "
+                    "over the kept channels (the norms' gamma/beta are refitted instead)")
+        rec.report.append("seq: skipped (hidden-size pruning)")
+        return rec.report
     refit = {j.name for j in plan_jobs(model, an, keep_atom)}
     original = model.to_proto() if refit else None  # the refits' targets: the layers before any compensation
     recover(model, an, keep_atom, Recovery("bias", rec.means, fold_atoms=rec.fold_atoms, skip=refit,
