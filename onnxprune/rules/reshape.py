@@ -337,23 +337,10 @@ def _batch_times_heads(ctx, h: int):
     declared symbol or None, B's dim read) when B is a run-time read of a dynamic dim, else None."""
     model = ctx.model
     node = _target_concat(model, ctx.input_name(1))
-    if node is None:
+    found = _concat_entry(model, node, h) if node is not None else None
+    if found is None or found[2] != 1:
         return None
-    pos = 0
-    for piece in range(len(node.inputs)):
-        name = inp(node, piece)
-        shape = model.shape(name)
-        size = int(np.atleast_1d(model.value(name)).size) if model.value(name) is not None else (
-            shape[0] if shape and len(shape) == 1 else (1 if shape == () else None))
-        if not isinstance(size, int):
-            return None
-        if pos <= h < pos + size:
-            if size != 1:
-                return None
-            break
-        pos += size
-    else:
-        return None
+    name = inp(node, found[0])
     prod = model.producer(name)
     while prod is not None and prod.op_type in ("Unsqueeze", "Cast", "Identity", "Squeeze"):
         prod = model.producer(inp(prod, 0))
@@ -599,27 +586,39 @@ def target_entry_fix(ctx, k: int, j: int, value, labels, node=None) -> bool:
         ctx.fix(fix)
         return True
     node = _target_concat(model, name)
-    if node is None:
+    found = _concat_entry(model, node, j) if node is not None else None
+    if found is None:
         return False
-    pos = 0
-    for piece in range(len(node.inputs)):
-        name_k = inp(node, piece)
-        v = model.value(name_k)
-        size = int(np.atleast_1d(v).size) if v is not None else (model.shape(name_k) or (None,))[0]
-        if not isinstance(size, int):
-            return False
-        if pos <= j < pos + size:
-            if v is None and not (size == 1 and _fixable(_shape_read(model, name_k, chan_shape_of(ctx)))):
-                return False
-            def fix(rw, node=node, piece=piece, off=j - pos, labels=labels, is_const=v is not None):
-                new = np.atleast_1d(rw.const_input(node, piece)).copy() if is_const else np.zeros(1, np.int64)
-                new[off] = value(int(rw.keep(labels).sum()))
-                rw.set_input_const(node, piece, new)
+    piece, off, size = found
+    name_k = inp(node, piece)
+    v = model.value(name_k)
+    if v is None and not (size == 1 and _fixable(_shape_read(model, name_k, chan_shape_of(ctx)))):
+        return False
 
-            ctx.fix(fix)
-            return True
+    def fix(rw, node=node, piece=piece, off=off, labels=labels, is_const=v is not None):
+        new = np.atleast_1d(rw.const_input(node, piece)).copy() if is_const else np.zeros(1, np.int64)
+        new[off] = value(int(rw.keep(labels).sum()))
+        rw.set_input_const(node, piece, new)
+
+    ctx.fix(fix)
+    return True
+
+
+def _concat_entry(model, concat, j: int) -> tuple[int, int, int] | None:
+    """Which input of a shape-building ``Concat`` holds entry ``j`` of its 1-D output: (input index,
+    offset in it, its length); None when a length before it is unknown."""
+    pos = 0
+    for piece in range(len(concat.inputs)):
+        name = inp(concat, piece)
+        v, shape = model.value(name), model.shape(name)
+        size = int(np.atleast_1d(v).size) if v is not None else (
+            shape[0] if shape and len(shape) == 1 else (1 if shape == () else None))
+        if not isinstance(size, int):
+            return None
+        if pos <= j < pos + size:
+            return piece, j - pos, size
         pos += size
-    return False
+    return None
 
 
 def _target_concat(model, name: str):
