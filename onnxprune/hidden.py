@@ -38,7 +38,7 @@ import onnx_ir as ir
 from .graph import Model, inp, out
 
 __all__ = ["NormSite", "add_site", "expandable_outputs", "expand_output", "reference", "compensate",
-           "hidden_groups", "summary"]
+           "summary"]
 
 log = logging.getLogger("onnxprune.hidden")
 
@@ -62,10 +62,6 @@ class NormSite:
 def add_site(ctx, kind: str, x) -> None:
     """Record a site for the node of ``ctx`` reading input 0's channels ``x`` (a ``Chan``)."""
     ctx.an.hidden_sites.append(NormSite(ctx.name, kind, ctx.input_name(0), ctx.output_name(0), x.axis, x.labels))
-
-
-def hidden_groups(an) -> list:
-    return [g for g in an.groups if g.kind == "hidden"]
 
 
 # --------------------------------------------------------------------------- graph outputs

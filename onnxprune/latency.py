@@ -304,14 +304,7 @@ class LatencyTable:
 
     def predict(self, widths: dict[int, int]) -> float:
         """Predicted end-to-end ms with group ``gid`` kept at ``widths[gid]`` channels."""
-        factor = {n: 1.0 for n in self.nodes}
-        for gid, w in widths.items():
-            g = self.groups.get(str(gid))
-            if g is None or w >= g["size"]:
-                continue
-            for n in g["nodes"]:
-                factor[n] *= self.ratio(gid, n, w)
-        s = sum(t * factor[n] for n, t in self.nodes.items())
+        s = self.node_sum(widths)
         if self.scale is not None and self.rest_ms is not None:
             return max(self.rest_ms + self.scale * s, 0.02 * self.base_ms)
         # uncalibrated: the model's time scales like its heavy nodes' (onnxruntime fuses the rest in)

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import logging
 import os
@@ -44,6 +45,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import OnnxPruneError
+from .outputs import write_text
 from .options import resolve, signature, without
 
 __all__ = ["Target", "TARGET_KINDS", "SweepResult", "sweep", "pareto_front"]
@@ -242,7 +244,7 @@ def _run_ray(todo: list[Target], model: str, folder: str, prune_opts: dict, judg
             row, data = ray.get(ready[0])
             t = refs[ready[0]]
             if data is not None:
-                _atomic_write(_model_path(folder, t), data)
+                write_text(_model_path(folder, t), data)
             row["ray"] = address
             done(t, row)
     finally:
@@ -321,16 +323,16 @@ def _fmt(v) -> str:
 
 
 def _write_tables(folder: str, result: SweepResult) -> None:
-    _atomic_write(os.path.join(folder, "results.json"), json.dumps(result.to_dict(), indent=1).encode())
+    write_text(os.path.join(folder, "results.json"), json.dumps(result.to_dict(), indent=1).encode())
     rows = [_flat(r) for r in result.rows]
-    with open(os.path.join(folder, "results.csv.tmp"), "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=_COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(os.path.join(folder, "results.csv.tmp"), os.path.join(folder, "results.csv"))
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=_COLUMNS)
+    w.writeheader()
+    w.writerows(rows)
+    write_text(os.path.join(folder, "results.csv"), buf.getvalue().encode())
     md = ["| " + " | ".join(_COLUMNS) + " |", "|" + "---|" * len(_COLUMNS)]
     md += ["| " + " | ".join(_fmt(r[c]) for c in _COLUMNS) + " |" for r in rows]
-    _atomic_write(os.path.join(folder, "results.md"), ("\n".join(md) + "\n").encode())
+    write_text(os.path.join(folder, "results.md"), ("\n".join(md) + "\n").encode())
 
 
 def _plot(folder: str, model: str, rows: list[dict], quality: str) -> str | None:
@@ -372,21 +374,15 @@ def _plot(folder: str, model: str, rows: list[dict], quality: str) -> str | None
     ax.legend(fontsize=8, loc="lower right")
     fig.tight_layout()
     path = os.path.join(folder, "sweep.png")
-    fig.savefig(path + ".tmp.png")
+    png = io.BytesIO()
+    fig.savefig(png, format="png")
     plt.close(fig)
-    os.replace(path + ".tmp.png", path)
+    write_text(path, png.getvalue())
     return path
 
 
 # ---------------------------------------------------------------------------------------------------------------
 # the sweep
-
-
-def _atomic_write(path: str, data: bytes) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def _model_path(folder: str, t: Target) -> str:
@@ -428,7 +424,7 @@ def _check_folder(folder: str, settings: dict) -> None:
             raise OnnxPruneError(f"{folder} holds a sweep with other settings ({', '.join(diff)} differ); "
                                  "choose another output folder or delete it")
         return
-    _atomic_write(path, json.dumps(settings, indent=1).encode())
+    write_text(path, json.dumps(settings, indent=1).encode())
 
 
 def sweep(model: str, folder: str, **options) -> SweepResult:
@@ -467,7 +463,7 @@ def sweep(model: str, folder: str, **options) -> SweepResult:
 
     def done(t: Target, row: dict) -> None:
         rows[t.key] = row
-        _atomic_write(_row_path(folder, t), json.dumps(row, indent=1).encode())
+        write_text(_row_path(folder, t), json.dumps(row, indent=1).encode())
         log.info("sweep: point %s %s", t.key, row.get("error") or f"pruned, flops {row['flops_ratio']:.3f}")
 
     if todo:
@@ -479,7 +475,7 @@ def sweep(model: str, folder: str, **options) -> SweepResult:
     if timed:  # stage 2: timing here, all points together (every run: the same conditions for all)
         for key, lat in _time_points(model, timed, judge, o.warmup, o.repeats).items():
             rows[key]["latency"] = lat
-            _atomic_write(os.path.join(folder, "points", key + ".json"), json.dumps(rows[key], indent=1).encode())
+            write_text(os.path.join(folder, "points", key + ".json"), json.dumps(rows[key], indent=1).encode())
     out = [rows[t.key] for t in targets]
     quality = "accuracy" if all(r.get("accuracy") is not None for r in out if "error" not in r) and any(
         "error" not in r for r in out) else "cosine"

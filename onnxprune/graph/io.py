@@ -75,7 +75,7 @@ def _expected_bytes(t: onnx.TensorProto) -> int | None:
     return n * itemsize
 
 
-_FIELDS = {"float_data": 1, "int32_data": 1, "int64_data": 1, "double_data": 1, "uint64_data": 1}
+_FIELDS = ("float_data", "int32_data", "int64_data", "double_data", "uint64_data")
 
 
 def check_inline_data(proto: onnx.ModelProto, path: str) -> None:
@@ -248,8 +248,6 @@ def _in_child(fn) -> str:
     if not hasattr(os, "fork"):
         fn()
         return ""
-    import tempfile
-
     r, w = os.pipe()
     native = tempfile.TemporaryFile()  # what the child's native code prints (an assertion) goes here
     pid = os.fork()

@@ -48,17 +48,17 @@ HELDOUT = True  # fit the OBS updates on even calibration samples, measure their
 HELDOUT_MAX_DIM = 2048  # wider Grams (a Flatten'ed Gemm) are fitted and checked on all rows: the check costs O(d³)
 NORM = "stream"  # ΔE relative to the energy of the stream the output lands in ("own": of the output)
 WORK = 5e8  # entries updated per group at most (fewer rounds for wide consumers: a Flatten'ed Gemm)
-GRAM_BYTES = 1 << 30
-ROW_BUDGET = 16384  # Gram rows per consumer at most (sampled evenly over batches), as --recover seq  # Gram matrices recorded in one calibration pass at most
+GRAM_BYTES = 1 << 30  # Gram matrices recorded in one calibration pass at most
+ROW_BUDGET = 16384  # Gram rows per consumer at most (sampled evenly over batches), as --recover seq
 
 
 class _Member:
     """One consumer weight of a group: W as [out, d+1] (bias column zero), its Gram, and the
     Gram columns of each of the group's channels it reads ([n_hit, block])."""
 
-    def __init__(self, node, w: np.ndarray, bias: np.ndarray, atoms: np.ndarray, cols: np.ndarray, key: str,
+    def __init__(self, node, w: np.ndarray, atoms: np.ndarray, cols: np.ndarray, key: str,
                  stream: tuple[str, int] | None = None):
-        self.node, self.w, self.bias, self.atoms, self.cols, self.key = node, w, bias, atoms, cols, key
+        self.node, self.w, self.atoms, self.cols, self.key = node, w, atoms, cols, key
         self.stream = stream
 
 
@@ -83,7 +83,7 @@ def _stream(model, node, axis: int) -> tuple[str, int] | None:
 
 def _member(an: Analysis, group: Group, p) -> _Member | None:
     from ..record import gram_spec_for
-    from ..rewrite.recover import _current_bias, _layout
+    from ..rewrite.recover import _layout
 
     model = an.model
     node = p.node
@@ -117,9 +117,8 @@ def _member(an: Analysis, group: Group, p) -> _Member | None:
         return None
     per = int(counts[0])
     cols = (idx[:, None] * k + np.arange(k)[None, :]).reshape(hit.size, per * k)
-    bias = _current_bias(model, an, node, a.shape[0]) * (lay.beta if lay.kind == "dense" else 1.0)
     axis = 1 if lay.kind == "conv" else -1
-    return _Member(node, a, bias, hit, cols, model.node_name(node), _stream(model, node, axis))
+    return _Member(node, a, hit, cols, model.node_name(node), _stream(model, node, axis))
 
 
 def greedy_obs(members: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]], n: int,

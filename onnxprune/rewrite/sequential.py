@@ -326,11 +326,10 @@ def _solve(job: _Job) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if k < 2:
             x[sel] = fixed[k][sel]
         else:
-            hs = h[sel].copy()
-            reg = RIDGES[k - 2] * _ridge_scale(hs)
-            idx = np.arange(hs.shape[1])
-            hs[:, idx, idx] += reg[:, None]
-            x[sel] = np.linalg.solve(hs, b[sel]).transpose(0, 2, 1)
+            fit = _ridge(h[sel], b[sel], RIDGES[k - 2])
+            if fit is None:  # H + λI is positive definite: a singular system here is a bug
+                raise np.linalg.LinAlgError(f"{job.name}: the chosen ridge refit is singular")
+            x[sel] = fit
     return x, choice, errs
 
 

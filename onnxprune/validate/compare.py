@@ -419,9 +419,10 @@ def check_validation_options(*, batch=1, warmup=0, repeats=1, seed=0, dims=None,
     check("validate_seed", seed)  # the CLI's --seed of validation
     check("dims", dims or None)
     if tol is not None:
-        for name, table in (("atol", tol.atol), ("rtol", tol.rtol)):  # the same parse as the CLI's
-            items = table.items() if isinstance(table, dict) else [("", table)]
-            parse_tolerances([f"{k}:{v}" if k else f"{v}" for k, v in items if v is not None], name)
+        for name, table in (("atol", tol.atol), ("rtol", tol.rtol)):
+            for k, v in (table.items() if isinstance(table, dict) else [("", table)]):
+                if v is not None and not (isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0):
+                    raise OnnxPruneError(f"{name} {k + ':' if k else ''}{v!r}: a tolerance must be a number ≥ 0")
         for name in ("min_cosine", "min_agreement", "max_accuracy_drop"):
             check(name, getattr(tol, name))
 
