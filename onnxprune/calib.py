@@ -12,6 +12,7 @@ Calibration data is for scoring and recovery only; judge the result on a separat
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,7 +22,9 @@ import numpy as np
 from .errors import OnnxPruneError
 from .validate.inputs import InputSpec, check_arrays, read_npz
 
-__all__ = ["ImageSpec", "Calibration", "load_calibration"]
+log = logging.getLogger(__name__)
+
+__all__ = ["ImageSpec", "Calibration", "load_calibration", "set_row_mask"]
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp")
 MAX_IMAGE_PIXELS = 64_000_000  # refuse larger images (decompression bombs) before decoding them
@@ -198,6 +201,7 @@ class Calibration:
                 raise OnnxPruneError(f"{source}: fewer samples than the model's fixed batch of {batch_size}")
         if not hasattr(self, "labels"):
             self.labels = None
+        self.mask_input: str | None = None  # see set_row_mask
 
     def subset(self, indices) -> Calibration:
         """The same source restricted to these sample indices (a fixed-batch model: whole batches)."""
@@ -232,6 +236,12 @@ class Calibration:
     def __len__(self) -> int:
         return (self.n_samples + self.batch_size - 1) // self.batch_size
 
+    def row_mask(self, feeds: dict[str, np.ndarray]) -> np.ndarray | None:
+        """The batch's token mask ([N, S] bool; False: padding, left out of statistics), or None."""
+        if self.mask_input is None or self.mask_input not in feeds:
+            return None
+        return np.asarray(feeds[self.mask_input]) != 0
+
     def batches(self, progress: str | None = None) -> Iterator[dict[str, np.ndarray]]:
         """Batches of feeds; ``progress`` names the phase for :func:`onnxprune.progress.progress`."""
         starts = range(0, self.n_samples, self.batch_size)
@@ -247,9 +257,53 @@ class Calibration:
                 yield {self.input_names[0]: np.stack([self.spec.load(f) for f in self.files[start:stop]])}
 
 
+MASK_NAMES = ("attention_mask", "input_mask")  # padding masks as Hugging Face / BERT exports name them
+
+
+def set_row_mask(cal: Calibration, how: str | None) -> str | None:
+    """Choose the input whose zeros mark padded positions, left out of every statistic.
+
+    ``how``: ``auto`` (an input named like ``attention_mask``/``input_mask``, rank 2, integer or
+    bool, values 0/1 only), ``none``, or an input's name. Padded positions of a batch padded to one
+    length are computed by the model but read by nothing that matters (attention and pooling mask
+    them): MiniLM's 32 calibration sentences are 26% padding, and statistics taken over it rank
+    and refit towards values the outputs never see.
+
+    Raises:
+        OnnxPruneError: a named input that is not a 0/1 array of rank 2 in the calibration data.
+    """
+    cal.mask_input = None
+    if how in (None, "none") or cal.arrays is None:
+        if how not in (None, "none", "auto"):
+            raise OnnxPruneError(f"--calib-mask {how}: image-folder calibration data has no mask input; "
+                                 "give an .npz or --calib-mask none")
+        return None
+    if how == "auto":
+        names = [n for n in cal.arrays if n.lower().split("/")[-1].split(":")[0] in MASK_NAMES]
+        if len(names) != 1:
+            return None
+    else:
+        if how not in cal.arrays:
+            raise OnnxPruneError(f"--calib-mask {how}: no such model input in the calibration data "
+                                 f"(inputs: {', '.join(cal.arrays)}); name the padding-mask input or give none")
+        names = [how]
+    a = cal.arrays[names[0]]
+    ok = a.ndim == 2 and a.dtype.kind in "biu" and bool(np.isin(a, (0, 1)).all()) and bool((a != 0).any(axis=1).all())
+    if not ok:
+        if how == "auto":
+            return None
+        raise OnnxPruneError(f"--calib-mask {how}: the input '{how}' is not a [samples, positions] array of 0/1 "
+                             "with a 1 in every sample; name the padding-mask input or give none")
+    cal.mask_input = names[0]
+    pad = 1.0 - float(np.mean(a[:cal.n_samples] != 0))
+    log.info("calibration statistics leave out padded positions (%s == 0: %.0f%% of positions); --calib-mask none "
+             "keeps them", names[0], 100 * pad)
+    return names[0]
+
+
 def load_calibration(source: str, model, *, batch_size: int = 32, image_spec: str | ImageSpec | None = None,
-                     limit: int | None = None, drop_nonfinite: bool = False) -> Calibration:
-    """Calibration batches for ``model`` (a ``graph.Model``)."""
+                     limit: int | None = None, drop_nonfinite: bool = False, mask: str | None = "auto") -> Calibration:
+    """Calibration batches for ``model`` (a ``graph.Model``); ``mask``: see :func:`set_row_mask`."""
     spec = ImageSpec.parse(image_spec) if isinstance(image_spec, str) else image_spec
     fixed = set()
     for v in model.graph.inputs:
@@ -260,6 +314,8 @@ def load_calibration(source: str, model, *, batch_size: int = 32, image_spec: st
     from .options import check
 
     check("calib_batch", batch_size)
-    return Calibration(source, list(model.graph_inputs), batch_size=static or batch_size, image_spec=spec,
-                       limit=limit, fixed_batch=static is not None, specs=InputSpec.from_model(model),
-                       drop_nonfinite=drop_nonfinite)
+    cal = Calibration(source, list(model.graph_inputs), batch_size=static or batch_size, image_spec=spec,
+                      limit=limit, fixed_batch=static is not None, specs=InputSpec.from_model(model),
+                      drop_nonfinite=drop_nonfinite)
+    set_row_mask(cal, mask)
+    return cal

@@ -232,8 +232,8 @@ OPTIONS: tuple[Option, ...] = (
          "(ratio and targets apply to the other groups)", range=FRACTION_REMOVED, metavar="R", plans=True),
     _opt("hidden_compensate", bool, True, "rescale (data-free) or refit (with calibration data) the norms' γ/β "
          "after hidden-size pruning", cli=None, commands=frozenset({PRUNE})),
-    _opt("criterion", str, None, "channel importance (default: l2; with calibration data the measured best, "
-         "wanda); activation/apoz/wanda/sensitivity need calibration data, taylor/fisher/grad/hybrid a gradient "
+    _opt("criterion", str, None, "channel importance (default: l2; with calibration data the measured best: "
+         "sensitivity ranked by obs for a FLOPs/params or quality target, else wanda); activation/apoz/wanda/sensitivity need calibration data, taylor/fisher/grad/hybrid a gradient "
          "record", choices=_criteria, plans=True),
     _opt("mode", str, "uniform", "same ratio in every group, or one global ranking", choices=_modes, plans=True),
     _opt("round_to", round_to_value, "auto", "kept widths become multiples of N; auto: the step the target's kernels "
@@ -257,6 +257,9 @@ OPTIONS: tuple[Option, ...] = (
     _opt("calib_batch", int, 32, "calibration batch size", group="calibration", range=AT_LEAST_1, commands=CALIBRATED),
     _opt("calib_limit", int, None, "use at most this many calibration samples", group="calibration",
          range=AT_LEAST_1, commands=CALIBRATED),
+    _opt("calib_mask", str, "auto", "input whose zeros mark padded positions, left out of statistics and refits "
+         "(auto: an input named attention_mask/input_mask holding 0/1; none: keep every position)",
+         group="calibration", commands=CALIBRATED, metavar="INPUT|auto|none", plans=True),
     _opt("remove_dead", bool, None, "remove channels constant on calibration data, folding them into biases "
          "(default: when calibration data is given); --keep-dead turns it off", group="calibration",
          cli="bool", flags=("--remove-dead", "--keep-dead"), plans=True),
@@ -264,7 +267,8 @@ OPTIONS: tuple[Option, ...] = (
          range=AT_LEAST_0, plans=True),
     _opt("drop_nonfinite", bool, False, "skip calibration samples holding NaN/Inf (default: refuse such data)",
          group="calibration", cli="flag", commands=CALIBRATED),
-    _opt("rank_by", str, "l2", "within-group ranking for criterion sensitivity", group="calibration",
+    _opt("rank_by", str, "l2", "within-group ranking for criterion sensitivity (obs when sensitivity is the "
+         "calibrated default)", group="calibration",
          choices=_rankings, commands=PLANNING | {SENS}, plans=True),
     _opt("gradients", None, None, "gradient record (.npz from onnxprune.torch.record_gradients) for "
          "taylor/fisher/grad/hybrid", group="calibration", plans=True, metavar="NPZ"),

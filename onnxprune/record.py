@@ -21,7 +21,21 @@ import numpy as np
 from .graph import Model, inp
 from .errors import OnnxPruneError
 
-__all__ = ["ChannelStats", "GramSpec", "Gram", "Recording", "record"]
+__all__ = ["ChannelStats", "GramSpec", "Gram", "Recording", "record", "select_rows"]
+
+
+def select_rows(x: np.ndarray, axis: int, mask: np.ndarray | None) -> tuple[np.ndarray, int]:
+    """``x`` without its padded positions: a tensor laid out [N, S, …] like the token mask [N, S]
+    (channels on a later axis) becomes [kept positions, …]; anything else is returned as it is.
+
+    Tensors that do not start with the mask's shape (a head-split [N, H, S, D], a Conv's
+    [N, C, H, W]) keep every row."""
+    if mask is None or x.ndim < 3:
+        return x, axis
+    ax = axis % x.ndim
+    if ax < 2 or x.shape[:2] != mask.shape:
+        return x, axis
+    return x[mask], ax - 1
 
 
 @dataclass
@@ -42,10 +56,11 @@ class ChannelStats:
         z = lambda: np.zeros(n, np.float64)  # noqa: E731
         return cls(axis, z(), z(), z(), z(), z(), np.full(n, np.inf), np.full(n, -np.inf))
 
-    def update(self, a: np.ndarray, zero_tol: float) -> None:
-        axes = tuple(i for i in range(a.ndim) if i != self.axis)
+    def update(self, a: np.ndarray, zero_tol: float, mask: np.ndarray | None = None) -> None:
+        a, ax = select_rows(a, self.axis, mask)
+        axes = tuple(i for i in range(a.ndim) if i != ax)
         a64 = a.astype(np.float64, copy=False)
-        self.count += a.size // a.shape[self.axis]
+        self.count += a.size // a.shape[ax]
         self.sum += a64.sum(axis=axes)
         self.sum_abs += np.abs(a64).sum(axis=axes)
         self.sum_sq += np.square(a64).sum(axis=axes)
@@ -87,10 +102,11 @@ class GramSpec:
     pads: tuple[int, ...] = ()
     dilations: tuple[int, ...] = ()
 
-    def rows(self, x: np.ndarray) -> np.ndarray:
-        """The consumer's input rows: (n_rows, D)."""
+    def rows(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        """The consumer's input rows: (n_rows, D); a dense consumer's without padded positions (``mask``)."""
         if self.kind == "dense":
-            return np.moveaxis(x, self.axis, -1).reshape(-1, x.shape[self.axis])
+            x, axis = select_rows(x, self.axis, mask)
+            return np.moveaxis(x, axis, -1).reshape(-1, x.shape[axis])
         return _im2col(x, self.kernel, self.strides, self.pads, self.dilations)
 
 
@@ -179,6 +195,7 @@ def record(model: Model, calibration, tensors: dict[str, int], *, grams: dict[st
     out_names = [o.name for o in sess.get_outputs()]
     rec = Recording()
     for feeds in calibration.batches(progress):
+        mask = calibration.row_mask(feeds)
         outs = dict(zip(out_names, sess.run(out_names, feeds)))
         outs.update({k: v for k, v in feeds.items() if k in tensors or any(k == t for t, _ in grams.values())})
         for name, axis in tensors.items():
@@ -186,15 +203,16 @@ def record(model: Model, calibration, tensors: dict[str, int], *, grams: dict[st
             st = rec.stats.get(name)
             if st is None:
                 st = rec.stats[name] = ChannelStats.empty(axis, a.shape[axis])
-            st.update(a, zero_tol)
+            st.update(a, zero_tol, mask)
         for key, (name, spec) in grams.items():
             x = outs[name]
             g = rec.grams.get(key)
             for half in (0, 1):
-                part = x[half::2] if x.ndim and x.shape[0] > 1 else (x if half == 0 else x[:0])
+                many = x.ndim and x.shape[0] > 1
+                part = x[half::2] if many else (x if half == 0 else x[:0])
                 if part.size == 0:
                     continue
-                rows = spec.rows(part)
+                rows = spec.rows(part, None if mask is None else mask[half::2] if many else mask)
                 if g is None:
                     d = rows.shape[1] + 1
                     g = rec.grams[key] = Gram([np.zeros((d, d)), np.zeros((d, d))], [0, 0])

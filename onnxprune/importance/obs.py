@@ -241,8 +241,8 @@ class _Sampled:
     def __init__(self, spec, cap: int, rng):
         self.spec, self.cap, self.rng = spec, cap, rng
 
-    def rows(self, x: np.ndarray) -> np.ndarray:
-        r = self.spec.rows(x)
+    def rows(self, x: np.ndarray, mask: np.ndarray | None = None) -> np.ndarray:
+        r = self.spec.rows(x, mask)
         if r.shape[0] > self.cap:
             r = r[np.sort(self.rng.choice(r.shape[0], self.cap, replace=False))]
         return r

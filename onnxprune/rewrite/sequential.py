@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -143,9 +143,9 @@ def plan_jobs(model: Model, an: Analysis, keep_atom: np.ndarray) -> list[_Job]:
     return ordered
 
 
-def _n_rows(job: _Job, x: np.ndarray) -> tuple[int, tuple[int, ...]]:
+def _n_rows(job: _Job, x: np.ndarray, spec=None) -> tuple[int, tuple[int, ...]]:
     """(rows x gives, output spatial dims) without building them."""
-    sp = job.spec
+    sp = spec or job.spec
     if sp.kind == "dense":
         return x.size // x.shape[sp.axis], ()
     nd = len(sp.kernel)
@@ -155,11 +155,11 @@ def _n_rows(job: _Job, x: np.ndarray) -> tuple[int, tuple[int, ...]]:
 
 
 def _rows(job: _Job, x: np.ndarray, idx: np.ndarray | None, dims: tuple[int, ...],
-          groups: int | None = None) -> np.ndarray:
+          groups: int | None = None, spec=None) -> np.ndarray:
     """[n, G, d] rows of the consumer's input, per group (``groups`` of them in x: default all of
     the consumer's); only rows ``idx`` when given (a Conv's patches are then gathered directly,
     not unfolded whole)."""
-    sp = job.spec
+    sp = spec or job.spec
     g = job.a.shape[0] if groups is None else groups
     if idx is None or sp.kind == "dense":
         r = sp.rows(x)
@@ -189,16 +189,24 @@ def _channels(job: _Job, x: np.ndarray, kept_only: bool) -> np.ndarray:
     return x if ch.size == x.shape[1] else x[:, ch]
 
 
-def _accumulate(job: _Job, half: int, xp: np.ndarray, xo: np.ndarray, rng, cap: int) -> None:
-    total, dims = _n_rows(job, xp)
+def _accumulate(job: _Job, half: int, xp: np.ndarray, xo: np.ndarray, rng, cap: int,
+                mask: np.ndarray | None = None) -> None:
+    spec = job.spec
+    if spec.kind == "dense" and mask is not None:  # padded positions out (record.select_rows)
+        from ..record import select_rows
+
+        xp, ax = select_rows(xp, spec.axis, mask)
+        xo, _ = select_rows(xo, spec.axis, mask)
+        spec = replace(spec, axis=ax)
+    total, dims = _n_rows(job, xp, spec)
     idx = np.sort(rng.choice(total, cap, replace=False)) if total > cap else None
     gk = job.groups_kept
-    if job.spec.kind == "conv":
+    if spec.kind == "conv":
         rp = _rows(job, _channels(job, xp, True), idx, dims, len(gk))
         ro = _rows(job, _channels(job, xo, False), idx, dims, len(gk))
     else:
-        rp = _rows(job, xp, idx, dims)[:, gk][:, :, job.keep_cols]
-        ro = _rows(job, xo, idx, dims)[:, gk]
+        rp = _rows(job, xp, idx, dims, spec=spec)[:, gk][:, :, job.keep_cols]
+        ro = _rows(job, xo, idx, dims, spec=spec)[:, gk]
     a = job.a[gk]  # [Gk, per, d+1]
     n = rp.shape[0]
     p = np.empty((len(gk), n, rp.shape[2] + 1))
@@ -623,16 +631,19 @@ def _reconstruct(model: Model, an: Analysis, keep_atom: np.ndarray, calibration,
         for bi, feeds in enumerate(calibration.batches(None)):
             with clock("onnxruntime"):
                 got_o, got_p = front.run(bi, feeds)
+            mask = calibration.row_mask(feeds)
             with clock("statistics"):
                 for j in todo:
                     xp, xo = got_p[j.x], got_o[j.x]
                     for half in (0, 1):
-                        sp = xp[half::2] if xp.shape[0] > 1 else (xp if half == 0 else xp[:0])
+                        many = xp.shape[0] > 1
+                        sp = xp[half::2] if many else (xp if half == 0 else xp[:0])
                         if sp.shape[0] == 0:
                             continue
-                        so = xo[half::2] if xo.shape[0] > 1 else xo
+                        so = xo[half::2] if many else xo
                         cap = max(1, -(-max(row_budget, 64 * (int(j.keep_cols.sum()) + 1)) // (2 * n_batches)))
-                        _accumulate(j, half, sp, so, rng, cap)
+                        _accumulate(j, half, sp, so, rng, cap,
+                                    None if mask is None else mask[half::2] if many else mask)
         front.advance()
         for j in todo:
             with clock("solves"):
