@@ -339,17 +339,24 @@ class LatencyTable:
         return sum(t * factor[n] for n, t in self.nodes.items())
 
 
-def bisect_latency(an, select, table: LatencyTable, target_ms: float) -> np.ndarray:
+def bisect_latency(an, select, table: LatencyTable, target_ms: float, above: dict | None = None) -> np.ndarray:
     """The smallest uniform ratio whose plan (``select(ratio)`` -> keep mask) is predicted ≤ ``target_ms``.
+
+    ``above`` (a dict) receives ``k``: the plan of the largest ratio tried that missed the target.
 
     Raises:
         PlanError: not even removing every prunable channel is predicted to reach the target.
     """
     from .errors import PlanError
 
+    above = {} if above is None else above
+
     def ms(r: float) -> tuple[float, np.ndarray]:
         k = select(r)
-        return table.predict(table.widths_of(an, k)), k
+        v = table.predict(table.widths_of(an, k))
+        if v > target_ms and r >= above.get("r", -1.0):
+            above.update(r=r, k=k)
+        return v, k
 
     if target_ms >= table.base_ms:
         return np.ones(an.n_atoms, dtype=bool)

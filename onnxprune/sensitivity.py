@@ -15,6 +15,7 @@ least extra error per FLOP (or parameter) saved, until the cost model says the t
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -158,8 +159,11 @@ def measure(an: Analysis, calibration, scores: dict[int, np.ndarray], *, ratios=
 
 
 def allocate(an: Analysis, table: SensitivityTable, scores: dict[int, np.ndarray], *, target: float,
-             metric: str = "flops", round_to: int = 1, min_channels: int = 1) -> dict[int, float]:
-    """Per-group ratios meeting ``target`` (fraction of FLOPs/params kept) at the least error."""
+             metric: str = "flops", round_to: int = 1, min_channels: int = 1, latency=None) -> dict[int, float]:
+    """Per-group ratios meeting ``target`` (fraction of FLOPs/params kept) at the least error.
+
+    ``latency``: the measured table the plan is made against (widths that save no time are not
+    cut there, so they must not count here either)."""
     from .planner import _Options, _select
 
     if table.signature and table.signature != an.signature():
@@ -169,7 +173,7 @@ def allocate(an: Analysis, table: SensitivityTable, scores: dict[int, np.ndarray
     level = {gid: -1 for gid in rows}
     cm = CostModel(an.model, an)
     base = getattr(cm.count(), metric)
-    opts = _Options(0.0, None, None, "uniform", round_to, min_channels)
+    opts = _Options(0.0, None, None, "uniform", round_to, min_channels).measured(latency)
 
     exact: dict[int, float] = {}  # a ratio between two levels, for the last group moved
 
@@ -178,9 +182,12 @@ def allocate(an: Analysis, table: SensitivityTable, scores: dict[int, np.ndarray
         r.update(exact)
         return r
 
-    def frac() -> float:
-        opts.group_ratios = ratios_now()
+    def cost_of(r: dict[int, float]) -> float:
+        opts.group_ratios = r
         return getattr(cm.count(_select(an, scores, 0.0, opts)), metric) / base
+
+    def frac() -> float:
+        return cost_of(ratios_now())
 
     best = None
     while frac() > target:
@@ -216,4 +223,39 @@ def allocate(an: Analysis, table: SensitivityTable, scores: dict[int, np.ndarray
             else:
                 lo = mid
         exact[moved] = hi
-    return ratios_now()
+    return _give_back(an, rows, table.ratios, cost_of, max(round_to, 1), target, ratios_now())
+
+
+def _give_back(an: Analysis, rows: dict, levels, cost_of, round_to: int, target: float,
+               ratios: dict[int, float]) -> dict[int, float]:
+    """Widen groups one width step at a time while the target still holds.
+
+    The last move can jump past the target: rounding, and widths measured as no faster than the
+    full one (never cut against a latency table) make the cost fall in steps (MiniLM at
+    ``--target-flops 0.7``: 0.682 kept). Each round widens the group whose step back removes the
+    most interpolated error per unit of cost given back, among the steps that keep the target."""
+    def err(gid: int, r: float) -> float:
+        return float(np.interp(r, [0.0, *levels], [0.0, *rows[gid]["errors"]]))
+
+    now = cost_of(ratios)
+    for _ in range(4 * len(ratios) + 16):
+        if now >= target - 1e-6:
+            break
+        best = None
+        for gid, r in ratios.items():
+            size = an.groups[gid].size
+            if r <= 0 or gid not in rows:
+                continue
+            step = round_to * max(1, round(size / 32 / round_to))  # ~1/32 of the group, in whole rounding steps
+            r2 = max(0.0, (math.floor(r * size + 1e-9) - step) / size)
+            trial = {**ratios, gid: r2}
+            c = cost_of(trial)
+            if c <= now + 1e-12 or c > target + 1e-9:
+                continue
+            gain = (err(gid, r) - err(gid, r2)) / (c - now)
+            if best is None or gain > best[0]:
+                best = (gain, trial, c)
+        if best is None:
+            break
+        _, ratios, now = best
+    return ratios

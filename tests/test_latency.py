@@ -127,6 +127,69 @@ def test_latency_target_is_planned_against_the_table(r18):
         make_plan(an, scores, criterion="l2", target_latency=1.0)
 
 
+def _linear_table(an, step: int):
+    """Every prunable group one node whose time is linear in its width, timed at multiples of ``step``."""
+    nodes, groups = {}, {}
+    for g in an.groups:
+        if g.prunable and g.kind == "channels":
+            widths = list(range(step, g.size + 1, step))
+            nodes[f"n{g.id}"] = g.size / 64.0
+            groups[str(g.id)] = {"size": g.size, "widths": widths, "nodes": {f"n{g.id}": [w / g.size for w in widths]}}
+    return latency.LatencyTable({"provider": "cpu"}, float(sum(nodes.values())), step, nodes, groups)
+
+
+def test_latency_target_steps_single_groups_between_uniform_steps(r18):
+    """Uniform 16-steps move every group at once: the predicted time jumps past a target between two
+    of them; single-group steps from the plan just short of it land closer, still within it."""
+    from onnxprune.planner import _Options, _select
+
+    _, an = _analysed(r18)
+    table = _linear_table(an, 16)
+    scores = score_groups(an, "l2")
+    opts = _Options(None, None, None, "uniform", 16, 1, {})
+    closer = 0
+    for want in (0.93, 0.85, 0.75, 0.62):
+        target = want * table.base_ms
+        uniform = latency.bisect_latency(an, lambda r: _select(an, scores, r, opts), table, target)
+        u = table.predict(table.widths_of(an, uniform))
+        p = make_plan(an, scores, criterion="l2", target_latency=target, latency=table, round_to=16)
+        got = p.estimate["latency"]["predicted_ms"]
+        assert u - 1e-9 <= got <= target + 1e-9, (want, u, got, target)
+        closer += got > u + 1e-9
+        for gp in p.groups:  # widths stay aligned
+            if gp.kind == "channels":
+                assert (gp.size - len(gp.remove)) % 16 == 0 or len(gp.remove) == 0, gp
+    assert closer >= 2
+
+
+def test_sensitivity_allocation_counts_only_widths_that_save_time(r18):
+    """Allocated against the same table the plan is made against: a group measured flat (never cut
+    there) must not count towards the FLOPs target, however cheap its measured error."""
+    from onnxprune.cost import CostModel
+    from onnxprune.sensitivity import DEFAULT_RATIOS, SensitivityTable, _removal, allocate
+
+    _, an = _analysed(r18)
+    cm = CostModel(an.model, an)
+    full = cm.count()
+    prunable = [g for g in an.groups if g.prunable and g.kind == "channels"]
+    flat = max(prunable, key=lambda g: full.flops - cm.count(_removal(an, g.id, np.zeros(g.size), 0.8)).flops).id
+    table = _fake_table(an, flat)
+    scores = score_groups(an, "l2")
+    rows = []
+    for g in prunable:
+        saved = [(full.flops - cm.count(_removal(an, g.id, scores[g.id], r)).flops) / full.flops for r in DEFAULT_RATIOS]
+        rows.append({"group": g.id, "name": an.group_name(g), "size": g.size, "flops_saved": saved,
+                     "params_saved": saved, "errors": [r * (1e-3 if g.id == flat else 1.0) for r in DEFAULT_RATIOS]})
+    st = SensitivityTable(list(DEFAULT_RATIOS), "rel", 0.0, rows, an.signature())
+    for target in (0.8, 0.6):
+        ratios = allocate(an, st, scores, target=target, latency=table)
+        p = make_plan(an, scores, criterion="sensitivity", group_ratios=ratios, latency=table)
+        got = p.estimate["after"]["flops"] / p.estimate["before"]["flops"]
+        assert got <= target + 1e-9, (target, got)
+        gp = {gp.group: gp for gp in p.groups}[flat]
+        assert not gp.remove or table.group_saves(flat, gp.size - len(gp.remove))
+
+
 def test_target_speedup_end_to_end_reports_predicted_and_measured(r18, tmp_path):
     out = str(tmp_path / "fast.onnx")
     res = onnxprune.prune(r18, out, target_speedup=1.3)
