@@ -80,6 +80,7 @@ class _Calib:
     gradients: object = None  # path or GradientRecord
     hybrid_weights: tuple = (1.0, 1.0, 1.0)
     drop_nonfinite: bool = False
+    mask: str | None = "auto"  # calib.set_row_mask
 
     def load_gradients(self, model: Model):
         if self.gradients is None:
@@ -98,7 +99,7 @@ class _Calib:
 
             self.data = load_calibration(self.source, model, batch_size=self.batch_size,
                                          image_spec=self.image_spec, limit=self.limit,
-                                         drop_nonfinite=self.drop_nonfinite)
+                                         drop_nonfinite=self.drop_nonfinite, mask=self.mask)
         return self.data
 
 
@@ -126,7 +127,7 @@ _NOT_PRUNE = ("validation", "quantization", "report")  # the CLI's prune --valid
 def _calib(o: Resolved) -> _Calib:
     return _Calib(o.calib, o.calib_batch, o.image_spec, o.calib_limit, gradients=o.get("gradients"),
                   hybrid_weights=tuple(o.get("hybrid_weights") or (1.0, 1.0, 1.0)),
-                  drop_nonfinite=bool(o.get("drop_nonfinite")))
+                  drop_nonfinite=bool(o.get("drop_nonfinite")), mask=o.get("calib_mask", "auto"))
 
 
 @dataclass
@@ -183,7 +184,7 @@ def _plan_scored(m: Model, an: Analysis, o: Resolved, sc: _Scored, *, ratio=None
                               "{target_params}")
         metric, target = ("flops", target_flops) if target_flops is not None else ("params", target_params)
         group_ratios = allocate(an, sc.table, sc.scores, target=target, metric=metric, round_to=round_to,
-                                min_channels=o.min_channels)
+                                min_channels=o.min_channels, latency=lat.table if lat is not None else None)
         ratio = target_flops = target_params = None
     base = o.rank_by if o.criterion == "sensitivity" else o.criterion
     mode = "global" if base in ABSOLUTE and "mode" not in o.given else o.mode  # comparable scores: one ranking
@@ -269,7 +270,7 @@ def plan(path: str, **options) -> Plan:
         OnnxPruneError: bad input or option values, contradictory options, an impossible target.
     """
     o = resolve("plan", options)
-    o["criterion"], o["recover"] = _defaults(o.criterion, o.recover, o.calib)
+    _apply_defaults(o)
     target = _target(o)
     if target is not None:
         return _search(path, target, o).plan
@@ -338,7 +339,7 @@ def prune(path: str, output: str, **options) -> PruneResult:
             a result failing the checker.
     """
     o = resolve("prune", options, skip_groups=_NOT_PRUNE)
-    o["criterion"], o["recover"] = _defaults(o.criterion, o.recover, o.calib)
+    _apply_defaults(o)
     from .provenance import group_table, provenance_props
 
     if os.path.exists(output) and os.path.exists(path) and os.path.samefile(path, output):
@@ -445,17 +446,30 @@ sensitivity.__signature__ = signature("sensitivity", "path")
 
 
 # Measured best on the dev set with calibration data (scripts/bench_quality.py; see the note of issue 9).
-CALIB_CRITERION = "wanda"
+CALIB_CRITERION = "wanda"  # a ratio or a latency target: every group cut alike, ranked within by wanda
+CALIB_BUDGET_CRITERION = ("sensitivity", "obs")  # a FLOPs/params or quality target: ratios per group allocated
+#                       from measured output error, channels ranked within a group by structured OBS
 CALIB_RECOVER = "seq"
 
 
-def _defaults(criterion: str | None, recover: str | None, calib) -> tuple[str, str]:
-    """Criterion and recovery when not given: the measured best with ``calib``, else l2 / none."""
+def _defaults(criterion: str | None, recover: str | None, calib, budget: bool = False) -> tuple[str, str]:
+    """Criterion and recovery when not given: the measured best with ``calib`` (for a FLOPs/params or
+    quality ``budget``: sensitivity, see :func:`_apply_defaults`), else l2 / none."""
     if criterion is None:
-        criterion = CALIB_CRITERION if calib is not None else "l2"
+        criterion = (CALIB_BUDGET_CRITERION[0] if budget else CALIB_CRITERION) if calib is not None else "l2"
     if recover is None:
         recover = CALIB_RECOVER if calib is not None else "none"
     return criterion, recover
+
+
+def _apply_defaults(o: Resolved) -> None:
+    """Fill ``o``'s criterion, recovery (and sensitivity's within-group ranking) when not given."""
+    budget = (o.get("target_flops") is not None or o.get("target_params") is not None
+              or _target(o) is not None) and o.get("plan") is None
+    defaulted = o.criterion is None
+    o["criterion"], o["recover"] = _defaults(o.criterion, o.recover, o.calib, budget)
+    if defaulted and o.criterion == CALIB_BUDGET_CRITERION[0] and "rank_by" not in o.given:
+        o["rank_by"] = CALIB_BUDGET_CRITERION[1]
 
 
 def _target(o: Resolved):

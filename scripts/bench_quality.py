@@ -102,7 +102,7 @@ def main() -> int:
     from devset import gather
 
     import onnxprune
-    from onnxprune.api import _defaults
+    from onnxprune.api import CALIB_BUDGET_CRITERION, _defaults
     from onnxprune.errors import OnnxPruneError
     from onnxprune.validate.runtime import use_global_thread_pool
 
@@ -112,7 +112,8 @@ def main() -> int:
     ap.add_argument("--skip", nargs="*", default=[])
     ap.add_argument("--parts", nargs="+", default=["cosine", "flops"], choices=["cosine", "flops"])
     ap.add_argument("--searches", nargs="+", default=["pergroup", "global"], choices=["pergroup", "global"])
-    ap.add_argument("--criteria", nargs="+", default=["l2", "wanda"])
+    ap.add_argument("--criteria", nargs="+", default=["l2", "wanda"],
+                    help="criteria side by side; sensitivity/R: criterion sensitivity ranked within groups by R")
     ap.add_argument("--recover", nargs="+", default=["none", "lsq", "seq"])
     ap.add_argument("--flops", nargs="+", type=float, default=[0.8, 0.6])
     ap.add_argument("--cosines", nargs="*", type=float, default=[0.99, 0.95, 0.9])
@@ -138,7 +139,9 @@ def main() -> int:
     use_global_thread_pool()
     entries = [e for e in gather(a.cache, a.models) if e["name"] not in a.skip]
     work = tempfile.mkdtemp(prefix="onnxprune-quality-")
-    d_crit, d_rec = _defaults(None, None, "calib")
+    d_crit, d_rec = _defaults(None, None, "calib", budget=True)  # every run here has a FLOPs or quality target
+    if d_crit == CALIB_BUDGET_CRITERION[0]:
+        d_crit = "/".join(CALIB_BUDGET_CRITERION)
     rows: list[dict] = []
 
     def save() -> None:
@@ -203,7 +206,9 @@ def main() -> int:
                     run("flops", f, f"defaults ({d_crit}+{d_rec})", target_flops=f)
             for crit, rec in combos:
                 for f in a.flops:
-                    run("flops", f, f"{crit}+{rec}", target_flops=f, criterion=crit, recover=rec)
+                    base, _, rank = crit.partition("/")  # sensitivity/obs: criterion sensitivity, rank_by obs
+                    run("flops", f, f"{crit}+{rec}", target_flops=f, criterion=base, recover=rec,
+                        **({"rank_by": rank} if rank else {}))
         print(f"  ({time.perf_counter() - start:.0f} s for {e['name']})", flush=True)
     save()
     text = markdown(rows)

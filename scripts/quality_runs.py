@@ -5,6 +5,7 @@ comparing criteria side by side when a full benchmark row set is too slow.
 
 Usage: python scripts/quality_runs.py MODEL FLOPS RUN [RUN ...] [--cache /tmp/devcache]
        RUN = comma-separated prune options, e.g. criterion=obs,recover=seq,mode=uniform
+             (calib_limit=32: MiniLM's 32 hand-written calibration sentences without the generated ones)
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def main() -> int:
-    from bench_quality import _fmt, evaluate
+    from bench_quality import evaluate, fmt_quality as _fmt
     from devset import gather
 
     import onnxprune
@@ -35,10 +36,25 @@ def main() -> int:
     e = gather(a.cache, [a.model])[0]
     work = tempfile.mkdtemp(prefix="onnxprune-runs-")
     for r in a.runs:
-        kw = dict(part.split("=", 1) for part in r.split(","))
+        kw = {"calib": e["calib"], "calib_batch": a.calib_batch, "target_flops": a.flops}
+        for part in r.split(","):  # NAME=VALUE; numbers are numbers; calib=PATH replaces the dev set's split
+            k, v = part.split("=", 1)
+            if "/" in v and all(x.replace(".", "", 1).isdigit() for x in v.split("/")):  # a list: 0.1/0.2/0.3
+                kw[k] = tuple(float(x) for x in v.split("/"))
+                continue
+            if v in ("True", "False"):
+                kw[k] = v == "True"
+                continue
+            try:
+                kw[k] = int(v)
+            except ValueError:
+                try:
+                    kw[k] = float(v)
+                except ValueError:
+                    kw[k] = v
         out = os.path.join(work, f"{a.model}-{len(os.listdir(work))}.onnx")
         t0 = time.perf_counter()
-        res = onnxprune.prune(e["path"], out, calib=e["calib"], calib_batch=a.calib_batch, target_flops=a.flops, **kw)
+        res = onnxprune.prune(e["path"], out, **kw)
         sec = time.perf_counter() - t0
         ev = evaluate(e["path"], out, e)
         print(f"{a.model} {a.flops} {r:<40} FLOPs kept {res.after.flops / res.before.flops:.3f} {_fmt(ev)} "

@@ -43,3 +43,14 @@ def test_tables_from_rows_and_shared_cosine():
     assert "(kept 0.50) 0.900 / dec 0.80" in text
     a = np.array([[1.0, 0.0], [0.0, 2.0]])
     assert np.allclose(cosines(a, np.array([[2.0, 0.0], [1.0, 1.0]])), [1.0, np.sqrt(0.5)])
+
+
+def test_quality_runs_digits(tmp_path):
+    """scripts/quality_runs.py: chosen options side by side (numbers parsed), FLOPs kept and quality printed."""
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    r = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "quality_runs.py"), "digits_cnn", "0.7",
+                        "criterion=l2,recover=none", "criterion=l2,recover=none,calib_limit=16", "--cache",
+                        str(tmp_path / "c")], capture_output=True, text=True, env=env, timeout=300, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("digits_cnn 0.7")]
+    assert len(lines) == 2 and all("FLOPs kept" in ln and "acc" in ln for ln in lines), r.stdout
