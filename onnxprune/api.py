@@ -10,6 +10,7 @@ Gram matrices for least squares) → rewrite with recovery → checked atomic sa
 """
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ from .outputs import check_output, refuse_input_files
 from .importance import ABSOLUTE, NEEDS, ScoreData, score_groups
 from .options import OptionError, Resolved, resolve, signature
 from .planner import Plan, dead_atoms, keep_atoms, make_plan, plan_dead_atoms
+
+log = logging.getLogger(__name__)
 
 __all__ = ["inspect", "plan", "prune", "sensitivity", "PruneResult", "Inspection"]
 
@@ -183,9 +186,19 @@ def _plan_scored(m: Model, an: Analysis, o: Resolved, sc: _Scored, *, ratio=None
             raise OptionError("criterion 'sensitivity' allocates ratios for a target: give {target_flops} or "
                               "{target_params}")
         metric, target = ("flops", target_flops) if target_flops is not None else ("params", target_params)
-        group_ratios = allocate(an, sc.table, sc.scores, target=target, metric=metric, round_to=round_to,
-                                min_channels=o.min_channels, latency=lat.table if lat is not None else None)
-        ratio = target_flops = target_params = None
+        try:
+            group_ratios = allocate(an, sc.table, sc.scores, target=target, metric=metric, round_to=round_to,
+                                    min_channels=o.min_channels, latency=lat.table if lat is not None else None)
+        except OptionError as e:
+            if not o.get("criterion_defaulted"):
+                raise
+            # the calibrated default, not asked for by name: its measured levels (whole rounding steps of
+            # narrow groups) may not reach a target a bisection reaches; plan by its ranking alone
+            log.warning("%s; planning by %s scores alone (the default criterion sensitivity cannot reach it)",
+                        e, o.rank_by)
+            group_ratios = None
+        else:
+            ratio = target_flops = target_params = None
     base = o.rank_by if o.criterion == "sensitivity" else o.criterion
     mode = "global" if base in ABSOLUTE and "mode" not in o.given else o.mode  # comparable scores: one ranking
     return make_plan(an, sc.scores, criterion=o.criterion, ratio=ratio, target_flops=target_flops,
@@ -468,8 +481,10 @@ def _apply_defaults(o: Resolved) -> None:
               or _target(o) is not None) and o.get("plan") is None
     defaulted = o.criterion is None
     o["criterion"], o["recover"] = _defaults(o.criterion, o.recover, o.calib, budget)
-    if defaulted and o.criterion == CALIB_BUDGET_CRITERION[0] and "rank_by" not in o.given:
-        o["rank_by"] = CALIB_BUDGET_CRITERION[1]
+    if defaulted and o.criterion == CALIB_BUDGET_CRITERION[0]:
+        o["criterion_defaulted"] = True
+        if "rank_by" not in o.given:
+            o["rank_by"] = CALIB_BUDGET_CRITERION[1]
 
 
 def _target(o: Resolved):

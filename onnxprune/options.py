@@ -504,6 +504,7 @@ RULES: tuple[Rule, ...] = (
     Rule(CALIBRATED, _needs("image_spec", lambda _: True, "calib", "an image spec preprocesses calibration images")),
     Rule(CALIBRATED, _needs("calib_limit", lambda _: True, "calib", "a sample limit applies to calibration data")),
     Rule(CALIBRATED, _needs("calib_batch", lambda _: True, "calib", "a batch size applies to calibration data")),
+    Rule(CALIBRATED, _needs("calib_mask", lambda _: True, "calib", "a padding mask applies to calibration data")),
     Rule(frozenset({PLAN, PRUNE, SWEEP}), _needs("recover", lambda r: r in ("lsq", "seq"), "calib",
                                                  "this recovery needs calibration data")),
     Rule(frozenset({PRUNE, SWEEP}), _needs("remove_blocks", bool, "calib",

@@ -115,3 +115,5 @@ def test_cli_flag(mlp, tmp_path):
     assert main(["prune", path, "-o", str(tmp_path / "o2.onnx"), "--ratio", "0.5", "--calib", files["garbage"],
                  "--calib-mask", "nope", "--round-to", "1"]) == 1
     assert not (tmp_path / "o2.onnx").exists()
+    with pytest.raises(OnnxPruneError, match="padding mask applies to calibration data: give"):
+        onnxprune.prune(path, str(tmp_path / "o3.onnx"), ratio=0.5, calib_mask="none")

@@ -198,3 +198,30 @@ def test_sensitivity_allocation_widens_back_up_to_the_target(tmp_path, monkeypat
     monkeypatch.setattr(sensitivity, "_give_back", lambda *a: a[-1])
     assert kept() < got - 0.02  # without it (the case this guards)
 
+
+
+def test_calibrated_defaults_depend_on_the_target(r18):
+    """With calibration data: a FLOPs target is planned by sensitivity ranked by obs (the measured best on
+    the dev set), a ratio by wanda; given options win."""
+    path, calib = r18
+    p = onnxprune.plan(path, target_flops=0.8, calib=calib)
+    assert p.criterion == "sensitivity" and p.settings["round_to"] == 16
+    # its levels (at most 80% of a group) cannot reach 0.74 on this narrow model in 16-channel steps, a
+    # bisection can (0.736 at most): the default falls back to a bisection of its within-group ranking
+    # (logged); asked for by name, it says so
+    e = onnxprune.plan(path, target_flops=0.74, calib=calib).estimate
+    assert e["after"]["flops"] / e["before"]["flops"] <= 0.74
+    with pytest.raises(OnnxPruneError, match="sensitivity levels cannot reach"):
+        onnxprune.plan(path, target_flops=0.74, calib=calib, criterion="sensitivity")
+    assert onnxprune.plan(path, ratio=0.3, calib=calib).criterion == "wanda"
+    assert onnxprune.plan(path, target_flops=0.8, calib=calib, criterion="wanda").criterion == "wanda"
+    assert onnxprune.plan(path, target_flops=0.8).criterion == "l2"
+    from onnxprune.api import _apply_defaults
+    from onnxprune.options import resolve
+
+    o = resolve("plan", {"target_flops": 0.7, "calib": calib})
+    _apply_defaults(o)
+    assert (o.criterion, o.rank_by, o.recover) == ("sensitivity", "obs", "seq")
+    o = resolve("plan", {"target_flops": 0.7, "calib": calib, "criterion": "sensitivity"})
+    _apply_defaults(o)
+    assert o.rank_by == "l2"  # asked for by name: its documented default ranking
