@@ -148,7 +148,9 @@ def test_minilm_hidden_ratio_with_calibration(minilm, tmp_path):
     ev = {k: sentences[k][half:] for k in ("input_ids", "attention_mask")}
     y0 = make_session(src, "cpu").run(None, ev)[0]
     out = str(tmp_path / "h.onnx")
-    res = onnxprune.prune(src, out, hidden_ratio=0.25, calib=str(calib), remove_dead=False)
+    # allow_slower: what is measured here is quality; never-slower may keep the stream whole on a busy
+    # machine (a width measured as no faster is not cut)
+    res = onnxprune.prune(src, out, hidden_ratio=0.25, calib=str(calib), remove_dead=False, allow_slower=True)
     y = make_session(out, "cpu").run(None, ev)[0]
     cos = float(np.mean(np.sum(y0 * y, 1) / np.linalg.norm(y0, axis=1) / np.linalg.norm(y, axis=1)))
     assert res.hidden[0]["kept"] == 288 and res.after.macs < 0.78 * res.before.macs
