@@ -190,9 +190,13 @@ def test_sensitivity_allocation_counts_only_widths_that_save_time(r18):
         assert not gp.remove or table.group_saves(flat, gp.size - len(gp.remove))
 
 
-def test_target_speedup_end_to_end_reports_predicted_and_measured(r18, tmp_path):
+def test_target_speedup_end_to_end_reports_predicted_and_measured(tmp_path):
+    # 64×64 images (~1.4 ms): at 32×32 (0.35 ms) one fresh-clone CI run timed most widths as no faster
+    # (timer noise) and found 1.3× out of reach
+    src = str(tmp_path / "r18_64.onnx")
+    onnx.save(resnet(18, image=64, width=32), src)
     out = str(tmp_path / "fast.onnx")
-    res = onnxprune.prune(r18, out, target_speedup=1.3)
+    res = onnxprune.prune(src, out, target_speedup=1.3)
     d = res.latency
     assert d is not None and d["provider"] == "cpu"
     for k in ("predicted_ms", "pruned_ms", "original_ms", "speedup", "predicted_speedup", "target_speedup"):
