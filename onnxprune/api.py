@@ -130,7 +130,7 @@ _NOT_PRUNE = ("validation", "quantization", "report")  # the CLI's prune --valid
 def _calib(o: Resolved) -> _Calib:
     return _Calib(o.calib, o.calib_batch, o.image_spec, o.calib_limit, gradients=o.get("gradients"),
                   hybrid_weights=tuple(o.get("hybrid_weights") or (1.0, 1.0, 1.0)),
-                  drop_nonfinite=bool(o.get("drop_nonfinite")), mask=o.get("calib_mask", "auto"))
+                  drop_nonfinite=bool(o.get("drop_nonfinite")), mask=o.calib_mask)
 
 
 @dataclass
@@ -190,7 +190,7 @@ def _plan_scored(m: Model, an: Analysis, o: Resolved, sc: _Scored, *, ratio=None
             group_ratios = allocate(an, sc.table, sc.scores, target=target, metric=metric, round_to=round_to,
                                     min_channels=o.min_channels, latency=lat.table if lat is not None else None)
         except OptionError as e:
-            if not o.get("criterion_defaulted"):
+            if "criterion" in o.given:
                 raise
             # the calibrated default, not asked for by name: its measured levels (whole rounding steps of
             # narrow groups) may not reach a target a bisection reaches; plan by its ranking alone
@@ -479,12 +479,9 @@ def _apply_defaults(o: Resolved) -> None:
     """Fill ``o``'s criterion, recovery (and sensitivity's within-group ranking) when not given."""
     budget = (o.get("target_flops") is not None or o.get("target_params") is not None
               or _target(o) is not None) and o.get("plan") is None
-    defaulted = o.criterion is None
     o["criterion"], o["recover"] = _defaults(o.criterion, o.recover, o.calib, budget)
-    if defaulted and o.criterion == CALIB_BUDGET_CRITERION[0]:
-        o["criterion_defaulted"] = True
-        if "rank_by" not in o.given:
-            o["rank_by"] = CALIB_BUDGET_CRITERION[1]
+    if "criterion" not in o.given and o.criterion == CALIB_BUDGET_CRITERION[0] and "rank_by" not in o.given:
+        o["rank_by"] = CALIB_BUDGET_CRITERION[1]
 
 
 def _target(o: Resolved):

@@ -339,27 +339,21 @@ class LatencyTable:
         return sum(t * factor[n] for n, t in self.nodes.items())
 
 
-def bisect_latency(an, select, table: LatencyTable, target_ms: float, above: dict | None = None) -> np.ndarray:
-    """The smallest uniform ratio whose plan (``select(ratio)`` -> keep mask) is predicted ≤ ``target_ms``.
-
-    ``above`` (a dict) receives ``k``: the plan of the largest ratio tried that missed the target.
+def bisect_latency(an, select, table: LatencyTable, target_ms: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """The smallest uniform ratio whose plan (``select(ratio)`` -> keep mask) is predicted ≤ ``target_ms``,
+    and the plan of the largest ratio tried that missed it (``planner.bisect_ratio``).
 
     Raises:
         PlanError: not even removing every prunable channel is predicted to reach the target.
     """
     from .errors import PlanError
 
-    above = {} if above is None else above
-
     def ms(r: float) -> tuple[float, np.ndarray]:
         k = select(r)
-        v = table.predict(table.widths_of(an, k))
-        if v > target_ms and r >= above.get("r", -1.0):
-            above.update(r=r, k=k)
-        return v, k
+        return table.predict(table.widths_of(an, k)), k
 
     if target_ms >= table.base_ms:
-        return np.ones(an.n_atoms, dtype=bool)
+        return np.ones(an.n_atoms, dtype=bool), None
     low_ms, k_hi = ms(0.99)
     if low_ms > target_ms:
         raise PlanError(f"cannot reach {target_ms:.3f} ms (the model takes {table.base_ms:.3f} ms): removing 99% of "

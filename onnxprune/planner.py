@@ -328,20 +328,36 @@ def _fixed_ratios(an: Analysis, group_ratios, kind: str, count, ratio, count_nam
     return group_ratios
 
 
-def bisect_ratio(measure, target: float, hi: float, hi_keep: np.ndarray, *, steps: int, tol: float) -> np.ndarray:
+def bisect_ratio(measure, target: float, hi: float, hi_keep: np.ndarray, *, steps: int,
+                 tol: float) -> tuple[np.ndarray, np.ndarray | None]:
     """The smallest ratio in ``[0, hi]`` whose ``measure(ratio) -> (value, keep)`` is ≤ ``target``
-    (value decreasing in the ratio; ``hi`` known to meet it, with keep mask ``hi_keep``): its keep mask."""
-    lo, best = 0.0, hi_keep
+    (value decreasing in the ratio; ``hi`` known to meet it, with keep mask ``hi_keep``): its keep mask,
+    and that of the largest ratio measured that missed (None: none measured)."""
+    lo, best, above = 0.0, hi_keep, None
     for _ in range(steps):
         mid = (lo + hi) / 2
         v, k = measure(mid)
         if v <= target:
             hi, best = mid, k
         else:
-            lo = mid
+            lo, above = mid, k
         if hi - lo < tol:
             break
-    return best
+    return best, above
+
+
+def _step_closer(an, scores, o, value, target: float, keep: np.ndarray, above: np.ndarray | None) -> np.ndarray:
+    """Uniform rounding moves every group one width step at once, so the cost can jump past the target
+    between two ratios; from the plan just short of it (``above``), lower one group at a time
+    (:func:`_fill`) and keep that plan when it lands closer to the target, still within it."""
+    if o.round_to <= 1 or above is None:
+        return keep
+    filled = _fill(an, scores, o, value, target, above)
+    if filled is None or not value(keep) < value(filled) <= target:
+        return keep
+    log.info("target %.4g: uniform rounding gives %.4g; stepping single groups gives %.4g", target, value(keep),
+             value(filled))
+    return filled
 
 
 def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ratio: float | None = None,
@@ -413,19 +429,10 @@ def make_plan(an: Analysis, scores: dict[int, np.ndarray], *, criterion: str, ra
     if target_latency is not None:
         from .latency import bisect_latency
 
-        above: dict = {}
-        keep = bisect_latency(an, lambda r: _select(an, scores, r, opts), latency, float(target_latency), above)
-        if round_to > 1 and "k" in above:
-            # uniform steps move every group one alignment step at once (ResNet-50 at a predicted 2.73×:
-            # measured 3.67×); from the plan just short of the target, lower one group at a time instead
-            def predicted(k):
-                return latency.predict(latency.widths_of(an, k))
-
-            filled = _fill(an, scores, opts, predicted, float(target_latency), above["k"])
-            if filled is not None and predicted(keep) < predicted(filled) <= float(target_latency):
-                log.info("latency target %.3f ms: uniform steps give a predicted %.3f ms; stepping single groups "
-                         "%.3f ms", float(target_latency), predicted(keep), predicted(filled))
-                keep = filled
+        keep, above = bisect_latency(an, lambda r: _select(an, scores, r, opts), latency, float(target_latency))
+        # ResNet-50 at a predicted 2.73×, uniform steps only: measured 3.67× (target 3 missed)
+        keep = _step_closer(an, scores, opts, lambda k: latency.predict(latency.widths_of(an, k)),
+                            float(target_latency), keep, above)
     elif ratio is not None:
         keep = _select(an, scores, ratio, opts)
     else:
@@ -510,14 +517,12 @@ def _bisect(an, scores, o, cm: CostModel, before: Cost, metric: str, target: flo
     if base == 0:
         raise PlanError(f"the model has no {metric} to reduce")
 
-    above: dict = {}  # the plan of the largest ratio that missed the target
+    def value(k: np.ndarray) -> float:
+        return getattr(cm.count(k), metric) / base
 
     def frac(r: float) -> tuple[float, np.ndarray]:
         k = _select(an, scores, r, o)
-        v = getattr(cm.count(k), metric) / base
-        if v > target and r >= above.get("r", -1.0):
-            above.update(r=r, k=k)
-        return v, k
+        return value(k), k
 
     f_hi, k_hi = frac(0.999)
     if target >= 1:
@@ -525,18 +530,9 @@ def _bisect(an, scores, o, cm: CostModel, before: Cost, metric: str, target: flo
     if f_hi > target + 1e-9:
         raise PlanError(f"cannot reach {metric} {target:.3f} of the original: removing every prunable channel "
                         f"keeps {f_hi:.3f} (pinned channels, min width, rounding); relax the target")
-    keep = bisect_ratio(frac, target, 0.999, k_hi, steps=24, tol=1e-4)
-    got = getattr(cm.count(keep), metric) / base
-    if o.round_to > 1 and got < 0.9 * target and "k" in above:
-        # rounding made the uniform ratio jump past the target (e.g. 32/64-wide layers in steps of 16):
-        # from the plan just above it, cut one width step in one group at a time instead
-        filled = _fill(an, scores, o, lambda k: getattr(cm.count(k), metric) / base, target, above["k"])
-        if filled is not None:
-            f = getattr(cm.count(filled), metric) / base
-            if got < f <= target:
-                log.info("%s target %.3f: uniform rounding gives %.3f; stepping single groups gives %.3f", metric,
-                         target, got, f)
-                keep = filled
+    keep, above = bisect_ratio(frac, target, 0.999, k_hi, steps=24, tol=1e-4)
+    if value(keep) < 0.9 * target:  # e.g. 32/64-wide layers in steps of 16
+        keep = _step_closer(an, scores, o, value, target, keep, above)
     return keep
 
 

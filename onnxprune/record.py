@@ -21,7 +21,20 @@ import numpy as np
 from .graph import Model, inp
 from .errors import OnnxPruneError
 
-__all__ = ["ChannelStats", "GramSpec", "Gram", "Recording", "record", "select_rows"]
+__all__ = ["ChannelStats", "GramSpec", "Gram", "Recording", "halves", "record", "select_rows"]
+
+
+def halves(mask: np.ndarray | None, *arrays: np.ndarray):
+    """The even and odd samples of a batch (held-out model selection: fit on one, score on the other):
+    yields ``(half, mask part, array parts…)`` for each non-empty half; a one-sample batch is all in half 0."""
+    many = arrays[0].ndim > 0 and arrays[0].shape[0] > 1
+    for half in (0, 1):
+        if not many and half:
+            return
+        parts = [a[half::2] if many else a for a in arrays]
+        if parts[0].size == 0:
+            continue
+        yield half, (None if mask is None else mask[half::2] if many else mask), *parts
 
 
 def select_rows(x: np.ndarray, axis: int, mask: np.ndarray | None) -> tuple[np.ndarray, int]:
@@ -207,12 +220,8 @@ def record(model: Model, calibration, tensors: dict[str, int], *, grams: dict[st
         for key, (name, spec) in grams.items():
             x = outs[name]
             g = rec.grams.get(key)
-            for half in (0, 1):
-                many = x.ndim and x.shape[0] > 1
-                part = x[half::2] if many else (x if half == 0 else x[:0])
-                if part.size == 0:
-                    continue
-                rows = spec.rows(part, None if mask is None else mask[half::2] if many else mask)
+            for half, part_mask, part in halves(mask, x):
+                rows = spec.rows(part, part_mask)
                 if g is None:
                     d = rows.shape[1] + 1
                     g = rec.grams[key] = Gram([np.zeros((d, d)), np.zeros((d, d))], [0, 0])

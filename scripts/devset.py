@@ -575,8 +575,8 @@ WIKI_TEXT = ("essential-generators", "1.0")
 N_WIKI, WIKI_TOKENS, WIKI_SEED = 768, (16, 22), 0
 
 
-def wiki_sentences(cache: str, n: int = N_WIKI, tokens: tuple[int, int] = WIKI_TOKENS, seed: int = WIKI_SEED,
-                   tokenizer=None) -> list[str]:
+def wiki_sentences(cache: str, tokenizer, n: int = N_WIKI, tokens: tuple[int, int] = WIKI_TOKENS,
+                   seed: int = WIKI_SEED) -> list[str]:
     """``n`` whole sentences of ``tokens[0]``–``tokens[1]`` tokens from essential-generators' Markov model
     (the wheel is unzipped into the cache and imported from there: nothing is installed)."""
     import random
@@ -615,7 +615,7 @@ def _minilm_calib(cache: str, mod, half: int, dst: str) -> None:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(mod.model_dir())
-    data = mod.tokenize(mod.SENTENCES[:half] + wiki_sentences(cache, tokenizer=tok))
+    data = mod.tokenize(mod.SENTENCES[:half] + wiki_sentences(cache, tok))
     tmp = dst + ".tmp.npz"
     np.savez(tmp, **data)
     os.replace(tmp, dst)

@@ -150,7 +150,7 @@ def test_latency_target_steps_single_groups_between_uniform_steps(r18):
     closer = 0
     for want in (0.93, 0.85, 0.75, 0.62):
         target = want * table.base_ms
-        uniform = latency.bisect_latency(an, lambda r: _select(an, scores, r, opts), table, target)
+        uniform, _ = latency.bisect_latency(an, lambda r: _select(an, scores, r, opts), table, target)
         u = table.predict(table.widths_of(an, uniform))
         p = make_plan(an, scores, criterion="l2", target_latency=target, latency=table, round_to=16)
         got = p.estimate["latency"]["predicted_ms"]

@@ -41,6 +41,7 @@ import onnx
 from ..analysis import Analysis
 from ..errors import OnnxPruneError
 from ..graph import Model, inp, out
+from ..record import halves, select_rows
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +194,6 @@ def _accumulate(job: _Job, half: int, xp: np.ndarray, xo: np.ndarray, rng, cap: 
                 mask: np.ndarray | None = None) -> None:
     spec = job.spec
     if spec.kind == "dense" and mask is not None:  # padded positions out (record.select_rows)
-        from ..record import select_rows
-
         xp, ax = select_rows(xp, spec.axis, mask)
         xo, _ = select_rows(xo, spec.axis, mask)
         spec = replace(spec, axis=ax)
@@ -635,15 +634,9 @@ def _reconstruct(model: Model, an: Analysis, keep_atom: np.ndarray, calibration,
             with clock("statistics"):
                 for j in todo:
                     xp, xo = got_p[j.x], got_o[j.x]
-                    for half in (0, 1):
-                        many = xp.shape[0] > 1
-                        sp = xp[half::2] if many else (xp if half == 0 else xp[:0])
-                        if sp.shape[0] == 0:
-                            continue
-                        so = xo[half::2] if many else xo
-                        cap = max(1, -(-max(row_budget, 64 * (int(j.keep_cols.sum()) + 1)) // (2 * n_batches)))
-                        _accumulate(j, half, sp, so, rng, cap,
-                                    None if mask is None else mask[half::2] if many else mask)
+                    cap = max(1, -(-max(row_budget, 64 * (int(j.keep_cols.sum()) + 1)) // (2 * n_batches)))
+                    for half, part_mask, sp, so in halves(mask, xp, xo):
+                        _accumulate(j, half, sp, so, rng, cap, part_mask)
         front.advance()
         for j in todo:
             with clock("solves"):
