@@ -16,8 +16,10 @@ Usage: pip install torch==2.13.0 scikit-learn onnxscript && python scripts/bench
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 
@@ -73,6 +75,7 @@ def main() -> int:
     a = ap.parse_args()
     torch.set_num_threads(2)
     work = tempfile.mkdtemp(prefix="onnxprune-grad-")
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # models and gradients are scratch
     calib = np.load(os.path.join(ROOT, "models", "digits_calib.npz"))
     test = np.load(os.path.join(ROOT, "models", "digits_test.npz"))
     cases = {}

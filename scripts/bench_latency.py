@@ -30,8 +30,10 @@ Latency tables are cached under ``$ONNXPRUNE_CACHE_DIR`` / ``$XDG_CACHE_HOME/onn
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -142,6 +144,8 @@ def main() -> int:
     from onnxprune.latency import alignment, machine_id
 
     work = a.work or tempfile.mkdtemp(prefix="onnxprune-bench-latency-")
+    if not a.work:  # a temporary folder goes at exit; --work keeps the models
+        atexit.register(shutil.rmtree, work, ignore_errors=True)
     os.makedirs(work, exist_ok=True)
     print(f"machine: {machine_id()}; onnxruntime {ort.__version__}; provider {a.provider}; shared pool {pooled}; "
           f"auto round_to {alignment(a.provider)}; repeats {a.repeats}; work {work}", flush=True)

@@ -30,8 +30,10 @@ Usage: python scripts/bench_quality.py --cache /tmp/devcache [--models digits_cn
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -139,6 +141,7 @@ def main() -> int:
     use_global_thread_pool()
     entries = [e for e in gather(a.cache, a.models) if e["name"] not in a.skip]
     work = tempfile.mkdtemp(prefix="onnxprune-quality-")
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # pruned models are scratch
     d_crit, d_rec = _defaults(None, None, "calib", budget=True)  # every run here has a FLOPs or quality target
     if d_crit == CALIB_BUDGET_CRITERION[0]:
         d_crit = "/".join(CALIB_BUDGET_CRITERION)

@@ -33,8 +33,10 @@ Wall times are pessimistic on a machine shared with other jobs; CPU times are pr
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
+import shutil
 import tempfile
 import time
 
@@ -190,6 +192,7 @@ def main() -> int:
     ap.add_argument("--recover", nargs="+", default=["seq"], help="recoveries of the timing mode")
     a = ap.parse_args()
     work = tempfile.mkdtemp(prefix="onnxprune-recovery-")
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # pruned models are scratch
     if a.ratio is not None:
         results = timing(a, work)
         if a.json:

@@ -10,7 +10,9 @@ Usage: python scripts/quality_runs.py MODEL FLOPS RUN [RUN ...] [--cache /tmp/de
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -19,7 +21,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 
 def main() -> int:
-    from bench_quality import evaluate, fmt_quality as _fmt
+    from bench_quality import evaluate
+    from bench_quality import fmt_quality as _fmt
     from devset import gather
 
     import onnxprune
@@ -35,6 +38,7 @@ def main() -> int:
     a = ap.parse_args()
     e = gather(a.cache, [a.model])[0]
     work = tempfile.mkdtemp(prefix="onnxprune-runs-")
+    atexit.register(shutil.rmtree, work, ignore_errors=True)  # pruned models are scratch
     for r in a.runs:
         kw = {"calib": e["calib"], "calib_batch": a.calib_batch, "target_flops": a.flops}
         for part in r.split(","):  # NAME=VALUE; numbers are numbers; calib=PATH replaces the dev set's split
