@@ -69,6 +69,7 @@ class PruneResult:
     hidden: tuple = ()  # per hidden-size group: width before/after (hidden.summary)
     norm_refits: tuple[str, ...] = ()  # hidden size: one note per norm compensated or not
     latency: dict | None = None  # predicted vs measured (latency targets, never_slower)
+    steps: int = 1  # plan-prune-reconstruct steps taken to the target (``plan``: the last step's)
 
 
 @dataclass
@@ -388,48 +389,75 @@ def prune(path: str, output: str, **options) -> PruneResult:
     if plan is not None:
         plan = Plan.load(plan) if isinstance(plan, str) else plan
         hidden_mode = bool(plan.settings.get("hidden_mode"))
-    an = analyze(m, protect=o.protect, hidden=hidden_mode)
-    round_to, lat = _latency_setup(m, an, o, planning=plan is None)
-    recording = None
-    if plan is None:
-        ratio = _default_ratio(o, bool(removed_blocks) or o.heads is not None or o.head_ratio is not None
-                               or hidden_mode)
-        p, recording = _plan(m, an, o, cal, ratio=ratio, need_stats=o.recover != "none", round_to=round_to, lat=lat)
-    else:
-        p = plan
-    keep = keep_atoms(an, p)
-    lat_check = None
-    if lat is not None and lat.table is not None and not (lat.want is None and keep.all()):
-        def replan() -> Plan:
-            return _plan(m, an, o, cal, ratio=ratio, need_stats=False, round_to=round_to, lat=lat)[0]
+    steps = _steps(o, plan is None and not hidden_mode and o.heads is None and o.head_ratio is None)
+    goal = ("target_flops", o.get("target_flops")) if o.get("target_flops") is not None else \
+        ("target_params", o.target_params)
+    start = CostModel(m).count() if steps > 1 else None
+    first_table: dict[str, int] = {}
+    recovered: dict = {}  # every step's updated consumers, in order
+    for step in range(1, steps + 1):
+        if steps > 1:  # this step's share of the goal, as a fraction of the current model's cost
+            m = _inferred(Model(m.to_proto(), m.path), cal, o.dims) if step > 1 else m
+            metric = goal[0].split("_")[1]
+            now = getattr(CostModel(m).count(), metric) / max(getattr(start, metric), 1)
+            o[goal[0]] = min(1.0, (1.0 - (1.0 - goal[1]) * step / steps) / now)
+            log.info("step %d of %d: keep %.3f of the current %s (%.3f of the original's)", step, steps,
+                     o[goal[0]], metric, 1.0 - (1.0 - goal[1]) * step / steps)
+        an = analyze(m, protect=o.protect, hidden=hidden_mode)
+        round_to, lat = _latency_setup(m, an, o, planning=plan is None)
+        recording, ratio = None, None
+        if plan is None:
+            ratio = _default_ratio(o, bool(removed_blocks) or o.heads is not None or o.head_ratio is not None
+                                   or hidden_mode)
+            p, recording = _plan(m, an, o, cal, ratio=ratio, need_stats=o.recover != "none", round_to=round_to,
+                                 lat=lat)
+        else:
+            p = plan
+        keep = keep_atoms(an, p)
+        lat_check = None
+        if lat is not None and lat.table is not None and not (lat.want is None and keep.all()):
+            def replan(m=m, an=an, ratio=ratio, round_to=round_to, lat=lat) -> Plan:  # this step's
+                return _plan(m, an, o, cal, ratio=ratio, need_stats=False, round_to=round_to, lat=lat)[0]
 
-        from .latency import check_plan
+            from .latency import check_plan
 
-        p, keep, lat_check = check_plan(m, an, p, keep, lat, replan)
-    cm = CostModel(m, an)
-    after = cm.count(keep)
-    recovery = _recovery(an, o.recover, cal.load(m), recording, keep, p)
+            p, keep, lat_check = check_plan(m, an, p, keep, lat, replan)
+        cm = CostModel(m, an)
+        after = cm.count(keep)
+        recovery = _recovery(an, o.recover, cal.load(m), recording, keep, p)
+        table = tuple(group_table(an, keep, cm))
+        if step == 1:
+            first_table = {r["name"]: r["before"] for r in table}
+        hidden_notes: list[str] = []
+        if an.hidden and o.hidden_compensate and not keep.all():
+            from . import hidden as _hidden
+
+            data = cal.load(m)
+            batches = data.batches(None) if data is not None else _hidden.data_free_batches(m)
+            hidden_notes = _hidden.compensate(m, an, keep, batches, how="lsq" if data is not None else "rescale")
+        hidden_rows = ()
+        if an.hidden:
+            from .hidden import summary as _hidden_summary
+
+            hidden_rows = tuple(_hidden_summary(an, p))
+        result = rewrite.apply(m, an, keep, recovery=recovery)
+        recovered.update(dict.fromkeys(result.recovery))
+    if steps > 1:
+        o[goal[0]] = goal[1]
+        # widths against the original's; the time of the result against the original (each step's check
+        # compared it with the step before)
+        table = tuple({**r, "before": first_table.get(r["name"], r["before"])} for r in table)
+        if lat_check is not None:
+            from .latency import time_result
+
+            lat_check = time_result(path, m, provider=o.latency_provider, threads=o.latency_threads)
     external_data = o.external_data
     if external_data is None and m.external_data:
         external_data = True
-    table = tuple(group_table(an, keep, cm))
-    hidden_notes: list[str] = []
-    if an.hidden and o.hidden_compensate and not keep.all():
-        from . import hidden as _hidden
-
-        data = cal.load(m)
-        batches = data.batches(None) if data is not None else _hidden.data_free_batches(m)
-        hidden_notes = _hidden.compensate(m, an, keep, batches, how="lsq" if data is not None else "rescale")
-    hidden_rows = ()
-    if an.hidden:
-        from .hidden import summary as _hidden_summary
-
-        hidden_rows = tuple(_hidden_summary(an, p))
-    result = rewrite.apply(m, an, keep, recovery=recovery)
     m.ir.metadata_props.update(provenance_props(p, {n: o[n] for n in sorted(o.given) if n != "metric"}, path))
     save_model(m, output, external_data=external_data, avoid=reads)
-    return PruneResult(output, p, first_cost, after, result.recovery, removed_blocks, table, hidden_rows,
-                       tuple(hidden_notes), lat_check)
+    return PruneResult(output, p, first_cost, after, tuple(recovered), removed_blocks, table, hidden_rows,
+                       tuple(hidden_notes), lat_check, steps)
 
 
 def sensitivity(path: str, **options):
@@ -482,6 +510,17 @@ def _apply_defaults(o: Resolved) -> None:
     o["criterion"], o["recover"] = _defaults(o.criterion, o.recover, o.calib, budget)
     if "criterion" not in o.given and o.criterion == CALIB_BUDGET_CRITERION[0] and "rank_by" not in o.given:
         o["rank_by"] = CALIB_BUDGET_CRITERION[1]
+
+
+def _steps(o: Resolved, steppable: bool) -> int:
+    """How many plan-prune-reconstruct steps reach the target (``steps``; 1 by default: on the dev set two
+    steps measured better on 3 of 9 budgets, worse on 5 — MiniLM at 70% of its FLOPs 0.952 against 0.949
+    held-out cosine, PP-OCR cls at 60% 0.871 against 0.944; README)."""
+    if o.get("steps") is None:
+        return 1
+    if o.steps > 1 and not steppable:
+        raise OptionError("{steps} > 1 plans each step anew: it does not apply a ready {plan}")
+    return o.steps
 
 
 def _target(o: Resolved):

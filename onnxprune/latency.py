@@ -55,7 +55,7 @@ __all__ = ["TIMED_OPS", "LatencyTable", "LatencyTarget", "alignment", "bisect_la
 log = logging.getLogger(__name__)
 
 TIMED_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-TABLE_VERSION = 4
+TABLE_VERSION = 5  # 5: widths timed as no faster than a wider one are confirmed interleaved (4's took bursts of load)
 FRACTIONS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25, 0.125)
 FINE_STEP = 8          # with ``auto`` rounding, groups up to FINE_MAX wide are timed at every multiple of 8 too
 FINE_MAX = 128
@@ -130,6 +130,21 @@ def _time(sess, feeds: dict, repeats: int, warmup: int = 2) -> float:
         runner()
     for _ in range(repeats):
         best = min(best, runner())
+    return best
+
+
+def interleaved(runners: dict, rounds: int, warmup: int = 2) -> dict:
+    """Best ms of each ``runners`` callable over ``rounds`` rounds, each running every one once (the
+    order rotating): a burst of load slows one round of each, not every run of a few."""
+    keys = list(runners)
+    for _ in range(warmup):
+        for k in keys:
+            runners[k]()
+    best = {k: math.inf for k in keys}
+    for i in range(rounds):
+        shift = i % max(len(keys), 1)
+        for k in keys[shift:] + keys[:shift]:
+            best[k] = min(best[k], runners[k]())
     return best
 
 
@@ -423,6 +438,8 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
     t0 = time.perf_counter()
     cm = CostModel(model, an)
     base_of = cm.shape_fn()
+    from .validate.compare import run_timed
+
     timed = [n for n in model.graph if n.domain == "" and n.op_type in TIMED_OPS and n.outputs[0].name]
     memo: dict[str, float] = {}
     skipped: set[str] = set()
@@ -439,6 +456,24 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
                 log.warning("latency: node %s not timed alone (%s)", model.node_name(node), " ".join(str(e).split())[:200])
                 return None
         return memo[sig]
+
+    def _confirm(name: str, recipes: list[tuple]) -> None:
+        """A narrower width timed as no faster than a wider one: time the node's widths again, interleaved
+        with its full width round by round, so that a burst of load from another process (which slows
+        the few runs of one width timed back to back) slows them all alike; each width keeps the
+        lower of its two times, the new one on the full width's scale of the first pass."""
+        n = recipes[0][1]
+        full = _signature(n, base_of, base_of)
+        runners = {}
+        for sig, node, shape_of in [*recipes, (full, n, base_of)]:
+            if sig not in runners:
+                built = _node_model(model, node, shape_of, base_of)
+                runners[sig] = run_timed(_session(built[0], provider, threads), built[1])
+        best = interleaved(runners, repeats)
+        to_first = memo[full] / max(best[full], 1e-12)
+        for sig, _, _ in recipes:
+            memo[sig] = min(memo[sig], best[sig] * to_first)
+        log.debug("latency: %s re-timed interleaved with its full width", name)
 
     nodes: dict[str, float] = {}
     for n in timed:
@@ -460,6 +495,7 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
         if len(widths) < 2:
             continue
         per_node: dict[str, list[float]] = {}
+        recipes: dict[str, list[tuple]] = {}  # node -> (signature, node, shape_of) per narrower width
         ok = True
         for w in widths:
             keep = np.ones(an.n_atoms, dtype=bool)
@@ -481,6 +517,7 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
                     break
                 per_node.setdefault(name, [])
                 per_node[name].append(ms)
+                recipes.setdefault(name, []).append((_signature(n, shape_of, base_of), n, shape_of))
             if not ok:
                 break
         if not ok or not per_node:
@@ -489,7 +526,12 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
             ts.append(nodes[name])  # the full width, last
         if any(len(ts) != len(widths) for ts in per_node.values()):
             continue  # a node touched at some widths only (a pinned remainder): leave the group out
-        groups[str(g.id)] = {"size": g.size, "widths": widths, "nodes": per_node}
+        for name, ts in per_node.items():
+            if any(ts[i] >= min(ts[i + 1:]) for i in range(len(ts) - 1)):
+                _confirm(name, recipes[name])
+        groups[str(g.id)] = {"size": g.size, "widths": widths, "sigs": {k: [r[0] for r in v] for k, v in recipes.items()}}
+    for d in groups.values():  # confirmed times (a signature may be shared with a later group), the full width last
+        d["nodes"] = {name: [memo[sig] for sig in sigs] + [nodes[name]] for name, sigs in d.pop("sigs").items()}
     feeds = full_feeds(model)
     # the full model and two with every measured group at about 3/4 and 1/2 width, timed interleaved:
     # they fit the untimed part and the alone-vs-in-model scale of the prediction (least squares)

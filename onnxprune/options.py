@@ -285,6 +285,10 @@ OPTIONS: tuple[Option, ...] = (
          "least-squares refits of each consumer (lsq), or sequential reconstruction on the pruned model's own "
          "inputs (seq); default: seq with calibration data, else none", group="recovery", choices=_recoveries,
          commands=frozenset({PLAN, PRUNE, SWEEP})),
+    _opt("steps", int, None, "reach a FLOPs/params target in N steps, each planned, pruned and reconstructed on "
+         "the previous step's result: errors of the first step are measured before the next is planned (MiniLM at "
+         "70% of its FLOPs: 0.949 -> 0.952 held-out cosine with 2; not better on every model, hence 1 by default)",
+         group="recovery", range=Range(1), metavar="N", commands=frozenset({PRUNE})),
     _opt("remove_blocks", int, 0, "bypass the N least important residual blocks (needs calibration data)",
          group="recovery", range=AT_LEAST_0, metavar="N", commands=frozenset({PRUNE, SWEEP})),
     _opt("block_target_flops", float, None, "bypass residual blocks, least important first, until this fraction "
@@ -441,6 +445,10 @@ def _only_with(name: str, other: str, when: Callable[[Any], bool], what: str) ->
     return test
 
 
+_NOT_STEPPED = frozenset({"hidden", "hidden_ratio", "heads", "head_ratio", "target_latency", "target_speedup"})
+"""Options that say how much to remove in one plan (a width, a time): each step would apply them again."""
+
+
 def _plan_given(v, given):
     clash = [n for n in given if _BY_NAME[n].plans]
     if "plan" in given and clash:
@@ -488,6 +496,13 @@ RULES: tuple[Rule, ...] = (
         if v.get("allow_slower") and g & {"target_latency", "target_speedup"} else None)),
     Rule(PLANNING, _one_of("heads", "head_ratio")),
     Rule(frozenset({PRUNE}), _one_of("remove_blocks", "block_target_flops")),
+    Rule(frozenset({PRUNE}), lambda v, g: (
+        "{steps} > 1 reaches a {target_flops} or {target_params} step by step; give one of them"
+        if (v.get("steps") or 1) > 1 and v.get("target_flops") is None and v.get("target_params") is None
+        and not g & {"target_flops", "target_params"} else None)),
+    Rule(frozenset({PRUNE}), lambda v, g: (
+        "{steps} > 1 does not combine with " + ", ".join("{" + n + "}" for n in sorted(g & _NOT_STEPPED))
+        + "; drop them or {steps}" if (v.get("steps") or 1) > 1 and g & _NOT_STEPPED else None)),
     Rule(frozenset({PRUNE}), _plan_given),
     Rule(frozenset({PLAN, PRUNE}), _how_much),
     Rule(PLANNING, _needs("criterion", lambda c: c in _DATA, "calib", "this criterion scores on calibration data")),

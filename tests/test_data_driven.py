@@ -225,3 +225,42 @@ def test_calibrated_defaults_depend_on_the_target(r18):
     o = resolve("plan", {"target_flops": 0.7, "calib": calib, "criterion": "sensitivity"})
     _apply_defaults(o)
     assert o.rank_by == "l2"  # asked for by name: its documented default ranking
+
+
+def test_steps_reach_the_target_on_the_pruned_model(r18, tmp_path, capsys):
+    """``steps=2``: half the way, then the rest planned, pruned and reconstructed on the first step's
+    result; the FLOPs target is the original's, widths are reported against the original, the
+    provenance keeps the target asked for. One step by default."""
+    import json
+
+    path, calib = r18
+    kw = dict(target_flops=0.6, calib=calib, round_to=1, criterion="obs")  # one ranking across groups
+    one = onnxprune.prune(path, str(tmp_path / "one.onnx"), **kw)
+    two = onnxprune.prune(path, str(tmp_path / "two.onnx"), steps=2, **kw)
+    assert (one.steps, two.steps) == (1, 2)
+    for r in (one, two):
+        assert 0.5 <= r.after.flops / r.before.flops <= 0.6 + 1e-6
+    assert two.before == one.before  # the original's cost
+    widths = {g["name"]: g["before"] for g in one.groups}
+    assert {g["name"]: g["before"] for g in two.groups} == widths
+    assert [g["after"] for g in two.groups] != [g["after"] for g in one.groups]  # planned anew on step 1's result
+    m = onnx.load(str(tmp_path / "two.onnx"))
+    props = {p.key: p.value for p in m.metadata_props}
+    assert json.loads(props["onnxprune.options"])["target_flops"] == 0.6
+    x = np.load(calib)["input"][:4]
+    y0, y2 = run(onnx.load(path), {"input": x}), run(m, {"input": x})
+    assert y2[0].shape == y0[0].shape and np.all(np.isfinite(y2[0]))
+    # a ratio, a width per step: one step only
+    with pytest.raises(OnnxPruneError, match="steps"):
+        onnxprune.prune(path, str(tmp_path / "x.onnx"), ratio=0.3, calib=calib, steps=2)
+    with pytest.raises(OnnxPruneError, match="steps"):
+        onnxprune.prune(path, str(tmp_path / "x.onnx"), target_flops=0.6, calib=calib, steps=2, hidden=8)
+    assert not (tmp_path / "x.onnx").exists()
+    # the CLI: channels removed over both steps; no plan to save (none applies to the input model)
+    args = ["prune", path, "-o", str(tmp_path / "c.onnx"), "--target-flops", "0.6", "--calib", calib,
+            "--round-to", "1", "--criterion", "obs", "--steps", "2"]
+    assert main([*args, "--save-plan", str(tmp_path / "p.json")]) == 1
+    assert not (tmp_path / "c.onnx").exists() and not (tmp_path / "p.json").exists()
+    assert main(["--quiet", *args, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["steps"] == 2 and out["removed_channels"] == sum(g["before"] - g["after"] for g in two.groups)

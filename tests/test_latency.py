@@ -85,6 +85,36 @@ def test_table_is_measured_cached_and_predicts(r18):
     assert again.to_dict() == table.to_dict()
 
 
+
+def test_a_burst_of_load_does_not_make_widths_look_slower(r18, monkeypatch):
+    """Node times come from a fake clock: proportional to the node's input and output sizes, plus a
+    burst of 40 consecutive slow runs once timing is under way (another process taking the cores).
+    Timed width after width (7 runs each: the burst covers them all), some narrower width came out
+    slower than the full one and was never cut; interleaved with its group's full width, every
+    width is timed outside the burst in some round."""
+    from onnxprune.validate import compare
+
+    calls = {"n": 0}
+
+    def fake_run_timed(sess, feeds):
+        size = sum(int(np.prod(v.shape)) for v in feeds.values())
+        size += sum(int(np.prod([d if isinstance(d, int) else 1 for d in o.shape])) for o in sess.get_outputs())
+
+        def run():
+            calls["n"] += 1
+            return size * 1e-5 + (50.0 if 300 <= calls["n"] < 340 else 0.0)
+        return run
+
+    monkeypatch.setattr(compare, "run_timed", fake_run_timed)
+    m, an = _analysed(r18)
+    table = latency.measure_table(m, an, repeats=7, refresh=True)
+    assert calls["n"] > 400  # the burst fell inside the node timing
+    for gid, g in table.groups.items():
+        for node, ts in g["nodes"].items():
+            assert all(a <= b + 1e-9 for a, b in zip(ts, ts[1:])), (gid, node, ts)
+            assert ts[-1] < 1.0, (gid, node, ts)  # the full width, too, timed outside the burst
+
+
 def _fake_table(an, flat_gid):
     """A table where group ``flat_gid`` saves nothing at any width and the others scale linearly."""
     nodes, groups = {}, {}

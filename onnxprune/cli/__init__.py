@@ -230,6 +230,9 @@ def _cmd_plan(a) -> int:
 def _cmd_prune(a) -> int:
     if a.save_plan:
         check_output(a.save_plan, "the plan")
+        if (a.opts.get("steps") or 1) > 1:
+            raise OptionError("--save-plan: with --steps N each step's plan is made for the step before's result, "
+                              "none applies to the input model; save a plan with --steps 1 (or `onnxprune plan`)")
     if a.opts.report:
         check_output(a.opts.report, "the report")
     if a.opts.quantize:
@@ -239,7 +242,8 @@ def _cmd_prune(a) -> int:
         res.plan.save(a.save_plan)
     b, f = res.before, res.after
     dead = sum(len(g.dead) for g in res.plan.groups)
-    summary = {"schema_version": SCHEMA_VERSION, "output": res.output, "removed_channels": res.plan.n_removed,
+    removed = res.plan.n_removed if res.steps == 1 else sum(g["before"] - g["after"] for g in res.groups)
+    summary = {"schema_version": SCHEMA_VERSION, "output": res.output, "removed_channels": removed, "steps": res.steps,
                "dead_channels": dead, "removed_blocks": list(res.removed_blocks), "recovery": list(res.recovery),
                "before": b.as_dict(), "after": f.as_dict(), "groups": list(res.groups), "hidden": list(res.hidden),
                "norm_refits": list(res.norm_refits), "latency": res.latency,
@@ -249,7 +253,8 @@ def _cmd_prune(a) -> int:
     if not a.json:
         extra = f" ({dead} dead)" if dead else ""
         blocks = f", {len(res.removed_blocks)} residual blocks bypassed" if res.removed_blocks else ""
-        print(f"wrote {res.output}: {res.plan.n_removed} channels removed{extra}{blocks}; parameters {b.params:,} -> "
+        steps = f" in {res.steps} steps" if res.steps > 1 else ""
+        print(f"wrote {res.output}: {removed} channels removed{steps}{extra}{blocks}; parameters {b.params:,} -> "
               f"{f.params:,} ({_frac(f.params, b.params)}), FLOPs {b.flops:,} -> {f.flops:,} "
               f"({_frac(f.flops, b.flops)}){_at(b)}")
         if b.unknown:
