@@ -189,11 +189,13 @@ def alignment(provider: str = "cpu", *, threads: int = 0, refresh: bool = False)
     key = {"v": TABLE_VERSION, "machine": machine_id(), "provider": provider, "threads": threads}
     if not refresh and (hit := _cache_read("align", key)) is not None:
         return int(hit["round_to"])
+    from .validate.compare import run_timed
+
     rng = np.random.default_rng(0)
-    times = {}
-    for c in (64, 63, 56, 48):
-        sess = _session(_conv_model(c, 28), provider, threads)
-        times[c] = _time(sess, {"x": rng.standard_normal((1, c, 28, 28)).astype(np.float32)}, repeats=15)
+    # interleaved: the first session of a process (and a burst of load) must not slow one width only
+    times = interleaved({c: run_timed(_session(_conv_model(c, 28), provider, threads),
+                                      {"x": rng.standard_normal((1, c, 28, 28)).astype(np.float32)})
+                         for c in (64, 63, 56, 48)}, rounds=15)
     # 8-steps pay off when 56 channels are clearly faster than 64 (as 7/8 of the work should be)
     step = 8 if times[56] < times[64] * 0.95 else 16
     log.info("alignment probe on %s: %s ms -> round_to %d", provider,
