@@ -230,7 +230,7 @@ def test_calibrated_defaults_depend_on_the_target(r18):
 def test_steps_reach_the_target_on_the_pruned_model(r18, tmp_path, capsys):
     """``steps=2``: half the way, then the rest planned, pruned and reconstructed on the first step's
     result; the FLOPs target is the original's, widths are reported against the original, the
-    provenance keeps the target asked for. One step by default."""
+    provenance keeps the target asked for."""
     import json
 
     path, calib = r18
@@ -264,3 +264,29 @@ def test_steps_reach_the_target_on_the_pruned_model(r18, tmp_path, capsys):
     assert main(["--quiet", *args, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["steps"] == 2 and out["removed_channels"] == sum(g["before"] - g["after"] for g in two.groups)
+
+
+def test_default_steps_keep_the_result_closer_on_calibration_data(tmp_path):
+    """With calibration data, a FLOPs target and the default criterion, one and two steps are both made and
+    the one whose outputs on the calibration data are closer to the original's is kept."""
+    import os
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    model, calib = os.path.join(root, "models", "digits_cnn.onnx"), os.path.join(root, "models", "digits_calib.npz")
+    x = np.load(calib)["input"]
+    y0 = run(onnx.load(model), {"input": x})[0]
+
+    def error(path):
+        return float(np.sum((run(onnx.load(path), {"input": x})[0] - y0) ** 2) / np.sum(y0 ** 2))
+
+    made = {}
+    for steps in (1, 2):
+        out = str(tmp_path / f"s{steps}.onnx")
+        assert onnxprune.prune(model, out, target_flops=0.5, calib=calib, steps=steps).steps == steps
+        made[steps] = error(out)
+    assert made[1] != made[2]
+    res = onnxprune.prune(model, str(tmp_path / "auto.onnx"), target_flops=0.5, calib=calib)
+    assert res.steps == min(made, key=made.get)
+    assert error(str(tmp_path / "auto.onnx")) == pytest.approx(made[res.steps], rel=1e-6)
+    # a named criterion: one step
+    assert onnxprune.prune(model, str(tmp_path / "w.onnx"), target_flops=0.5, calib=calib, criterion="wanda").steps == 1

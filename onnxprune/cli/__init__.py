@@ -237,7 +237,10 @@ def _cmd_prune(a) -> int:
         check_output(a.opts.report, "the report")
     if a.opts.quantize:
         return _prune_quantize(a)
-    res = api.prune(a.model, a.output, **options.without(a.given, "validation", "quantization", "report"))
+    kw = options.without(a.given, "validation", "quantization", "report")
+    if a.save_plan and "steps" not in kw:  # a plan that applies to the input model: one step
+        kw["steps"] = 1
+    res = api.prune(a.model, a.output, **kw)
     if a.save_plan:
         res.plan.save(a.save_plan)
     b, f = res.before, res.after
