@@ -227,6 +227,20 @@ def _cmd_plan(a) -> int:
     return EXIT_OK
 
 
+def _prune_kwargs(a) -> dict:
+    """``api.prune``'s options from the command line; with ``--save-plan``, one step unless asked (a plan
+    applies to the input model only when made for it)."""
+    kw = options.without(a.given, "validation", "quantization", "report")
+    if a.save_plan and "steps" not in kw:
+        kw["steps"] = 1
+    return kw
+
+
+def _removed(res) -> int:
+    """Channels removed, over every step (a plan holds the last step's only)."""
+    return res.plan.n_removed if res.steps == 1 else sum(g["before"] - g["after"] for g in res.groups)
+
+
 def _cmd_prune(a) -> int:
     if a.save_plan:
         check_output(a.save_plan, "the plan")
@@ -237,15 +251,12 @@ def _cmd_prune(a) -> int:
         check_output(a.opts.report, "the report")
     if a.opts.quantize:
         return _prune_quantize(a)
-    kw = options.without(a.given, "validation", "quantization", "report")
-    if a.save_plan and "steps" not in kw:  # a plan that applies to the input model: one step
-        kw["steps"] = 1
-    res = api.prune(a.model, a.output, **kw)
+    res = api.prune(a.model, a.output, **_prune_kwargs(a))
     if a.save_plan:
         res.plan.save(a.save_plan)
     b, f = res.before, res.after
     dead = sum(len(g.dead) for g in res.plan.groups)
-    removed = res.plan.n_removed if res.steps == 1 else sum(g["before"] - g["after"] for g in res.groups)
+    removed = _removed(res)
     summary = {"schema_version": SCHEMA_VERSION, "output": res.output, "removed_channels": removed, "steps": res.steps,
                "dead_channels": dead, "removed_blocks": list(res.removed_blocks), "recovery": list(res.recovery),
                "before": b.as_dict(), "after": f.as_dict(), "groups": list(res.groups), "hidden": list(res.hidden),
@@ -320,17 +331,17 @@ def _prune_quantize(a) -> int:
     from ..quantize import fp32_path, quantize
 
     mid = fp32_path(a.output)
-    res = api.prune(a.model, mid, **options.without(a.given, "validation", "quantization", "report"))
+    res = api.prune(a.model, mid, **_prune_kwargs(a))
     if a.save_plan:
         res.plan.save(a.save_plan)
     o = a.opts
     q = quantize(mid, a.output, o.quantize, method=o.quant_method, calib=o.calib, calib_batch=o.calib_batch,
                  image_spec=o.image_spec, calib_limit=o.calib_limit)
-    summary = {"schema_version": SCHEMA_VERSION, "output": a.output, "pruned_fp32": mid, "removed_channels": res.plan.n_removed,
+    summary = {"schema_version": SCHEMA_VERSION, "output": a.output, "pruned_fp32": mid, "removed_channels": _removed(res),
                "quantization": q.as_dict(), "before": res.before.as_dict(), "after": res.after.as_dict(),
                "latency": res.latency}
     if not a.json:
-        print(f"wrote {mid}: {res.plan.n_removed} channels removed; FLOPs {res.before.flops:,} -> {res.after.flops:,} "
+        print(f"wrote {mid}: {_removed(res)} channels removed; FLOPs {res.before.flops:,} -> {res.after.flops:,} "
               f"({_frac(res.after.flops, res.before.flops)})")
         if res.latency:
             print(_latency_line(res.latency))
