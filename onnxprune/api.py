@@ -401,7 +401,7 @@ def prune(path: str, output: str, **options) -> PruneResult:
             if steps > 1:  # this step's share of the goal, as a fraction of the current model's cost
                 m = _inferred(Model(m.to_proto(), m.path), cal, o.dims) if step > 1 else m
                 metric = goal[0].split("_")[1]
-                now = getattr(CostModel(m).count(), metric) / max(getattr(start, metric), 1)
+                now = getattr(CostModel(m).count(), metric) / max(getattr(start, metric), 1) if step > 1 else 1.0
                 o[goal[0]] = min(1.0, (1.0 - (1.0 - goal[1]) * step / steps) / now)
                 log.info("step %d of %d: keep %.3f of the current %s (%.3f of the original's)", step, steps,
                          o[goal[0]], metric, 1.0 - (1.0 - goal[1]) * step / steps)
@@ -545,13 +545,11 @@ def _closer(original: list, made: list[tuple], data) -> tuple:
     """Of the results ``made`` (each ``(model, steps, …)``), the one whose outputs on the calibration
     ``data`` are closest to the ``original`` outputs: least Σ‖y − y₀‖² / Σ‖y₀‖² over every output."""
     from .search import _outputs
+    from .sensitivity import squared_change
 
-    energy = sum(float(np.sum(np.square(y.astype(np.float64)))) for y in original)
-    errors = []
-    for r in made:
-        outs = _outputs(r[0].serialized_with_outputs([]), data)
-        errors.append(sum(float(np.sum(np.square(y.astype(np.float64) - y0))) for y, y0 in zip(outs, original))
-                      / max(energy, 1e-30))
+    energy = squared_change(original, [0.0] * len(original))
+    errors = [squared_change(_outputs(r[0].serialized_with_outputs([]), data), original) / max(energy, 1e-30)
+              for r in made]
     best = int(np.argmin(errors))
     log.info("steps: %s; kept %d step(s)", ", ".join(f"{r[1]} -> calibration error {e:.4g}"
                                                   for r, e in zip(made, errors)), made[best][1])

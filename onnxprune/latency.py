@@ -120,51 +120,34 @@ def _session(model: bytes, provider: str, threads: int):
     return make_session(model, provider, quiet=True, threads=threads)
 
 
-def _time(sess, feeds: dict, repeats: int, warmup: int = 2) -> float:
-    """Best of ``repeats`` runs in ms (the minimum is the least disturbed by other processes)."""
-    from .validate.compare import run_timed
-
-    best = math.inf
-    runner = run_timed(sess, feeds)
-    for _ in range(warmup):
-        runner()
-    for _ in range(repeats):
-        best = min(best, runner())
-    return best
-
-
-def interleaved(runners: dict, rounds: int, warmup: int = 2) -> dict:
-    """Best ms of each ``runners`` callable over ``rounds`` rounds, each running every one once (the
+def _rounds(runners: dict, rounds: int, warmup: int) -> dict[object, list[float]]:
+    """Every ms of each ``runners`` callable over ``rounds`` rounds, each running every one once (the
     order rotating): a burst of load slows one round of each, not every run of a few."""
     keys = list(runners)
     for _ in range(warmup):
         for k in keys:
             runners[k]()
-    best = {k: math.inf for k in keys}
+    times: dict[object, list[float]] = {k: [] for k in keys}
     for i in range(rounds):
         shift = i % max(len(keys), 1)
         for k in keys[shift:] + keys[:shift]:
-            best[k] = min(best[k], runners[k]())
-    return best
+            times[k].append(runners[k]())
+    return times
+
+
+def interleaved(runners: dict, rounds: int, warmup: int = 2) -> dict:
+    """Best ms of each ``runners`` callable over :func:`_rounds` (the minimum is the least disturbed by
+    other processes); one runner: its best of ``rounds`` runs."""
+    return {k: min(v) for k, v in _rounds(runners, rounds, warmup).items()}
 
 
 def time_models(models: dict[str, bytes | str], feeds: dict, *, provider: str = "cpu", threads: int = 0,
                 repeats: int = 20, warmup: int = 3, stat: str = "median") -> dict[str, float]:
     """Median (or ``stat="min"``; ``stat="all"``: every round's ms, a list) of each model, timed
-    interleaved (each round runs every model once, the order rotating)."""
-    sessions = {k: _session(v, provider, threads) for k, v in models.items()}
+    interleaved (:func:`_rounds`)."""
     from .validate.compare import run_timed
 
-    runners = {k: run_timed(s, feeds) for k, s in sessions.items()}
-    for _ in range(warmup):
-        for r in runners.values():
-            r()
-    times: dict[str, list[float]] = {k: [] for k in runners}
-    keys = list(runners)
-    for i in range(repeats):
-        shift = i % len(keys)
-        for k in keys[shift:] + keys[:shift]:
-            times[k].append(runners[k]())
+    times = _rounds({k: run_timed(_session(v, provider, threads), feeds) for k, v in models.items()}, repeats, warmup)
     if stat == "all":
         return times
     reduce = np.min if stat == "min" else np.median
@@ -453,7 +436,7 @@ def measure_table(model, an, *, provider: str = "cpu", threads: int = 0, round_t
             if built is None:
                 return None
             try:
-                memo[sig] = _time(_session(built[0], provider, threads), built[1], repeats)
+                memo[sig] = interleaved({0: run_timed(_session(built[0], provider, threads), built[1])}, repeats)[0]
             except Exception as e:  # an extracted node ORT refuses: not timed, logged
                 log.warning("latency: node %s not timed alone (%s)", model.node_name(node), " ".join(str(e).split())[:200])
                 return None

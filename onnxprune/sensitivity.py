@@ -106,6 +106,11 @@ def zeroed_weights(an: Analysis, params, keep: np.ndarray) -> dict[str, np.ndarr
     return feeds
 
 
+def squared_change(ys, y0s) -> float:
+    """Σ‖y − y₀‖² over matching arrays, in float64 (``y0s`` of zeros: the energy of ``ys``)."""
+    return float(sum(np.sum(np.square(y.astype(np.float64) - y0)) for y, y0 in zip(ys, y0s)))
+
+
 def measure(an: Analysis, calibration, scores: dict[int, np.ndarray], *, ratios=DEFAULT_RATIOS) -> SensitivityTable:
     """Measure every prunable group's error at each ratio (see the module docstring)."""
     from .validate.runtime import make_session
@@ -121,7 +126,8 @@ def measure(an: Analysis, calibration, scores: dict[int, np.ndarray], *, ratios=
     batches = list(calibration.batches())
     labels = calibration.labels
     base_out = [sess.run(None, b) for b in batches]
-    energy = float(sum(np.sum(np.square(y.astype(np.float64))) for o in base_out for y in o))
+    flat_base = [y for o in base_out for y in o]
+    energy = squared_change(flat_base, [0.0] * len(flat_base))
     if labels is not None:
         labels = np.asarray(labels).reshape(-1)[: sum(o[0].shape[0] for o in base_out)]
         preds = np.concatenate([o[0] for o in base_out]).argmax(axis=1)
@@ -142,8 +148,7 @@ def measure(an: Analysis, calibration, scores: dict[int, np.ndarray], *, ratios=
             keep = _removal(an, gid, scores[gid], r)
             feeds_w = zeroed_weights(an, params, keep)
             outs = [sess.run(None, {**b, **feeds_w}) for b in batches]
-            num = sum(np.sum(np.square(y.astype(np.float64) - y0)) for o, o0 in zip(outs, base_out)
-                      for y, y0 in zip(o, o0))
+            num = squared_change([y for o in outs for y in o], flat_base)
             change = float(num / max(energy, 1e-30))
             if labels is not None:
                 preds = np.concatenate([o[0] for o in outs]).argmax(axis=1)
